@@ -1,0 +1,39 @@
+# Two entry points for a fresh machine (see README):
+#   make demo  - the main job on the embedded default (synthetic data, CPU backends)
+#   make test  - the test suite
+# Each creates .venv and installs what it needs on first use.
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.detr-edge-installed
+# Threads per process: the suite and the demo run on 2-core machines.
+export OMP_NUM_THREADS ?= 2
+
+.PHONY: demo test test-fast lint typecheck clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	# torch/torchvision pinned: the only versions served on the build machines.
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[onnx,train,export,bench,dev]'
+	# Type stubs only: the package's dependency on tensorrt itself cannot be installed
+	# here (its wheels live on another index), so skip dependencies.
+	$(PY) -m pip install --quiet --no-deps 'tensorrt-stubs>=10.8'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/detr-edge pipeline --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not slow" -x
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check detr export runtime benchmarks tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache

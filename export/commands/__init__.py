@@ -1,0 +1,1 @@
+"""CLI subcommands: thin wrappers that build a config and call one library function."""

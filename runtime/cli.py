@@ -1,0 +1,89 @@
+"""The ``detr-edge`` command: one parser, lazily loaded subcommands.
+
+Each subcommand lives in ``<package>/commands/<name>.py`` and exposes
+``add_arguments(parser)`` and ``run(args) -> int``. Command modules import
+nothing heavy at module level, so ``detr-edge --help`` and ``detr-edge predict``
+work on a runtime-only install (no torch). A command whose package cannot be
+imported on this install is still listed, and says which extra to install.
+
+Library errors (:class:`runtime.errors.DetrEdgeError`) become one line on
+stderr and exit code 2; Ctrl-C becomes exit code 130 with no traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from runtime.errors import DetrEdgeError
+
+# (name, module, one-line help, pip extra needed)
+COMMANDS: list[tuple[str, str, str, str]] = [
+    ("make-dataset", "detr.commands.make_dataset",
+     "write the synthetic COCO-format 'shapes' dataset", "train"),
+    ("train", "detr.commands.train", "train DETR with the set loss", "train"),
+    ("eval", "detr.commands.evaluate", "COCO AP of a checkpoint on a dataset", "train"),
+    ("export-onnx", "export.commands.export_onnx",
+     "export a checkpoint to ONNX (FP32 or FP16) with a parity report", "train,export"),
+    ("check-onnx", "export.commands.check_onnx",
+     "check that TensorRT can build an ONNX model (runs on CPU)", "export"),
+    ("quantize", "export.commands.quantize",
+     "INT8 explicit Q/DQ ONNX within an AP budget", "train,export"),
+    ("build-engine", "export.commands.build_engine",
+     "compile a TensorRT engine from an ONNX model", "trt"),
+    ("predict", "runtime.commands.predict",
+     "detect objects in images with an ONNX model or engine", "onnx"),
+    ("benchmark", "benchmarks.commands.benchmark",
+     "accuracy and speed of every backend x precision against PyTorch", "train,export,bench"),
+    ("pipeline", "benchmarks.commands.pipeline",
+     "the main job: dataset -> export -> quantize -> engines -> benchmark", "train,export,bench"),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="detr-edge",
+        description="DETR from training to edge deployment "
+        "(train -> export-onnx -> quantize -> build-engine -> benchmark).",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, module_name, help_text, extra in COMMANDS:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            p.set_defaults(_unavailable=f"needs the '{extra}' extra "
+                           f"(pip install 'detr-edge[{extra}]'): {exc}")
+            continue
+        module.add_arguments(p)
+        p.set_defaults(_run=module.run)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    prog = f"detr-edge {args.command}"
+    if getattr(args, "_unavailable", None):
+        print(f"{prog}: error: {args._unavailable}", file=sys.stderr)
+        return 2
+    try:
+        return int(args._run(args) or 0)
+    except DetrEdgeError as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
+    except ImportError as exc:
+        print(f"{prog}: error: a required package is missing: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"\n{prog}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

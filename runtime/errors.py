@@ -1,0 +1,49 @@
+"""Typed exceptions shared by every package.
+
+Library code raises these; only the CLI (runtime/cli.py) turns them into a
+one-line message and exit code 2. Keeping them in runtime/ lets the thin
+runtime, the exporters and the training code share one hierarchy without the
+runtime importing torch.
+"""
+
+from __future__ import annotations
+
+from os import PathLike
+
+
+class DetrEdgeError(Exception):
+    """Base class of every error that is the user's input, not a bug.
+
+    The CLI prints ``str(error)`` on one line and exits with code 2.
+    """
+
+
+class InputError(DetrEdgeError):
+    """A file or argument given by the user is missing, malformed or incompatible.
+
+    Formats as ``"<where>: <problem>"`` so the message always names the file or
+    argument at fault.
+    """
+
+    def __init__(self, where: str | PathLike[str], problem: str) -> None:
+        self.where = str(where)
+        self.problem = problem
+        super().__init__(f"{self.where}: {problem}")
+
+
+class ModelFormatError(InputError):
+    """A checkpoint, ONNX model or engine file cannot be used (corrupt, truncated,
+    wrong architecture, class count, TensorRT version or GPU)."""
+
+
+class DataError(InputError):
+    """An image or annotation file is unreadable or violates the COCO schema."""
+
+
+class BackendUnavailableError(DetrEdgeError):
+    """An optional backend (onnxruntime, TensorRT, CUDA) is not installed or has
+    no usable device. Carries the reason shown in benchmark 'skipped' rows."""
+
+
+class TrainingDivergedError(DetrEdgeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""

@@ -1,0 +1,114 @@
+"""The model metadata contract shared by the exporter, the engine builder and
+the runtime.
+
+An exported ONNX model stores one JSON document under the ``metadata_props``
+key :data:`METADATA_KEY`; an engine file stores the same document (plus
+TensorRT fields) in its header. The runtime needs nothing else to preprocess
+inputs and decode outputs. The JSON is parsed as data only (``json.loads``),
+never evaluated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from runtime.errors import ModelFormatError
+
+METADATA_KEY = "detr_edge"
+FORMAT_VERSION = 1
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class DecodingDefaults:
+    """How the runtime turns ``logits``/``boxes`` into detections by default."""
+
+    score_threshold: float = 0.0  # keep every slot; COCO AP wants low-score boxes too
+    top_k: int | None = None  # None = keep all queries that pass the threshold
+    second_best: bool = False  # DETR paper's trick for slots whose top class is no-object
+
+
+@dataclass(frozen=True)
+class ModelMeta:
+    """Everything the runtime needs to know about an exported model.
+
+    Box convention of the model outputs: ``boxes`` are normalised
+    ``(cx, cy, w, h)`` in [0, 1]. Without a mask input they are relative to the
+    whole padded input canvas ``(input_height, input_width)``; with a mask input
+    (``with_mask``) they are relative to the valid (unpadded) region of each
+    image, as in DETR training.
+    """
+
+    preset: str  # e.g. "detr-tiny", "detr-r50"
+    input_height: int  # fixed input size the graph was exported for (pixels)
+    input_width: int
+    class_names: list[str]  # index = contiguous model label (no-object excluded)
+    label_map: list[int]  # contiguous model label -> original dataset category id
+    mean: tuple[float, float, float] = IMAGENET_MEAN  # RGB normalisation (0..1 scale)
+    std: tuple[float, float, float] = IMAGENET_STD
+    batch_size: int | None = 1  # None = dynamic batch axis
+    with_mask: bool = False  # graph has a ``mask`` input [B,H,W], True = padding
+    precision: str = "fp32"  # "fp32" | "fp16" | "int8" (decided at the ONNX level)
+    decoding: DecodingDefaults = field(default_factory=DecodingDefaults)
+    exporter_version: str = ""  # detr-edge version that wrote the file
+    format_version: int = FORMAT_VERSION
+    extra: dict[str, Any] = field(default_factory=dict)  # free-form provenance
+
+    @property
+    def num_classes(self) -> int:
+        """Number of object classes K (the logits have K+1 columns)."""
+        return len(self.class_names)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True)
+
+    def replace(self, **changes: Any) -> ModelMeta:
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "<metadata>") -> ModelMeta:
+        """Parse and validate; raise ``ModelFormatError`` naming ``source``."""
+        try:
+            raw = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as exc:
+            raise ModelFormatError(source, f"detr-edge metadata is not valid JSON ({exc})") from exc
+        if not isinstance(raw, dict):
+            raise ModelFormatError(source, "detr-edge metadata must be a JSON object")
+        version = raw.get("format_version")
+        if version != FORMAT_VERSION:
+            raise ModelFormatError(
+                source, f"metadata format version {version!r} is not supported "
+                f"(this detr-edge reads version {FORMAT_VERSION})")
+        try:
+            decoding = DecodingDefaults(**raw.pop("decoding", {}))
+            known = {f.name for f in dataclasses.fields(cls)}
+            unknown = set(raw) - known
+            if unknown:
+                raise TypeError(f"unknown fields {sorted(unknown)}")
+            meta = cls(decoding=decoding, **raw)
+            meta = dataclasses.replace(meta, mean=tuple(meta.mean), std=tuple(meta.std))
+        except TypeError as exc:
+            raise ModelFormatError(source, f"detr-edge metadata is malformed: {exc}") from exc
+        meta.validate(source)
+        return meta
+
+    def validate(self, source: str = "<metadata>") -> None:
+        problems = []
+        if self.input_height <= 0 or self.input_width <= 0:
+            problems.append(f"input size {self.input_height}x{self.input_width} is not positive")
+        if len(self.label_map) != len(self.class_names):
+            problems.append(f"label_map has {len(self.label_map)} entries "
+                            f"but there are {len(self.class_names)} classes")
+        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
+            problems.append("mean/std must be 3 numbers with std > 0")
+        if self.precision not in ("fp32", "fp16", "int8"):
+            problems.append(f"unknown precision {self.precision!r}")
+        if self.batch_size is not None and self.batch_size <= 0:
+            problems.append(f"batch_size {self.batch_size} is not positive")
+        if problems:
+            raise ModelFormatError(source, "invalid detr-edge metadata: " + "; ".join(problems))
