@@ -1,0 +1,153 @@
+"""The one image loader of detr-edge: path / PIL image / numpy array -> RGB PIL image.
+
+Used by the runtime (``predict``), the training data (``detr.data.coco``) and
+the benchmarks, so every part sees the same pixels for the same file. numpy and
+pillow only: the runtime never imports torch.
+
+Conventions:
+- EXIF orientation is applied (``ImageOps.exif_transpose``): phone JPEGs store
+  pixels sideways plus an orientation tag, and annotations refer to the
+  displayed (rotated) image.
+- Alpha is dropped by compositing onto black, because black is the value the
+  preprocessing pads with, so transparent areas look like padding rather than
+  an arbitrary colour (a plain ``convert("RGB")`` keeps the hidden colour
+  values under transparent pixels, which are often garbage).
+- 16-bit and 32-bit grayscale are scaled to 8 bits by their full type range
+  (65535 for I;16, integers clipped to 0..65535 for I, floats taken as [0, 1]),
+  not clipped at 255 as ``Image.convert("L")`` does.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Union
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from runtime.errors import DataError
+
+ImageSource = Union[str, os.PathLike, Image.Image, np.ndarray]
+
+
+def load_image(src: ImageSource) -> Image.Image:
+    """Return ``src`` as a fully decoded RGB ``PIL.Image.Image`` (mode ``"RGB"``).
+
+    ``src`` is a file path, a PIL image or a numpy array shaped ``[H, W]``,
+    ``[H, W, 1]``, ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA) of dtype uint8,
+    uint16 (full 0..65535 range) or float (values in [0, 1]).
+
+    Raises ``DataError(where, problem)`` for a missing, unreadable, corrupt,
+    truncated or non-image file, or an array of unsupported shape or dtype.
+    """
+    if isinstance(src, Image.Image):
+        return _to_rgb(src, "<PIL image>")
+    if isinstance(src, np.ndarray):
+        return _to_rgb(_array_to_pil(src), "<array>")
+    if isinstance(src, (str, os.PathLike)):
+        return _load_path(Path(src))
+    raise DataError("<image>", f"unsupported image source type {type(src).__name__}")
+
+
+def _load_path(path: Path) -> Image.Image:
+    if not path.exists():
+        raise DataError(path, "file not found")
+    if path.is_dir():
+        raise DataError(path, "is a directory, not an image file")
+    try:
+        with Image.open(path) as img:
+            # load() forces the full decode here, inside the try, so a truncated
+            # file fails now with its name instead of later inside a transform.
+            img.load()
+            exif_fixed = ImageOps.exif_transpose(img)
+            out = _to_rgb(exif_fixed if exif_fixed is not None else img, path)
+    except DataError:
+        raise
+    except UnidentifiedImageError as exc:
+        raise DataError(path, f"not an image or corrupt ({_short(exc)})") from exc
+    except PermissionError as exc:
+        raise DataError(path, "permission denied") from exc
+    except OSError as exc:
+        if "truncated" in str(exc).lower():
+            raise DataError(path, "truncated image") from exc
+        raise DataError(path, f"not an image or corrupt ({_short(exc)})") from exc
+    except (ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+        # PIL raises SyntaxError / ValueError from some format plugins on broken headers.
+        raise DataError(path, f"not an image or corrupt ({_short(exc)})") from exc
+    return out
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).replace(os.linesep, " ")
+    return text if len(text) <= 160 else text[:157] + "..."
+
+
+def _array_to_pil(arr: np.ndarray) -> Image.Image:
+    """numpy ``[H,W]``/``[H,W,C]`` (C in 1,3,4) -> PIL image of mode L/RGB/RGBA."""
+    if arr.ndim == 3 and arr.shape[2] == 1:
+        arr = arr[:, :, 0]
+    if arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (3, 4)):
+        raise DataError("<array>", f"expected shape HxW, HxWx1, HxWx3 or HxWx4, got {arr.shape}")
+    if arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise DataError("<array>", f"empty image of shape {arr.shape}")
+    if arr.dtype == np.uint8:
+        u8 = arr
+    elif arr.dtype == np.uint16:
+        u8 = _scale_to_u8(arr.astype(np.float64) / 65535.0)
+    elif np.issubdtype(arr.dtype, np.floating):
+        if not np.all(np.isfinite(arr)):
+            raise DataError("<array>", "float image contains NaN or infinity")
+        u8 = _scale_to_u8(arr.astype(np.float64))
+    elif arr.dtype == np.bool_:
+        u8 = arr.astype(np.uint8) * 255
+    else:
+        raise DataError("<array>", f"unsupported dtype {arr.dtype} (use uint8, uint16 or float)")
+    # uint8 [H,W] -> "L", [H,W,3] -> "RGB", [H,W,4] -> "RGBA" (PIL infers the mode).
+    return Image.fromarray(np.ascontiguousarray(u8))
+
+
+def _scale_to_u8(unit: np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (clipped) -> uint8 with rounding to nearest."""
+    return np.round(np.clip(unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def _composite_on_black(img: Image.Image) -> Image.Image:
+    """RGBA -> RGB with alpha applied over a black background (see module doc)."""
+    rgba = np.asarray(img.convert("RGBA"), dtype=np.uint16)
+    alpha = rgba[:, :, 3:4]
+    rgb = (rgba[:, :, :3] * alpha + 127) // 255
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def _to_rgb(img: Image.Image, where: str | os.PathLike) -> Image.Image:
+    mode = img.mode
+    if mode == "RGB":
+        return img.copy()
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
+        gray = _scale_to_u8(np.asarray(img, dtype=np.float64) / 65535.0)
+        return Image.fromarray(gray).convert("RGB")
+    if mode == "I":
+        # 32-bit ints: in practice 16-bit PNGs opened as "I"; treat as 0..65535.
+        gray = _scale_to_u8(np.asarray(img, dtype=np.float64) / 65535.0)
+        return Image.fromarray(gray).convert("RGB")
+    if mode == "F":
+        data = np.asarray(img, dtype=np.float64)
+        if not np.all(np.isfinite(data)):
+            raise DataError(where, "float image contains NaN or infinity")
+        return Image.fromarray(_scale_to_u8(data)).convert("RGB")
+    if mode == "P":
+        # Palette images may carry transparency (tRNS); go through RGBA to honour it.
+        if "transparency" in img.info:
+            return _composite_on_black(img.convert("RGBA"))
+        return img.convert("RGB")
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        return _composite_on_black(img)
+    if mode == "CMYK":
+        return img.convert("RGB")
+    if mode in ("L", "1", "YCbCr", "LAB", "HSV"):
+        return img.convert("RGB")
+    try:
+        return img.convert("RGB")
+    except (ValueError, OSError) as exc:
+        raise DataError(where, f"unsupported image mode {mode!r} ({_short(exc)})") from exc
