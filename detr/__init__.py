@@ -1,1 +1,47 @@
-"""detr package."""
+"""detr: the DETR model, loss, data and training (needs torch).
+
+The public API is imported lazily through ``__getattr__`` so that importing
+``detr.commands.*`` (the CLI) does not import torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "build_model": "detr.detr",
+    "build_model_from_config": "detr.detr",
+    "DETR": "detr.detr",
+    "DETRConfig": "detr.config",
+    "PRESETS": "detr.config",
+    "get_config": "detr.config",
+    "NestedTensor": "detr.misc",
+    "nested_tensor_from_tensor_list": "detr.misc",
+    "load_model": "detr.checkpoint",
+    "load_checkpoint": "detr.checkpoint",
+    "save_checkpoint": "detr.checkpoint",
+    "LoadedCheckpoint": "detr.checkpoint",
+    "HungarianMatcher": "detr.matcher",
+    "build_criterion": "detr.criterion",
+    "SetCriterion": "detr.criterion",
+    "box_cxcywh_to_xyxy": "detr.box_ops",
+    "box_xyxy_to_cxcywh": "detr.box_ops",
+    "box_iou": "detr.box_ops",
+    "generalized_box_iou": "detr.box_ops",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'detr' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # cache: later lookups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(list(globals()) + __all__)

@@ -1,0 +1,146 @@
+"""ResNet backbone + position encoding joined as in official DETR.
+
+Module structure (and so state-dict keys) follows the official code:
+``backbone.0.body.<resnet module>`` for the ResNet trunk (conv1 ... layer4,
+no avgpool/fc) and ``backbone.1`` for the parameter-free position encoding.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import Tensor, nn
+from torchvision.models._utils import IntermediateLayerGetter
+
+from detr.config import DETRConfig
+from detr.misc import NestedTensor
+from detr.position_encoding import PositionEmbeddingSine
+from runtime.errors import ModelFormatError
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """BatchNorm2d with fixed affine parameters and statistics (all buffers).
+
+    Same as the official one: eps 1e-5 added inside the rsqrt, and
+    ``num_batches_tracked`` from a torchvision state dict is dropped on load.
+    """
+
+    def __init__(self, n: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.ones(n))
+        self.register_buffer("bias", torch.zeros(n))
+        self.register_buffer("running_mean", torch.zeros(n))
+        self.register_buffer("running_var", torch.ones(n))
+
+    def _load_from_state_dict(  # type: ignore[override]
+        self,
+        state_dict: dict[str, Any],
+        prefix: str,
+        local_metadata: dict[str, Any],
+        strict: bool,
+        missing_keys: list[str],
+        unexpected_keys: list[str],
+        error_msgs: list[str],
+    ) -> None:
+        state_dict.pop(prefix + "num_batches_tracked", None)
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        # Reshape once (not per op) and fold into one scale/shift, as the official code.
+        w = self.weight.reshape(1, -1, 1, 1)
+        b = self.bias.reshape(1, -1, 1, 1)
+        rv = self.running_var.reshape(1, -1, 1, 1)
+        rm = self.running_mean.reshape(1, -1, 1, 1)
+        scale = w * (rv + self.eps).rsqrt()
+        bias = b - rm * scale
+        return x * scale + bias
+
+
+class Backbone(nn.Module):
+    """ResNet trunk returning the layer4 feature map ("C5") with its downsampled mask."""
+
+    def __init__(self, config: DETRConfig) -> None:
+        super().__init__()
+        norm_layer = FrozenBatchNorm2d if config.frozen_batchnorm else nn.BatchNorm2d
+        resnet = getattr(torchvision.models, config.backbone)(
+            weights=None,  # never download; local weights via backbone_weights
+            replace_stride_with_dilation=[False, False, config.dilation],
+            norm_layer=norm_layer,
+        )
+        if config.backbone_weights:
+            _load_resnet_weights(resnet, config.backbone_weights)
+        for name, parameter in resnet.named_parameters():
+            # Official: with a pretrained backbone only layer2-4 are trained.
+            if config.freeze_stem and not name.startswith(("layer2", "layer3", "layer4")):
+                parameter.requires_grad_(False)
+        self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
+        self.num_channels = 512 if config.backbone in ("resnet18", "resnet34") else 2048
+
+    def forward(self, samples: NestedTensor) -> dict[str, NestedTensor]:
+        """samples: images [B,3,H,W], mask [B,H,W] -> {'0': features [B,C,H/s,W/s] + mask}
+        with s = 32 (16 for DC5)."""
+        xs = self.body(samples.tensors)
+        out: dict[str, NestedTensor] = {}
+        for name, x in xs.items():
+            mask = samples.mask
+            assert mask is not None
+            # Nearest-neighbour downsampling of the padding mask, as official.
+            m = F.interpolate(mask[None].float(), size=x.shape[-2:]).to(torch.bool)[0]
+            out[name] = NestedTensor(x, m)
+        return out
+
+
+class Joiner(nn.Sequential):
+    """``Sequential(backbone, position_embedding)`` only to keep the official keys."""
+
+    def __init__(self, backbone: Backbone, position_embedding: PositionEmbeddingSine) -> None:
+        super().__init__(backbone, position_embedding)
+        self.num_channels = backbone.num_channels
+
+    def forward(self, samples: NestedTensor) -> tuple[list[NestedTensor], list[Tensor]]:  # type: ignore[override]
+        """-> ([features NestedTensor], [pos float [B, d, h, w]]) like the official Joiner."""
+        xs = self[0](samples)
+        out: list[NestedTensor] = []
+        pos: list[Tensor] = []
+        for x in xs.values():
+            out.append(x)
+            assert x.mask is not None
+            pos.append(self[1](x.mask).to(x.tensors.dtype))
+        return out, pos
+
+
+def build_backbone(config: DETRConfig) -> Joiner:
+    position_embedding = PositionEmbeddingSine(
+        config.hidden_dim // 2, temperature=config.temperature, normalize=True
+    )
+    return Joiner(Backbone(config), position_embedding)
+
+
+def _load_resnet_weights(resnet: nn.Module, path: str) -> None:
+    """Load a local torchvision ResNet state dict (fc.* ignored) with safe unpickling."""
+    if not Path(path).is_file():
+        raise ModelFormatError(path, "backbone_weights file does not exist")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt / unsafe pickle
+        raise ModelFormatError(path, f"cannot read backbone weights: {exc}") from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    if not isinstance(state, dict):
+        raise ModelFormatError(path, "expected a ResNet state dict")
+    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+    result = resnet.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if not k.startswith("fc.")]
+    if missing or result.unexpected_keys:
+        raise ModelFormatError(
+            path,
+            f"not a matching ResNet state dict: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}",
+        )
