@@ -1,0 +1,29 @@
+"""Datasets for detr-edge: synthetic 'shapes' generator, COCO reader, the
+paper's transforms and the batch collate function.
+
+Attributes are imported lazily (module ``__getattr__``) so importing
+``detr.data.synthetic`` does not pull in torch.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "ShapesConfig": "detr.data.synthetic",
+    "make_shapes_dataset": "detr.data.synthetic",
+    "CocoDetection": "detr.data.coco",
+    "build_dataset": "detr.data.coco",
+    "make_coco_transforms": "detr.data.transforms",
+    "collate_fn": "detr.data.collate",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'detr.data' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,224 @@
+"""Deterministic synthetic COCO-format 'shapes' detection dataset.
+
+Layout written by :func:`make_shapes_dataset`::
+
+    out_dir/train/000001.jpg ...      out_dir/val/000001.jpg ...
+    out_dir/annotations/instances_train.json, instances_val.json
+
+Content: 1..max_objects textured shapes (circle, square, triangle, star,
+ellipse, cross) with random colours and textures (solid, stripes, checkers,
+noise) on cluttered backgrounds (gradients, soft blobs, lines and arcs that are
+not objects). Sizes are drawn from three bands so COCO's small (< 32^2 px),
+medium and large (> 96^2 px) ranges all hold objects and AP_S/AP_M/AP_L mean
+something. Category ids are NON-contiguous (2, 5, 7, 11, 13, 17) on purpose, so
+every consumer must go through the label map.
+
+Occlusion: shapes are pasted in order, later ones covering earlier ones. The
+annotation is the VISIBLE extent: ``bbox`` is the tight box around the visible
+pixels and ``area`` their count (as COCO does with its visible-mask areas). A
+new shape whose placement would leave an earlier one less than 30% visible is
+re-placed (a few tries) or skipped, so no object in the image is hidden beyond
+70% and no drawn object is left unannotated.
+
+Determinism: image ``i`` of split ``s`` uses ``numpy.random.default_rng([seed,
+s, i])``, images are JPEG at a fixed quality (or PNG), JSON is written with a
+fixed key order: two runs with the same config give identical bytes (with the
+same Pillow/libjpeg build).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from detr.data.shapes_draw import SHAPE_NAMES, TEXTURES, background, random_colour, shape_mask, texture
+from runtime.atomic import atomic_write_bytes, atomic_write_text
+from runtime.errors import InputError
+
+# Default categories: (COCO category id, shape name). Ids are primes on purpose.
+DEFAULT_CATEGORIES: tuple[tuple[int, str], ...] = (
+    (2, "circle"), (5, "square"), (7, "triangle"), (11, "star"), (13, "ellipse"), (17, "cross"),
+)
+_SPLIT_IDS = {"train": 0, "val": 1}
+_MIN_VISIBLE = 0.3  # an earlier shape must keep >= 30% of its pixels visible
+_PLACEMENT_TRIES = 6  # re-placements of a shape before it is skipped
+
+
+@dataclass(frozen=True)
+class ShapesConfig:
+    """How to generate the shapes dataset."""
+
+    seed: int = 0  # same seed -> byte-identical dataset
+    num_train: int = 1000  # training images
+    num_val: int = 200  # validation images
+    image_size: int = 320  # side of the square images (pixels)
+    variable_size: tuple[int, int] | None = None  # (min, max) side: random WxH per image instead
+    max_objects: int = 20  # objects per image are drawn uniformly from 1..max_objects
+    categories: tuple[tuple[int, str], ...] = DEFAULT_CATEGORIES  # (category id, shape name)
+    image_format: str = "jpg"  # "jpg" (fixed quality) or "png" (lossless, larger)
+    jpeg_quality: int = 90  # fixed so the bytes are reproducible
+    # Probabilities of the small / medium / large size bands for each object.
+    size_band_probs: tuple[float, float, float] = field(default=(0.35, 0.45, 0.2))
+    max_large: int = 2  # at most this many large shapes per image, so they do not cover all
+
+    def validate(self) -> None:
+        """Raise ``InputError`` naming the bad option."""
+        if self.num_train < 0 or self.num_val < 0:
+            raise InputError("num_train/num_val", "must be >= 0")
+        if self.image_size < 32:
+            raise InputError("image_size", f"must be >= 32 pixels, got {self.image_size}")
+        if self.variable_size is not None:
+            lo, hi = self.variable_size
+            if lo < 32 or hi < lo:
+                raise InputError("variable_size", f"need 32 <= min <= max, got {self.variable_size}")
+        if not 1 <= self.max_objects <= 100:
+            raise InputError("max_objects", f"must be in 1..100, got {self.max_objects}")
+        if not self.categories:
+            raise InputError("categories", "need at least one category")
+        ids = [c for c, _ in self.categories]
+        if len(set(ids)) != len(ids) or any(c < 1 for c in ids):
+            raise InputError("categories", f"category ids must be unique and >= 1, got {ids}")
+        for _, name in self.categories:
+            if name not in SHAPE_NAMES:
+                raise InputError("categories", f"unknown shape {name!r}; known: {SHAPE_NAMES}")
+        if self.image_format not in ("jpg", "png"):
+            raise InputError("image_format", f"must be 'jpg' or 'png', got {self.image_format!r}")
+
+
+@dataclass
+class _Placed:
+    category_id: int
+    full_area: int  # pixels of the shape as drawn, before later occlusion
+    visible: int  # pixels still visible
+
+
+def _radius_for_band(band: int, min_side: int, rng: np.random.Generator) -> int:
+    """Circumradius in pixels for size band 0 (small), 1 (medium), 2 (large).
+
+    Ranges are chosen so the drawn (then visible) pixel area mostly lands in the
+    COCO band: r 4..14 gives < 32^2 px for every shape, r 20..46 gives
+    32^2..96^2 for most, r >= 70 gives > 96^2 for most."""
+    limit = max(6, int(0.45 * min_side))
+    lo, hi = [(4, 14), (20, 46), (70, limit)][band]
+    hi = min(hi, limit)
+    lo = min(lo, hi)
+    return int(rng.integers(lo, hi + 1))
+
+
+def render_image(config: ShapesConfig, split: str, index: int
+                 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+    """Render image ``index`` of ``split``.
+
+    Returns ``(image uint8 [H, W, 3], objects)`` where each object is
+    ``{'category_id', 'bbox': [x, y, w, h] pixels (visible extent), 'area': visible px}``.
+    """
+    rng = np.random.default_rng([config.seed, _SPLIT_IDS[split], index])
+    if config.variable_size is None:
+        h = w = config.image_size
+    else:
+        lo, hi = config.variable_size
+        h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+    img = background(h, w, rng).astype(np.uint8)
+    ids = np.zeros((h, w), dtype=np.int16)  # 0 = background, k = k-th placed object
+    placed: list[_Placed] = []
+    n_large = 0
+    n_wanted = int(rng.integers(1, config.max_objects + 1))
+    probs = np.asarray(config.size_band_probs, dtype=np.float64)
+    probs = probs / probs.sum()
+    for _ in range(n_wanted):
+        cat_id, name = config.categories[int(rng.integers(len(config.categories)))]
+        band = int(rng.choice(3, p=probs))
+        if band == 2 and n_large >= config.max_large:
+            band = 1
+        r = _radius_for_band(band, min(h, w), rng)
+        mask = shape_mask(name, r, rng)
+        size = 2 * r + 1
+        for _try in range(_PLACEMENT_TRIES):
+            y0 = int(rng.integers(0, h - size + 1)) if h > size else 0
+            x0 = int(rng.integers(0, w - size + 1)) if w > size else 0
+            m = mask[: h - y0, : w - x0]
+            region = ids[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
+            covered = np.bincount(region[m].ravel(), minlength=len(placed) + 1)
+            ok = all(p.visible - int(covered[k + 1]) >= _MIN_VISIBLE * p.full_area
+                     for k, p in enumerate(placed) if covered[k + 1])
+            if ok:
+                break
+        else:
+            continue  # could not place without hiding an earlier shape: skip it
+        for k, p in enumerate(placed):
+            p.visible -= int(covered[k + 1])
+        colour = random_colour(rng)
+        kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
+        patch = texture(kind, m.shape[0], m.shape[1], colour, rng)
+        view = img[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
+        view[m] = patch[m]
+        region[m] = len(placed) + 1
+        placed.append(_Placed(cat_id, int(m.sum()), int(m.sum())))
+        n_large += band == 2
+    objects = []
+    for k, p in enumerate(placed):
+        ys, xs = np.nonzero(ids == k + 1)
+        if ys.size == 0:
+            continue
+        x, y = int(xs.min()), int(ys.min())
+        bw, bh = int(xs.max()) - x + 1, int(ys.max()) - y + 1
+        objects.append({"category_id": p.category_id,
+                        "bbox": [float(x), float(y), float(bw), float(bh)],
+                        "area": float(ys.size)})
+    return img, objects
+
+
+def _encode(img: np.ndarray, config: ShapesConfig) -> bytes:
+    buf = io.BytesIO()
+    pil = Image.fromarray(img)
+    if config.image_format == "jpg":
+        pil.save(buf, format="JPEG", quality=config.jpeg_quality, optimize=False)
+    else:
+        pil.save(buf, format="PNG", compress_level=6)
+    return buf.getvalue()
+
+
+def _write_split(out_dir: Path, split: str, count: int, config: ShapesConfig,
+                 progress: bool) -> None:
+    from tqdm import tqdm
+
+    images, annotations = [], []
+    (out_dir / split).mkdir(parents=True, exist_ok=True)
+    for i in tqdm(range(count), desc=f"shapes {split}", unit="img", disable=not progress):
+        img, objects = render_image(config, split, i)
+        image_id = i + 1
+        file_name = f"{image_id:06d}.{config.image_format}"
+        atomic_write_bytes(out_dir / split / file_name, _encode(img, config))
+        images.append({"id": image_id, "file_name": file_name,
+                       "height": int(img.shape[0]), "width": int(img.shape[1])})
+        for obj in objects:
+            annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                "category_id": obj["category_id"], "bbox": obj["bbox"],
+                                "area": obj["area"], "iscrowd": 0})
+    categories = [{"id": cid, "name": name, "supercategory": "shape"}
+                  for cid, name in sorted(config.categories)]
+    doc = {"info": {"description": "detr-edge synthetic shapes", "seed": config.seed,
+                    "version": "1"},
+           "licenses": [], "images": images, "annotations": annotations,
+           "categories": categories}
+    atomic_write_text(out_dir / "annotations" / f"instances_{split}.json", json.dumps(doc))
+
+
+def make_shapes_dataset(out_dir: str | Path, config: ShapesConfig = ShapesConfig(),
+                        progress: bool = True) -> Path:
+    """Write the dataset (layout in the module docstring) and return ``out_dir``.
+
+    Existing files of the same names are overwritten (atomically), so a rerun
+    with the same config repairs an interrupted one.
+    """
+    config.validate()
+    out = Path(out_dir)
+    for split, count in (("train", config.num_train), ("val", config.num_val)):
+        _write_split(out, split, count, config, progress)
+    return out
