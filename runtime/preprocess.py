@@ -1,0 +1,121 @@
+"""The one preprocessing of detr-edge: images -> fixed-size normalised batch.
+
+Used by the runtime (``Detector``, ``predict``), evaluation and benchmarks so
+that every path feeds the model the same pixels. numpy and pillow only.
+
+Steps per image: RGB (``runtime.image_io.load_image``), keep-ratio resize with
+PIL bilinear so the image fits ``(input_height, input_width)``, placed at the
+top-left of the canvas, normalised with the model's mean/std (0..1 scale),
+zeros elsewhere. Zero after normalisation is what DETR's ``NestedTensor``
+padding holds, so the exported graph sees the same padding as in training.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image
+
+from runtime.errors import InputError
+from runtime.image_io import ImageSource, load_image
+from runtime.metadata import ModelMeta
+
+
+@dataclass
+class Batch:
+    """A preprocessed batch of B images on a canvas of H x W pixels.
+
+    images: float32 [B, 3, H, W], normalised RGB, zero on padding.
+    mask: bool [B, H, W], True = padding (DETR's polarity).
+    scales: float64 [B], resized size = original size * scale.
+    valid_sizes: int64 [B, 2] (h, w) of the resized image inside the canvas.
+    orig_sizes: int64 [B, 2] (h, w) of the original images.
+    """
+
+    images: np.ndarray
+    mask: np.ndarray
+    scales: np.ndarray
+    valid_sizes: np.ndarray
+    orig_sizes: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def slice(self, start: int, stop: int) -> Batch:
+        """Images ``start:stop`` as a new Batch (views, no copy)."""
+        return Batch(self.images[start:stop], self.mask[start:stop], self.scales[start:stop],
+                     self.valid_sizes[start:stop], self.orig_sizes[start:stop])
+
+
+def fit_size(orig_h: int, orig_w: int, max_h: int, max_w: int) -> tuple[int, int, float]:
+    """Largest keep-ratio size of an ``orig_h x orig_w`` image inside ``max_h x max_w``.
+
+    Returns ``(new_h, new_w, scale)``; each side is at least 1 pixel and at
+    most the canvas side (rounding never overflows the canvas).
+    """
+    if orig_h <= 0 or orig_w <= 0:
+        raise InputError("<image>", f"empty image of size {orig_h}x{orig_w}")
+    scale = min(max_h / orig_h, max_w / orig_w)
+    new_h = min(max_h, max(1, round(orig_h * scale)))
+    new_w = min(max_w, max(1, round(orig_w * scale)))
+    return new_h, new_w, scale
+
+
+def resize_to_fit(image: Image.Image, max_h: int, max_w: int) -> tuple[Image.Image, float]:
+    """Keep-ratio bilinear resize of ``image`` so it fits ``max_h x max_w``.
+
+    Returns the resized PIL image and the scale (new = original * scale). An
+    image already of the fitted size is returned unchanged (no resampling).
+    """
+    new_h, new_w, scale = fit_size(image.height, image.width, max_h, max_w)
+    if (new_h, new_w) == (image.height, image.width):
+        return image, scale
+    return image.resize((new_w, new_h), Image.Resampling.BILINEAR), scale
+
+
+def normalize(image: Image.Image | np.ndarray, mean: Sequence[float],
+              std: Sequence[float]) -> np.ndarray:
+    """RGB uint8 image (PIL or ``[H, W, 3]`` array) -> float32 ``[3, H, W]``.
+
+    ``(pixel / 255 - mean) / std`` per channel; mean/std are on the 0..1 scale.
+    """
+    arr = np.asarray(image, dtype=np.float32)
+    if arr.ndim != 3 or arr.shape[2] != 3:
+        raise InputError("<image>", f"normalize expects an RGB image [H,W,3], got {arr.shape}")
+    mean_arr = np.asarray(mean, dtype=np.float32).reshape(1, 1, 3)
+    std_arr = np.asarray(std, dtype=np.float32).reshape(1, 1, 3)
+    out = (arr / np.float32(255.0) - mean_arr) / std_arr  # [H, W, 3]
+    return np.ascontiguousarray(out.transpose(2, 0, 1))  # [3, H, W]
+
+
+def preprocess(images: ImageSource | Sequence[ImageSource], meta: ModelMeta) -> Batch:
+    """Load, resize, normalise and pad ``images`` into one :class:`Batch`.
+
+    ``images`` is one image or a sequence of paths / PIL images / numpy arrays
+    (any size, grayscale, RGBA, 16-bit...; see ``runtime.image_io``). The
+    canvas is ``(meta.input_height, meta.input_width)``.
+    """
+    if isinstance(images, (str, Image.Image, np.ndarray)) or hasattr(images, "__fspath__"):
+        images = [images]  # type: ignore[list-item]
+    sources = list(images)  # type: ignore[arg-type]
+    H, W = meta.input_height, meta.input_width  # canvas
+    B = len(sources)
+    batch = Batch(
+        images=np.zeros((B, 3, H, W), dtype=np.float32),
+        mask=np.ones((B, H, W), dtype=bool),
+        scales=np.zeros((B,), dtype=np.float64),
+        valid_sizes=np.zeros((B, 2), dtype=np.int64),
+        orig_sizes=np.zeros((B, 2), dtype=np.int64),
+    )
+    for i, src in enumerate(sources):
+        rgb = load_image(src)
+        batch.orig_sizes[i] = (rgb.height, rgb.width)
+        resized, scale = resize_to_fit(rgb, H, W)
+        h, w = resized.height, resized.width
+        batch.images[i, :, :h, :w] = normalize(resized, meta.mean, meta.std)
+        batch.mask[i, :h, :w] = False
+        batch.scales[i] = scale
+        batch.valid_sizes[i] = (h, w)
+    return batch
