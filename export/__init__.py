@@ -1,1 +1,37 @@
-"""export package."""
+"""ONNX export (FP32/FP16), TensorRT-readiness check and INT8 tools.
+
+The API is exposed lazily through a module-level ``__getattr__`` so that
+``import export.commands.check_onnx`` (and ``detr-edge --help``) does not import
+torch, onnx or onnxruntime.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "export_onnx": "export.onnx_export",
+    "ExportConfig": "export.onnx_export",
+    "ExportResult": "export.onnx_export",
+    "ExportWrapper": "export.export_wrapper",
+    "convert_to_fp16": "export.fp16",
+    "FP16Config": "export.fp16",
+    "check_onnx": "export.check_onnx",
+    "CheckConfig": "export.check_onnx",
+    "CheckReport": "export.check_onnx",
+    "collect_activation_ranges": "export.activation_ranges",
+    "parity_report": "export.parity",
+    "write_meta": "export.onnx_meta",
+    "read_meta": "export.onnx_meta",
+    "load_onnx": "export.onnx_meta",
+}
+
+__all__ = list(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'export' has no attribute {name!r}")
+    return getattr(importlib.import_module(module), name)

@@ -1,0 +1,55 @@
+"""Read and write :class:`runtime.metadata.ModelMeta` in an ONNX model's
+``metadata_props`` (key :data:`runtime.metadata.METADATA_KEY`).
+
+The runtime reads everything it needs (input size, normalisation, class names,
+label map, batch size, mask input, precision) from this one JSON document.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import TYPE_CHECKING
+
+from runtime.errors import ModelFormatError
+from runtime.metadata import METADATA_KEY, ModelMeta
+
+if TYPE_CHECKING:
+    import onnx
+
+
+def write_meta(model: onnx.ModelProto, meta: ModelMeta) -> onnx.ModelProto:
+    """Store ``meta`` in ``model.metadata_props`` (in place, replacing an old entry)."""
+    meta.validate("ModelMeta")
+    kept = [p for p in model.metadata_props if p.key != METADATA_KEY]
+    del model.metadata_props[:]
+    for prop in kept:
+        model.metadata_props.add(key=prop.key, value=prop.value)
+    model.metadata_props.add(key=METADATA_KEY, value=meta.to_json())
+    return model
+
+
+def read_meta(model: onnx.ModelProto, source: str | os.PathLike[str] = "<onnx model>") -> ModelMeta:
+    """Parse the detr-edge metadata of ``model``; ``ModelFormatError`` if absent/invalid."""
+    for prop in model.metadata_props:
+        if prop.key == METADATA_KEY:
+            return ModelMeta.from_json(prop.value, str(source))
+    raise ModelFormatError(source, f"ONNX model has no '{METADATA_KEY}' metadata "
+                           "(was it exported by detr-edge export-onnx?)")
+
+
+def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
+    """Load an ONNX file; a missing, truncated or non-ONNX file -> ``ModelFormatError``."""
+    import onnx
+    from google.protobuf.message import DecodeError
+
+    if not os.path.isfile(path):
+        raise ModelFormatError(path, "file not found")
+    try:
+        model = onnx.load(os.fspath(path))
+    except (DecodeError, ValueError, RuntimeError, OSError) as exc:
+        raise ModelFormatError(path, f"not a readable ONNX model ({type(exc).__name__}: "
+                               f"{str(exc)[:200]})") from exc
+    if not model.graph.node or not model.opset_import:
+        raise ModelFormatError(path, "not an ONNX model (empty graph or no opset), "
+                               "is the file truncated?")
+    return model
