@@ -1,0 +1,140 @@
+"""Benchmark report: dataclass, Markdown table, report.json, plot.png.
+
+The plot is latency (model alone, batch 1, median) against AP, one point per
+backend x precision that ran; it is drawn with matplotlib's Agg backend so it
+works without a display.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from benchmarks.rows import AP_KEYS, STATUS_OK, Row
+from runtime.atomic import atomic_write, atomic_write_text
+
+
+@dataclass
+class Report:
+    """The result of one benchmark run (all numbers measured in that run)."""
+
+    rows: list[Row]
+    env: dict[str, Any]  # benchmarks.env_info.EnvInfo.to_dict()
+    settings: dict[str, Any]  # input size, batch sizes, runs, warm-up, images, dataset...
+    memory_method: str  # how peak_rss_mb was measured
+    figures: dict[str, Any] = field(default_factory=dict)  # headline ratios, see suite
+    paths: dict[str, str] = field(default_factory=dict)  # report.md / .json / plot.png
+
+    def row(self, backend: str, precision: str) -> Row:
+        return next(r for r in self.rows if r.backend == backend and r.precision == precision)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rows": [r.to_dict() for r in self.rows], "env": self.env,
+                "settings": self.settings, "memory_method": self.memory_method,
+                "figures": self.figures}
+
+
+def _fmt(value: float | None, scale: float = 1.0, digits: int = 1, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value * scale:+.{digits}f}" if signed else f"{value * scale:.{digits}f}"
+
+
+def to_markdown(report: Report) -> str:
+    """Markdown: accuracy table, speed table, status table, environment, figures."""
+    s = report.settings
+    lines = [f"# detr-edge benchmark\n",
+             f"Model `{s.get('checkpoint')}` ({s.get('preset')}), input {s.get('height')}x"
+             f"{s.get('width')}, {s.get('eval_images')} eval images from `{s.get('data')}`; "
+             f"latency = median of {s.get('runs')} runs after {s.get('warmup')} warm-up.\n",
+             "## Accuracy (COCO AP x100; delta vs PyTorch FP32)\n",
+             "| backend | status | " + " | ".join(AP_KEYS) + " | dAP | dAP50 | logits max/mean err"
+             " | boxes max/mean err | matched@IoU0.9 |",
+             "|---|---|" + "---|" * (len(AP_KEYS) + 5)]
+    for r in report.rows:
+        acc = r.accuracy or {}
+        d = r.delta_vs_reference or {}
+        p = r.parity or {}
+        lines.append(
+            f"| {r.name} | {r.status} | " + " | ".join(_fmt(acc.get(k), 100) for k in AP_KEYS)
+            + f" | {_fmt(d.get('AP'), 100, 2, True)} | {_fmt(d.get('AP50'), 100, 2, True)}"
+            f" | {_fmt(p.get('logits_max_abs'), 1, 2 if (p.get('logits_max_abs') or 0) > 0.01 else 6)}"
+            f"/{_fmt(p.get('logits_mean_abs'), 1, 6)}"
+            f" | {_fmt(p.get('boxes_max_abs'), 1, 6)}/{_fmt(p.get('boxes_mean_abs'), 1, 6)}"
+            f" | {_fmt(p.get('matched_fraction'), 100, 1)}{'%' if p.get('matched_fraction') is not None else ''} |")
+    lines += ["", "## Speed (ms per call; model alone and end to end incl. pre/post)\n",
+              "| backend | batch | model p50 | p90 | p99 | e2e p50 | p90 | p99 | pre | post"
+              " | pre+post % | images/s (e2e) | size MB | peak RSS MB |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report.rows:
+        if r.status != STATUS_OK:
+            continue
+        size = _fmt(r.artifact_bytes / 1e6, 1, 2) if r.artifact_bytes else "-"
+        for sp in r.speed:
+            if sp.skipped_reason:
+                lines.append(f"| {r.name} | {sp.batch_size} | skipped: {sp.skipped_reason} "
+                             "| | | | | | | | | | | |")
+                continue
+            m, e = sp.model or {}, sp.end_to_end or {}
+            lines.append(
+                f"| {r.name} | {sp.batch_size} | {_fmt(m.get('median_ms'))} | "
+                f"{_fmt(m.get('p90_ms'))} | {_fmt(m.get('p99_ms'))} | {_fmt(e.get('median_ms'))} | "
+                f"{_fmt(e.get('p90_ms'))} | {_fmt(e.get('p99_ms'))} | {_fmt(sp.pre_ms, 1, 2)} | "
+                f"{_fmt(sp.post_ms, 1, 2)} | {_fmt(sp.pre_post_fraction, 100, 2)} | "
+                f"{_fmt(e.get('images_per_s'), 1, 2)} | {size} | {_fmt(r.peak_rss_mb, 1, 0)} |")
+    lines += ["", "## Status\n", "| backend | status | reason |", "|---|---|---|"]
+    lines += [f"| {r.name} | {r.status} | {r.reason or '-'} |" for r in report.rows]
+    if report.figures:
+        lines += ["", "## Figures\n"]
+        lines += [f"- {k}: {v}" for k, v in report.figures.items()]
+    env = report.env
+    libs = ", ".join(f"{k} {v}" for k, v in env.get("libraries", {}).items() if v)
+    missing = ", ".join(k for k, v in env.get("libraries", {}).items() if not v)
+    lines += ["", "## Environment\n",
+              f"- CPU: {env.get('cpu_model')}, {env.get('cpu_cores')} cores "
+              f"(OMP_NUM_THREADS={env.get('omp_num_threads')}, torch threads {env.get('torch_threads')})",
+              f"- GPU: {env.get('gpu') or 'none (no CUDA GPU)'}",
+              f"- Python {env.get('python')} on {env.get('platform')}",
+              f"- Libraries: {libs}; not installed: {missing or '-'}",
+              f"- ONNX Runtime providers: {', '.join(env.get('onnxruntime_providers', []))}",
+              f"- Peak memory: {report.memory_method}"]
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(report: Report, path: Path) -> None:
+    """Latency (model alone, smallest batch, median) vs AP, one point per ok row."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display needed
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for r in report.rows:
+        sp = next((s for s in r.speed if s.model), None)
+        if r.status != STATUS_OK or sp is None or r.accuracy is None or sp.model is None:
+            continue
+        x, y = sp.model["median_ms"], r.accuracy["AP"] * 100
+        ax.scatter([x], [y], s=40)
+        ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("latency, model alone, batch 1 (ms, median)")
+    ax.set_ylabel("COCO AP (x100)")
+    ax.set_title("detr-edge: latency vs AP per backend x precision")
+    ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    with atomic_write(path, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=110)
+    plt.close(fig)
+
+
+def write_report(report: Report, out_dir: Path) -> dict[str, str]:
+    """Write report.md, report.json and plot.png into ``out_dir``; returns their paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": str(out_dir / "report.md"), "json": str(out_dir / "report.json"),
+             "plot": str(out_dir / "plot.png")}
+    report.paths = paths
+    atomic_write_text(paths["markdown"], to_markdown(report))
+    atomic_write_text(paths["json"], json.dumps(report.to_dict(), indent=2, default=str))
+    write_plot(report, Path(paths["plot"]))
+    return paths
