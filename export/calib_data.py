@@ -1,0 +1,96 @@
+"""Calibration / held-out image selection and batching for INT8.
+
+Every batch goes through ``runtime.preprocess`` (the runtime's own
+preprocessing), so the ranges measured at calibration are those of the pixels
+the deployed model sees. Selection is a seeded permutation of the sorted file
+list: the same directory and seed give the same images in the same order on any
+machine (no dependence on filesystem listing order).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import DataError, InputError
+from runtime.metadata import ModelMeta
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class ImageSplit:
+    """Disjoint calibration and held-out (evaluation) image lists."""
+
+    calib: list[Path]  # images whose activations set the INT8 scales
+    held_out: list[Path]  # images used only to measure sensitivity / AP (never calibrated on)
+
+
+def list_images(data_dir: str | os.PathLike[str]) -> list[Path]:
+    """Image files under ``data_dir`` (recursive), sorted by path."""
+    root = Path(data_dir)
+    if not root.is_dir():
+        raise DataError(root, "calibration data directory not found")
+    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataError(root, f"no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return paths
+
+
+def select_images(paths: Sequence[Path], count: int, seed: int = 0) -> list[Path]:
+    """``count`` images of ``paths`` chosen by a seeded permutation (all if fewer)."""
+    if count <= 0:
+        raise InputError("--calib-images", f"must be positive, got {count}")
+    order = np.random.default_rng(seed).permutation(len(paths))
+    return [paths[i] for i in order[:count]]
+
+
+def split_images(paths: Sequence[Path], num_calib: int, num_held_out: int,
+                 seed: int = 0) -> ImageSplit:
+    """Seeded disjoint split: the first ``num_held_out`` of the permutation are
+    held out, the next ``num_calib`` calibrate. Held-out images come first so
+    that asking for more calibration images never changes the evaluation set."""
+    if num_calib <= 0:
+        raise InputError("--calib-images", f"must be positive, got {num_calib}")
+    if num_held_out < 0:
+        raise InputError("--eval-images", f"must be >= 0, got {num_held_out}")
+    if num_held_out >= len(paths):
+        raise InputError("--eval-images", f"{num_held_out} held-out images leave none of the "
+                         f"{len(paths)} images for calibration")
+    order = np.random.default_rng(seed).permutation(len(paths))
+    held = [paths[i] for i in order[:num_held_out]]
+    calib = [paths[i] for i in order[num_held_out:num_held_out + num_calib]]
+    return ImageSplit(calib=calib, held_out=held)
+
+
+def iter_feeds(paths: Sequence[Path], meta: ModelMeta,
+               batch_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
+    """ONNX feeds ``{'images': float32 [B,3,H,W] (+ 'mask': bool [B,H,W])}``.
+
+    ``B = batch_size`` except a smaller last batch. The mask (True = padding)
+    is included only when the model has a mask input (``meta.with_mask``).
+    """
+    from runtime.preprocess import preprocess
+
+    if batch_size <= 0:
+        raise InputError("batch_size", f"must be positive, got {batch_size}")
+    for start in range(0, len(paths), batch_size):
+        batch = preprocess(list(paths[start:start + batch_size]), meta)
+        feed = {"images": np.ascontiguousarray(batch.images, dtype=np.float32)}
+        if meta.with_mask:
+            feed["mask"] = np.ascontiguousarray(batch.mask, dtype=bool)
+        yield feed
+
+
+def fixed_size_batches(paths: Sequence[Path], meta: ModelMeta,
+                       batch_size: int) -> Iterator[dict[str, np.ndarray]]:
+    """Feeds as :func:`iter_feeds`, all of exactly ``batch_size`` images, for a
+    TensorRT calibrator (which needs every batch the same size): a short last
+    batch is dropped (calibration statistics do not need every image)."""
+    for feed in iter_feeds(paths, meta, batch_size):
+        if feed["images"].shape[0] == batch_size:
+            yield feed
