@@ -1,0 +1,304 @@
+"""Save and load DETR checkpoints: our own format, official facebookresearch/detr
+checkpoints and Hugging Face ``facebook/detr-*`` weights.
+
+Loading never executes code from the file: ``torch.load(weights_only=True)``
+with an allow-list of only ``argparse.Namespace`` (the ``args`` entry of
+official training checkpoints). Anything else in the pickle is refused with a
+ModelFormatError naming the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import pickle
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from detr.config import PRESETS, DETRConfig, config_from_dict, get_config
+from detr.detr import DETR, build_model_from_config
+from detr.hf_convert import hf_to_official, is_hf_state_dict
+from runtime.atomic import atomic_write_bytes
+from runtime.errors import InputError, ModelFormatError
+
+# Globals an official checkpoint may reference besides tensors and plain containers.
+SAFE_GLOBALS: list[Any] = [argparse.Namespace]
+
+_HF_FILES = ("model.safetensors", "pytorch_model.bin")
+_MAX_LISTED = 5  # keys listed per category in mismatch messages
+
+
+@dataclass
+class LoadedCheckpoint:
+    """Everything a checkpoint provides. ``model`` is in eval mode."""
+
+    model: DETR
+    config: DETRConfig
+    class_names: list[str]  # one per real class, contiguous index order
+    label_map: list[int]  # contiguous index -> dataset category id
+    raw: dict[str, Any]  # the unpickled file (own/official) or {'model': state_dict} (HF)
+    num_classes: int = 0  # real classes (class_embed has num_classes + 1 outputs)
+    source_format: str = "detr-edge"  # 'detr-edge' | 'official' | 'hf'
+
+
+def _version() -> str:
+    try:
+        from importlib.metadata import version
+
+        return version("detr-edge")
+    except Exception:  # not installed as a distribution (running from a checkout)
+        return "0.1.0"
+
+
+def save_checkpoint(
+    path: str | Path,
+    model: DETR,
+    config: DETRConfig,
+    class_names: list[str],
+    label_map: list[int],
+    extra: dict[str, Any] | None = None,
+) -> None:
+    """Write ``{'model', 'config', 'preset', 'num_classes', 'class_names', 'label_map',
+    'detr_edge_version'} | extra`` atomically (training adds optimizer, epoch, ...)."""
+    if len(class_names) != model.num_classes or len(label_map) != model.num_classes:
+        raise InputError(
+            "class_names/label_map",
+            f"need {model.num_classes} entries each (the model's num_classes), got "
+            f"{len(class_names)} names and {len(label_map)} label ids",
+        )
+    payload: dict[str, Any] = {
+        "model": model.state_dict(),
+        "config": dataclasses.asdict(config),
+        "preset": config.name,
+        "num_classes": model.num_classes,
+        "class_names": list(class_names),
+        "label_map": [int(i) for i in label_map],
+        "detr_edge_version": _version(),
+    }
+    for key, value in (extra or {}).items():
+        if key in payload:
+            raise InputError("extra", f"key {key!r} is reserved by the checkpoint format")
+        payload[key] = value
+    buffer = io.BytesIO()
+    torch.save(payload, buffer)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def load_model(path: str | Path, preset: str | None = None,
+               num_classes: int | None = None) -> DETR:
+    """Load any supported checkpoint and return just the model (eval mode)."""
+    return load_checkpoint(path, preset=preset, num_classes=num_classes).model
+
+
+def load_checkpoint(path: str | Path, preset: str | None = None,
+                    num_classes: int | None = None) -> LoadedCheckpoint:
+    """Load our own, an official DETR or a Hugging Face DETR checkpoint.
+
+    ``path`` may be a file (.pth/.pt/.bin/.safetensors) or an HF snapshot folder
+    (model.safetensors or pytorch_model.bin, optional config.json). ``preset``
+    overrides the inferred architecture (needed e.g. for DC5 weights without
+    ``args``, which are shape-identical to non-DC5 ones); ``num_classes`` must then
+    match the checkpoint. Raises ModelFormatError for a missing, truncated, unsafe
+    or mismatching file.
+    """
+    file = _resolve_file(Path(path))
+    raw = _read(file)
+    hf_config = _read_hf_config(file)
+    if isinstance(raw.get("model"), Mapping) and isinstance(raw.get("config"), Mapping):
+        state, fmt = dict(raw["model"]), "detr-edge"
+        config = config_from_dict(dict(raw["config"]))
+        stored_classes = int(raw.get("num_classes", _classes_in(state, file)))
+    elif is_hf_state_dict(raw):
+        state, fmt = hf_to_official(raw), "hf"
+        config = _infer_config(state, file, hf_config=hf_config)
+        stored_classes = _classes_in(state, file)
+    else:
+        state = dict(raw["model"]) if isinstance(raw.get("model"), Mapping) else raw
+        fmt = "official"
+        if "query_embed.weight" not in state:
+            raise ModelFormatError(file, "not a DETR checkpoint (no 'query_embed.weight' and no "
+                                   "Hugging Face DETR keys)")
+        args = raw.get("args")
+        config = _infer_config(state, file, args=args if isinstance(args, argparse.Namespace) else None)
+        stored_classes = _classes_in(state, file)
+    if preset is not None:
+        try:
+            config = get_config(preset)
+        except ValueError as exc:
+            raise ModelFormatError(file, str(exc)) from exc
+    wanted = stored_classes if num_classes is None else num_classes
+    if wanted != stored_classes:
+        raise ModelFormatError(
+            file,
+            f"checkpoint has {stored_classes} classes (class_embed has {stored_classes + 1} "
+            f"outputs incl. no-object) but num_classes={wanted} was requested",
+        )
+    model = build_model_from_config(config, wanted)
+    _load_strict(model, state, file, config)
+    model.eval()
+    names, label_map = _class_info(raw, hf_config, wanted, fmt)
+    return LoadedCheckpoint(model=model, config=config, class_names=names, label_map=label_map,
+                            raw=raw if fmt != "hf" else {"model": raw}, num_classes=wanted,
+                            source_format=fmt)
+
+
+def _resolve_file(path: Path) -> Path:
+    if path.is_dir():
+        for name in _HF_FILES:
+            if (path / name).is_file():
+                return path / name
+        raise ModelFormatError(path, f"folder has none of {list(_HF_FILES)}")
+    if not path.is_file():
+        raise ModelFormatError(path, "checkpoint file does not exist")
+    return path
+
+
+def _read(file: Path) -> dict[str, Any]:
+    """Unpickle (safely) or read safetensors; always returns a dict."""
+    if file.suffix == ".safetensors":
+        try:
+            from safetensors.torch import load_file
+
+            return dict(load_file(str(file), device="cpu"))
+        except Exception as exc:
+            raise ModelFormatError(file, f"unreadable safetensors file (truncated or corrupt): {exc}") from exc
+    try:
+        with torch.serialization.safe_globals(SAFE_GLOBALS):
+            data = torch.load(file, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+        # torch's message starts with generic advice; the useful line names the global.
+        hits = [ln for ln in lines if re.search(r"Unsupported|GLOBAL|global", ln)]
+        reason = (hits or lines or [type(exc).__name__])[0]
+        unsafe = bool(hits)
+        what = "refused to unpickle: the file references code outside the allow-list" if unsafe \
+            else "cannot unpickle (truncated or corrupt)"
+        raise ModelFormatError(file, f"{what} ({reason})") from exc
+    except (EOFError, RuntimeError, OSError, ValueError, AttributeError, TypeError, KeyError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ModelFormatError(file, f"cannot read checkpoint (truncated or corrupt): {reason}") from exc
+    if not isinstance(data, dict):
+        raise ModelFormatError(file, f"expected a dict checkpoint, got {type(data).__name__}")
+    return data
+
+
+def _read_hf_config(file: Path) -> dict[str, Any] | None:
+    cfg = file.parent / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        data = json.loads(cfg.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) and data.get("model_type") == "detr" else None
+
+
+def _classes_in(state: Mapping[str, Any], file: Path) -> int:
+    weight = state.get("class_embed.weight")
+    if not isinstance(weight, Tensor) or weight.dim() != 2:
+        raise ModelFormatError(file, "no class_embed.weight [K+1, d] in the checkpoint")
+    return int(weight.shape[0]) - 1
+
+
+def _count_indexed(state: Mapping[str, Any], prefix: str) -> int:
+    """Number of ``prefix<N>.`` modules (e.g. layers of the encoder)."""
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    found = {int(m.group(1)) for k in state if (m := pattern.match(k))}
+    return max(found) + 1 if found else 0
+
+
+def _infer_config(state: Mapping[str, Any], file: Path, args: argparse.Namespace | None = None,
+                  hf_config: dict[str, Any] | None = None) -> DETRConfig:
+    """Architecture from ``args`` (official), ``config.json`` (HF) or the tensor shapes.
+
+    Shapes give the ResNet depth (layer3 block count + bottleneck or not), d,
+    queries, layer counts, FFN width and pre-norm; heads and DC5 cannot be seen in
+    shapes and default to 8 and False when no args/config.json says otherwise.
+    """
+    query = state["query_embed.weight"]
+    layer3 = _count_indexed(state, "backbone.0.body.layer3.")
+    bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state
+    depth = {(2, False): "resnet18", (6, False): "resnet34", (6, True): "resnet50",
+             (23, True): "resnet101"}.get((layer3, bottleneck))
+    if depth is None:
+        raise ModelFormatError(file, f"unsupported backbone: layer3 has {layer3} blocks "
+                               f"({'bottleneck' if bottleneck else 'basic'})")
+    linear1 = state.get("transformer.encoder.layers.0.linear1.weight",
+                        state.get("transformer.decoder.layers.0.linear1.weight"))
+    values: dict[str, Any] = {
+        "backbone": depth,
+        "hidden_dim": int(query.shape[1]),
+        "num_queries": int(query.shape[0]),
+        "enc_layers": _count_indexed(state, "transformer.encoder.layers."),
+        "dec_layers": _count_indexed(state, "transformer.decoder.layers."),
+        "dim_feedforward": int(linear1.shape[0]) if isinstance(linear1, Tensor) else 2048,
+        "pre_norm": "transformer.encoder.norm.weight" in state,
+        # Frozen BN never stores num_batches_tracked; a trained BatchNorm2d does.
+        "frozen_batchnorm": not any(k.endswith("num_batches_tracked") for k in state),
+    }
+    if args is not None:
+        for field in ("dilation", "nheads", "dropout", "aux_loss", "pre_norm"):
+            if hasattr(args, field):
+                values[field] = getattr(args, field)
+    if hf_config is not None:
+        values["nheads"] = int(hf_config.get("encoder_attention_heads", 8))
+        values["dilation"] = bool(hf_config.get("dilation") or False)
+        values["dropout"] = float(hf_config.get("dropout", 0.1))
+    base = DETRConfig(**values)
+    for name, preset in PRESETS.items():  # report the preset name when it is one
+        if dataclasses.replace(preset, name=base.name) == base:
+            return preset
+    try:
+        base = dataclasses.replace(base, name="custom")
+        base.validate()
+    except ValueError as exc:
+        raise ModelFormatError(file, f"inconsistent architecture in checkpoint: {exc}") from exc
+    return base
+
+
+def _load_strict(model: DETR, state: Mapping[str, Any], file: Path, config: DETRConfig) -> None:
+    """load_state_dict(strict=True) with a readable ModelFormatError on mismatch.
+
+    ``num_batches_tracked`` is ignored both ways (frozen BN has none; it does not
+    change the forward pass)."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state if k not in expected and not k.endswith("num_batches_tracked")]
+    mismatched = [
+        f"{k} (checkpoint {list(v.shape)} vs model {list(expected[k].shape)})"
+        for k, v in state.items()
+        if k in expected and isinstance(v, Tensor) and v.shape != expected[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected),
+                            ("shape mismatch", mismatched)):
+            if keys:
+                shown = ", ".join(keys[:_MAX_LISTED])
+                more = f" and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
+                parts.append(f"{len(keys)} {label} key(s): {shown}{more}")
+        raise ModelFormatError(
+            file, f"checkpoint does not match {config.name} with {model.num_classes} classes: "
+            + "; ".join(parts))
+    filtered = {k: v for k, v in state.items() if k in expected}
+    model.load_state_dict(filtered, strict=False)
+
+
+def _class_info(raw: Mapping[str, Any], hf_config: dict[str, Any] | None, num_classes: int,
+                fmt: str) -> tuple[list[str], list[int]]:
+    if fmt == "detr-edge":
+        return list(raw.get("class_names", [])), [int(i) for i in raw.get("label_map", [])]
+    if hf_config is not None and isinstance(hf_config.get("id2label"), dict):
+        id2label = {int(k): str(v) for k, v in hf_config["id2label"].items()}
+        names = [id2label.get(i, f"class_{i}") for i in range(num_classes)]
+        return names, list(range(num_classes))
+    # Official DETR trains with class index == COCO category id, so the map is identity.
+    return [f"class_{i}" for i in range(num_classes)], list(range(num_classes))
