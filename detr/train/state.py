@@ -1,0 +1,107 @@
+"""Training state that must survive a restart: RNG states and the training checkpoint.
+
+A resumed run must end with exactly the weights of an uninterrupted one, so
+besides model/optimizer/scheduler we store the python, numpy and torch (CPU
+and CUDA) generator states of every process. Everything is stored as plain
+types + tensors so ``torch.load(weights_only=True)`` can read it back.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from runtime.errors import ModelFormatError
+
+
+def get_rng_state() -> dict[str, Any]:
+    """This process's generator states, as weights_only-loadable values."""
+    np_state = np.random.get_state()
+    state: dict[str, Any] = {
+        "python": _to_lists(random.getstate()),
+        # numpy's legacy state: (name, uint32[624] keys, pos, has_gauss, cached_gaussian)
+        "numpy": [np_state[0], torch.from_numpy(np_state[1].astype(np.int64)),
+                  int(np_state[2]), int(np_state[3]), float(np_state[4])],
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what :func:`get_rng_state` returned."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def save_training_checkpoint(path: Path, model: torch.nn.Module, model_config: Any,
+                             class_names: list[str], label_map: list[int],
+                             extra: dict[str, Any]) -> None:
+    """Write the own checkpoint format (``detr.save_checkpoint``, atomic) plus the
+    resume fields in ``extra`` (optimizer, lr_scheduler, epoch, rng_state, train_config)."""
+    try:
+        from detr.checkpoint import save_checkpoint
+    except ImportError:  # model package without checkpoint.py: same contract, written here
+        save_checkpoint = _save_checkpoint_fallback
+    save_checkpoint(path, model, model_config, class_names, label_map, extra=extra)
+
+
+def _save_checkpoint_fallback(path: Path, model: torch.nn.Module, model_config: Any,
+                              class_names: list[str], label_map: list[int],
+                              extra: dict[str, Any] | None = None) -> None:
+    import dataclasses
+    import io
+
+    from runtime.atomic import atomic_write_bytes
+
+    payload = {"model": model.state_dict(), "config": dataclasses.asdict(model_config),
+               "preset": model_config.name, "num_classes": len(class_names),
+               "class_names": list(class_names), "label_map": list(label_map),
+               "detr_edge_version": "0.1.0", **(extra or {})}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def read_training_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a training checkpoint written by :func:`detr.train.loop.train` (tensors on CPU).
+
+    Raises ``ModelFormatError`` naming the file if it is missing, unreadable or
+    lacks the resume fields (e.g. an exported weights-only checkpoint).
+    """
+    if not path.is_file():
+        raise ModelFormatError(path, "no checkpoint to resume from "
+                               "(start without --resume, or check --out)")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupt/truncated pickles raise many different types
+        raise ModelFormatError(path, f"cannot read training checkpoint: {exc}") from exc
+    missing = [k for k in ("model", "optimizer", "lr_scheduler", "epoch", "rng_state",
+                           "train_config") if k not in raw]
+    if missing:
+        raise ModelFormatError(path, f"not a resumable training checkpoint (missing {missing})")
+    return raw
+
+
+def _to_lists(value: Any) -> Any:
+    """Tuples -> lists recursively (python's RNG state is nested tuples)."""
+    if isinstance(value, tuple):
+        return [_to_lists(v) for v in value]
+    return value
