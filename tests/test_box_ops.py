@@ -7,8 +7,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from detr.box_ops import (box_area, box_cxcywh_to_xyxy, box_iou, box_xyxy_to_cxcywh,
-                          generalized_box_iou)
+from detr.box_ops import (
+    box_area,
+    box_cxcywh_to_xyxy,
+    box_iou,
+    box_xyxy_to_cxcywh,
+    generalized_box_iou,
+)
 from runtime.errors import InputError
 
 coord = st.floats(min_value=-1e3, max_value=1e3, allow_nan=False)
