@@ -39,6 +39,8 @@ class Report:
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 1, signed: bool = False) -> str:
     if value is None:
         return "-"
+    if value == -1.0 and scale == 100 and not signed:
+        return "n/a"  # COCO's -1: no ground truth in this area range
     return f"{value * scale:+.{digits}f}" if signed else f"{value * scale:.{digits}f}"
 
 
@@ -57,6 +59,11 @@ def to_markdown(report: Report) -> str:
         acc = r.accuracy or {}
         d = r.delta_vs_reference or {}
         p = r.parity or {}
+        if (r.backend, r.precision) == ("pytorch", "fp32") and r.accuracy is not None:
+            lines.append(f"| {r.name} | {r.status} | "
+                         + " | ".join(_fmt(acc.get(k), 100) for k in AP_KEYS)
+                         + " | reference | | | | |")
+            continue
         lines.append(
             f"| {r.name} | {r.status} | " + " | ".join(_fmt(acc.get(k), 100) for k in AP_KEYS)
             + f" | {_fmt(d.get('AP'), 100, 2, True)} | {_fmt(d.get('AP50'), 100, 2, True)}"
