@@ -1,0 +1,129 @@
+"""ONNX Runtime backend: CPU, CUDA and TensorRT execution providers.
+
+onnxruntime is imported when the backend is created, so ``import runtime``
+works on an install without it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.backends.base import Backend, check_batch
+from runtime.errors import BackendUnavailableError, InputError, ModelFormatError
+from runtime.metadata import METADATA_KEY, ModelMeta
+
+# Preference of providers='auto': fastest first, CPU last (always available).
+AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+ALIASES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "trt": "TensorrtExecutionProvider",
+}
+ProviderSpec = str | tuple[str, dict[str, Any]]  # name, or (name, provider options)
+
+
+def _import_ort() -> Any:
+    try:
+        import onnxruntime
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            "onnxruntime not installed (pip install 'detr-edge[onnx]', or "
+            "onnxruntime-gpu for CUDA/TensorRT providers)") from exc
+    return onnxruntime
+
+
+def resolve_providers(providers: Sequence[ProviderSpec] | str | None,
+                      available: Sequence[str]) -> list[ProviderSpec]:
+    """Expand ``None``/'auto' and aliases ("cpu", "cuda", "tensorrt") into ORT provider specs.
+
+    An explicitly requested provider that this onnxruntime build lacks raises
+    ``BackendUnavailableError`` instead of ORT's silent fallback to CPU, so a
+    benchmark row labelled "CUDA" never measures the CPU.
+    """
+    if providers is None or providers == "auto":
+        return [p for p in AUTO_ORDER if p in available]
+    if isinstance(providers, str):
+        providers = [providers]
+    out: list[ProviderSpec] = []
+    for spec in providers:
+        name, options = (spec, None) if isinstance(spec, str) else spec
+        name = ALIASES.get(name.lower(), name)
+        if name not in available:
+            raise BackendUnavailableError(
+                f"ONNX Runtime provider {name} is not available in this onnxruntime build "
+                f"(available: {', '.join(available)})")
+        out.append(name if options is None else (name, dict(options)))
+    if not out:
+        raise InputError("providers", "empty provider list")
+    return out
+
+
+def read_onnx_meta(session: Any, path: str | os.PathLike[str]) -> ModelMeta:
+    """The detr-edge ``ModelMeta`` stored in the model's metadata_props."""
+    custom = session.get_modelmeta().custom_metadata_map
+    if METADATA_KEY not in custom:
+        raise ModelFormatError(path, f"ONNX model has no '{METADATA_KEY}' metadata; export it "
+                               "with `detr-edge export-onnx`")
+    return ModelMeta.from_json(custom[METADATA_KEY], source=str(path))
+
+
+class OnnxRuntimeBackend(Backend):
+    """An ``onnxruntime.InferenceSession`` on an exported detr-edge ONNX model."""
+
+    def __init__(self, path: str | os.PathLike[str],
+                 providers: Sequence[ProviderSpec] | str | None = None,
+                 intra_op_threads: int | None = None) -> None:
+        ort = _import_ort()
+        p = Path(path)
+        if not p.is_file():
+            raise InputError(p, "model file not found")
+        chosen = resolve_providers(providers, ort.get_available_providers())
+        options = ort.SessionOptions()
+        if intra_op_threads:
+            options.intra_op_num_threads = intra_op_threads
+        try:
+            self.session = ort.InferenceSession(str(p), sess_options=options, providers=chosen)
+        except Exception as exc:  # ORT raises its own pybind exception types
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelFormatError(p, f"not a loadable ONNX model ({first[:200]})") from exc
+        self.meta = read_onnx_meta(self.session, p)
+        self.path = p
+        self.providers = list(self.session.get_providers())
+        self.name = f"onnxruntime[{self.providers[0]}]"
+        self._inputs = {i.name: i for i in self.session.get_inputs()}
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "images" not in self._inputs or not {"logits", "boxes"} <= set(outputs):
+            raise ModelFormatError(p, f"expected input 'images' and outputs 'logits', 'boxes'; "
+                                   f"got inputs {list(self._inputs)}, outputs {outputs}")
+        shape = self._inputs["images"].shape  # [B, 3, H, W]; dims are int or str (dynamic)
+        H, W = self.meta.input_height, self.meta.input_width
+        if len(shape) != 4 or (isinstance(shape[2], int) and shape[2] != H) or (
+                isinstance(shape[3], int) and shape[3] != W):
+            raise ModelFormatError(p, f"graph input 'images' has shape {shape} but the metadata "
+                                   f"says {H}x{W}")
+        self.batch_size = shape[0] if isinstance(shape[0], int) else None
+        self.has_mask = "mask" in self._inputs
+        if self.has_mask != self.meta.with_mask:
+            raise ModelFormatError(p, f"metadata with_mask={self.meta.with_mask} but the graph "
+                                   f"{'has' if self.has_mask else 'has no'} 'mask' input")
+        # FP16 graphs may keep FP16 inputs; feed what the graph declares.
+        self._image_dtype = np.float16 if self._inputs["images"].type == "tensor(float16)" \
+            else np.float32
+
+    def infer(self, images: np.ndarray, mask: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        images, mask = check_batch(self.meta, images, mask, self.batch_size)
+        feed: dict[str, np.ndarray] = {"images": images.astype(self._image_dtype, copy=False)}
+        if self.has_mask and mask is not None:
+            feed["mask"] = mask
+        logits, boxes = self.session.run(["logits", "boxes"], feed)
+        return np.asarray(logits, dtype=np.float32), np.asarray(boxes, dtype=np.float32)
+
+    def close(self) -> None:
+        self.__dict__.pop("session", None)

@@ -1,0 +1,281 @@
+"""Native TensorRT backend (TensorRT 10/11 Python API + cuda-python).
+
+Runs a detr-edge engine file (``runtime/engine_file.py``): the header is
+checked against this TensorRT version and GPU before the plan is
+deserialised, so a mismatch is a readable ``ModelFormatError`` instead of a
+TensorRT assertion. I/O uses the name-based API of TensorRT >= 10
+(``set_input_shape`` + ``set_tensor_address`` + ``execute_async_v3``; the old
+binding-index API is gone in 10). Host buffers are pinned
+(``cudaMallocHost``) so the copies are truly asynchronous; device buffers are
+allocated once for the largest batch. With ``cuda_graph=True`` the enqueue
+of each batch size is captured once into a CUDA graph and replayed, which
+removes most of the per-launch CPU overhead on Jetson-class CPUs.
+
+tensorrt and cuda-python are imported inside :func:`_import_trt`; without them
+``BackendUnavailableError`` says what to install.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import importlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from runtime.backends.base import Backend, check_batch
+from runtime.engine_file import check_compatible, read_engine_file
+from runtime.errors import BackendUnavailableError, DetrEdgeError, ModelFormatError
+
+if TYPE_CHECKING:
+    import tensorrt as trt
+
+
+def _import_trt() -> tuple[Any, Any]:
+    """Return ``(tensorrt, cudart)`` or raise ``BackendUnavailableError``."""
+    hint = ("pip install 'detr-edge[trt]' on an x86 GPU machine; on Jetson it comes with "
+            "JetPack")
+    try:
+        import tensorrt
+    except ImportError as exc:
+        raise BackendUnavailableError(f"TensorRT not installed ({hint})") from exc
+    if not hasattr(tensorrt, "Runtime"):
+        # tensorrt-stubs alone leaves an empty namespace package named "tensorrt".
+        raise BackendUnavailableError(f"TensorRT not installed (only type stubs found; {hint})")
+    try:
+        from cuda.bindings import runtime as cudart
+    except ImportError:
+        try:  # cuda-python < 12.6 spelled it cuda.cudart
+            cudart = importlib.import_module("cuda.cudart")
+        except ImportError as exc:
+            raise BackendUnavailableError(
+                "cuda-python not installed (pip install cuda-python); the native TensorRT "
+                "backend needs it for device buffers") from exc
+    return tensorrt, cudart
+
+
+def _check(result: Any, what: str) -> Any:
+    """Unwrap a cuda-python ``(err, *values)`` result; raise on a CUDA error."""
+    err, *values = result if isinstance(result, tuple) else (result,)
+    if int(err) != 0:
+        raise BackendUnavailableError(f"CUDA error in {what}: {err!r}")
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else tuple(values)
+
+
+def tensorrt_available() -> str | None:
+    """None when the native backend can be used, else the reason it cannot."""
+    try:
+        _import_trt()
+    except BackendUnavailableError as exc:
+        return str(exc)
+    return None
+
+
+def device_info(device: int = 0) -> tuple[str, str]:
+    """``(gpu_name, compute_capability)`` of a CUDA device, e.g. ("NVIDIA H100", "9.0")."""
+    _, cudart = _import_trt()
+    prop = _check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
+    name = prop.name
+    if isinstance(name, (bytes, bytearray)):
+        name = bytes(name).split(b"\0", 1)[0].decode("utf-8", "replace")
+    return str(name), f"{prop.major}.{prop.minor}"
+
+
+@dataclass
+class _Tensor:
+    """One engine I/O tensor with its pinned host and device buffers (sized for max batch)."""
+
+    name: str
+    is_input: bool
+    dtype: np.dtype[Any]
+    shape: tuple[int, ...]  # engine shape; -1 = dynamic
+    host_ptr: int = 0
+    device_ptr: int = 0
+    nbytes: int = 0
+    host: np.ndarray | None = None  # pinned numpy view of host_ptr, max-batch shape
+
+
+class TensorRTBackend(Backend):
+    """Native TensorRT execution of a detr-edge engine file.
+
+    ``cuda_graph``: capture each batch size's enqueue into a CUDA graph.
+    ``device``: CUDA device index. ``check``: refuse engines built with another
+    TensorRT version or GPU (``check_compatible``).
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, cuda_graph: bool = False,
+                 device: int = 0, check: bool = True) -> None:
+        trt_mod, cudart = _import_trt()
+        self._cudart = cudart
+        self._closed = False
+        self._tensors: dict[str, _Tensor] = {}
+        self._graphs: dict[int, tuple[Any, Any]] = {}  # batch -> (graph, graph_exec)
+        self.path = Path(path)
+        header, plan = read_engine_file(self.path)
+        self.meta = header.meta
+        self.header = header
+        _check(cudart.cudaSetDevice(device), "cudaSetDevice")
+        gpu_name, cc = device_info(device)
+        if check:
+            check_compatible(header, str(trt_mod.__version__), gpu_name, cc, source=self.path)
+        self._logger = trt_mod.Logger(trt_mod.Logger.WARNING)
+        self._runtime: trt.Runtime = trt_mod.Runtime(self._logger)
+        engine = self._runtime.deserialize_cuda_engine(plan)
+        if engine is None:
+            raise ModelFormatError(self.path, "TensorRT could not deserialize the plan "
+                                   "(see the TensorRT log above)")
+        self._engine: trt.ICudaEngine = engine
+        context = engine.create_execution_context()
+        if context is None:
+            raise BackendUnavailableError("TensorRT could not create an execution context "
+                                          "(out of GPU memory?)")
+        self._context: trt.IExecutionContext = context
+        self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self.cuda_graph = cuda_graph
+        self.name = f"tensorrt[{gpu_name}{', cuda graph' if cuda_graph else ''}]"
+        self._setup_io(trt_mod)
+
+    # ---- set-up -------------------------------------------------------------------------
+
+    def _setup_io(self, trt_mod: Any) -> None:
+        engine = self._engine
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            self._tensors[name] = _Tensor(
+                name=name,
+                is_input=engine.get_tensor_mode(name) == trt_mod.TensorIOMode.INPUT,
+                dtype=np.dtype(trt_mod.nptype(engine.get_tensor_dtype(name))),
+                shape=tuple(engine.get_tensor_shape(name)))
+        names = set(self._tensors)
+        if not {"images", "logits", "boxes"} <= names:
+            raise ModelFormatError(self.path, f"engine I/O tensors are {sorted(names)}; "
+                                   "expected images, logits, boxes")
+        has_mask = "mask" in names
+        if has_mask != self.meta.with_mask:
+            raise ModelFormatError(self.path, f"header with_mask={self.meta.with_mask} but the "
+                                   f"engine {'has' if has_mask else 'has no'} 'mask' input")
+        images = self._tensors["images"]
+        if images.shape[0] >= 0:  # fixed batch
+            self.batch_size: int | None = images.shape[0]
+            self.max_batch_size = images.shape[0]
+        else:  # dynamic batch: the optimisation profile bounds it
+            _, _, max_shape = engine.get_tensor_profile_shape("images", 0)
+            self.batch_size = None
+            self.max_batch_size = int(max_shape[0])
+        H, W = self.meta.input_height, self.meta.input_width
+        if images.shape[1:] != (3, H, W):
+            raise ModelFormatError(self.path, f"engine input 'images' is {images.shape}, "
+                                   f"header says [B, 3, {H}, {W}]")
+        self._set_batch(self.max_batch_size)
+        for t in self._tensors.values():
+            shape = self._context.get_tensor_shape(t.name)
+            full = (self.max_batch_size, *tuple(shape)[1:])
+            t.nbytes = int(np.prod(full)) * t.dtype.itemsize
+            t.device_ptr = int(_check(self._cudart.cudaMalloc(t.nbytes), "cudaMalloc"))
+            t.host_ptr = int(_check(self._cudart.cudaMallocHost(t.nbytes), "cudaMallocHost"))
+            raw = (ctypes.c_uint8 * t.nbytes).from_address(t.host_ptr)
+            t.host = np.frombuffer(memoryview(raw).cast("B"), dtype=t.dtype).reshape(full)
+            if not self._context.set_tensor_address(t.name, t.device_ptr):
+                raise BackendUnavailableError(f"TensorRT rejected the address of '{t.name}'")
+
+    def _set_batch(self, batch: int) -> None:
+        for t in self._tensors.values():
+            if t.is_input and t.shape[0] < 0 and not self._context.set_input_shape(
+                    t.name, (batch, *t.shape[1:])):
+                raise DetrEdgeError(f"TensorRT rejected batch size {batch} for '{t.name}'")
+
+    # ---- inference ----------------------------------------------------------------------
+
+    def infer(self, images: np.ndarray, mask: np.ndarray | None = None
+              ) -> tuple[np.ndarray, np.ndarray]:
+        if self._closed:
+            raise DetrEdgeError("TensorRT backend is closed")
+        images, mask = check_batch(self.meta, images, mask, self.batch_size, self.max_batch_size)
+        B = images.shape[0]
+        cudart = self._cudart
+        feed = {"images": images}
+        if "mask" in self._tensors and mask is not None:
+            feed["mask"] = mask
+        self._set_batch(B)
+        for name, array in feed.items():
+            t = self._tensors[name]
+            assert t.host is not None
+            t.host[:B] = array.astype(t.dtype, copy=False)
+            _check(cudart.cudaMemcpyAsync(t.device_ptr, t.host_ptr, t.nbytes // self._max * B,
+                                          cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
+                                          self._stream), "cudaMemcpyAsync H2D")
+        self._enqueue(B)
+        outputs = {}
+        for name in ("logits", "boxes"):
+            t = self._tensors[name]
+            _check(cudart.cudaMemcpyAsync(t.host_ptr, t.device_ptr, t.nbytes // self._max * B,
+                                          cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
+                                          self._stream), "cudaMemcpyAsync D2H")
+        _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        for name in ("logits", "boxes"):
+            host = self._tensors[name].host
+            assert host is not None
+            outputs[name] = np.array(host[:B], dtype=np.float32)  # copy out of pinned memory
+        return outputs["logits"], outputs["boxes"]
+
+    @property
+    def _max(self) -> int:
+        assert self.max_batch_size is not None
+        return self.max_batch_size
+
+    def _enqueue(self, batch: int) -> None:
+        cudart = self._cudart
+        stream_handle = int(self._stream)
+        if not self.cuda_graph:
+            if not self._context.execute_async_v3(stream_handle):
+                raise DetrEdgeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+            return
+        if batch not in self._graphs:
+            # One plain run first: TensorRT finishes shape-dependent set-up on the first
+            # enqueue after set_input_shape, and that work must not be captured.
+            if not self._context.execute_async_v3(stream_handle):
+                raise DetrEdgeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+            _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+            _check(cudart.cudaStreamBeginCapture(
+                self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+                "cudaStreamBeginCapture")
+            ok = self._context.execute_async_v3(stream_handle)
+            graph = _check(cudart.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
+            if not ok:
+                raise DetrEdgeError("TensorRT execute_async_v3 failed during CUDA graph capture")
+            graph_exec = _check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
+            self._graphs[batch] = (graph, graph_exec)
+        _check(cudart.cudaGraphLaunch(self._graphs[batch][1], self._stream), "cudaGraphLaunch")
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        cudart = self._cudart
+        for graph, graph_exec in self._graphs.values():
+            cudart.cudaGraphExecDestroy(graph_exec)
+            cudart.cudaGraphDestroy(graph)
+        self._graphs.clear()
+        for t in self._tensors.values():
+            t.host = None
+            if t.device_ptr:
+                cudart.cudaFree(t.device_ptr)
+            if t.host_ptr:
+                cudart.cudaFreeHost(t.host_ptr)
+            t.device_ptr = t.host_ptr = 0
+        if getattr(self, "_stream", None) is not None:
+            cudart.cudaStreamDestroy(self._stream)
+        # Drop TensorRT objects in dependency order: context, engine, runtime.
+        for attr in ("_context", "_engine", "_runtime"):
+            self.__dict__.pop(attr, None)
+
+    def __del__(self) -> None:
+        # At interpreter shutdown cuda-python may already be torn down; nothing to report.
+        with contextlib.suppress(Exception):
+            self.close()

@@ -1,0 +1,127 @@
+"""Detector end to end on tiny ONNX models with the detr-edge contract (CPU)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+from tiny_onnx import BOXES, make_tiny_onnx, tiny_meta
+
+from runtime.backends.tensorrt_backend import tensorrt_available
+from runtime.decode import box_cxcywh_to_xyxy
+from runtime.detector import Detector
+from runtime.engine_file import write_engine_file
+from runtime.errors import BackendUnavailableError, InputError, ModelFormatError
+from runtime.metadata import DecodingDefaults
+from runtime.preprocess import preprocess
+
+
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_boxes_map_to_original_pixels(tmp_path, with_mask: bool) -> None:
+    # Zero weights: outputs are exactly the biases, so boxes are known in advance.
+    meta = tiny_meta(64, 64, with_mask=with_mask)
+    det = Detector(make_tiny_onnx(tmp_path / "m.onnx", meta, weight_scale=0.0))
+    image = np.full((50, 200, 3), 120, dtype=np.uint8)  # h=50, w=200 -> scale 0.32, 16x64
+    result = det.detect(image)[0]
+    assert result.labels.tolist() == [0, 1, 2]  # slots 0..2 are objects, sorted by score
+    assert result.class_names == ["circle", "square", "triangle"]
+    assert result.category_ids.tolist() == [3, 7, 11]
+    if with_mask:  # boxes relative to the valid region = the whole original image
+        ref_h, ref_w = 50, 200
+    else:  # boxes relative to the whole 64x64 canvas = 200x200 original pixels
+        ref_h, ref_w = 64 / 0.32, 64 / 0.32
+    expected = box_cxcywh_to_xyxy(BOXES[:3]) * np.array([ref_w, ref_h, ref_w, ref_h])
+    expected[:, 0::2] = expected[:, 0::2].clip(0, 200)
+    expected[:, 1::2] = expected[:, 1::2].clip(0, 50)
+    np.testing.assert_allclose(result.boxes, expected, rtol=1e-4, atol=1e-2)
+
+
+@pytest.mark.parametrize("batch_size", [2, None])
+def test_batching_matches_single_images(tmp_path, batch_size: int | None) -> None:
+    meta = tiny_meta(48, 64, batch_size=batch_size, with_mask=True)
+    det = Detector(make_tiny_onnx(tmp_path / "m.onnx", meta, weight_scale=0.5),
+                   batch_size=None if batch_size else 2)
+    rng = np.random.default_rng(1)
+    images = [rng.integers(0, 256, size=(rng.integers(10, 90), rng.integers(10, 90), 3),
+                           dtype=np.uint8) for _ in range(5)]
+    together = det.detect(images, second_best=True)
+    assert len(together) == 5
+    for image, res in zip(images, together):
+        alone = det.detect([image], second_best=True)[0]
+        np.testing.assert_allclose(res.scores, alone.scores, rtol=1e-5)
+        np.testing.assert_allclose(res.boxes, alone.boxes, rtol=1e-5, atol=1e-3)
+        assert (res.boxes[:, 2] <= image.shape[1]).all() and (res.boxes[:, 3] <= image.shape[0]).all()
+        assert len(res) == 6  # second_best keeps every query
+
+
+def test_decoding_defaults_and_overrides(tmp_path) -> None:
+    meta = tiny_meta(decoding=DecodingDefaults(score_threshold=0.0, top_k=2))
+    det = Detector(make_tiny_onnx(tmp_path / "m.onnx", meta))
+    img = Image.new("L", (40, 30), 99)
+    assert len(det.detect(img)[0]) == 2  # meta top_k
+    assert len(det.detect(img, top_k=10)[0]) == 3  # paper mode: 3 object slots
+    assert len(det.detect(img, top_k=10, second_best=True)[0]) == 6
+    assert len(det.detect(img, score_threshold=1.0)[0]) == 0
+
+
+def test_preprocessed_inputs_and_infer(tmp_path) -> None:
+    meta = tiny_meta(32, 48, batch_size=1)
+    det = Detector(make_tiny_onnx(tmp_path / "m.onnx", meta))
+    batch = preprocess([np.zeros((20, 20, 3), np.uint8)], meta)
+    logits, boxes = det.infer(batch.images)
+    assert logits.shape == (1, 6, 4) and boxes.shape == (1, 6, 4)
+    assert len(det.detect(batch)[0]) == 3
+    assert len(det.detect(batch.images)[0]) == 3  # already-preprocessed array
+    with pytest.raises(InputError, match=r"preprocessed array has shape \(1, 3, 64, 64\)"):
+        det.detect(np.zeros((1, 3, 64, 64), np.float32))
+    with pytest.raises(InputError, match=r"model expects \[B, 3, 32, 48\]"):
+        det.infer(np.zeros((1, 3, 48, 32), np.float32))
+    with pytest.raises(InputError, match="fixed batch size of 1"):
+        det.infer(np.zeros((2, 3, 32, 48), np.float32))
+    with pytest.raises(InputError, match="fixed batch size of 1"):
+        Detector(tmp_path / "m.onnx", batch_size=4)
+
+
+def test_bad_model_files(tmp_path) -> None:
+    good = make_tiny_onnx(tmp_path / "m.onnx", tiny_meta())
+    truncated = tmp_path / "truncated.onnx"
+    truncated.write_bytes(good.read_bytes()[:200])
+    with pytest.raises(ModelFormatError, match="truncated.onnx"):
+        Detector(truncated)
+    text = tmp_path / "notes.onnx"
+    text.write_text("hello")
+    with pytest.raises(ModelFormatError, match="notes.onnx"):
+        Detector(text)
+    with pytest.raises(InputError, match="not found"):
+        Detector(tmp_path / "missing.onnx")
+    import onnx
+
+    model = onnx.load(str(good))
+    del model.metadata_props[:]
+    plain = tmp_path / "plain.onnx"
+    onnx.save(model, str(plain))
+    with pytest.raises(ModelFormatError, match="plain.onnx.*no 'detr_edge' metadata"):
+        Detector(plain)
+    with pytest.raises(InputError, match="unknown backend"):
+        Detector(good, backend="openvino")
+    with pytest.raises(InputError, match="needs a detr-edge engine file"):
+        Detector(good, backend="tensorrt")
+
+
+def test_unavailable_providers_and_tensorrt(tmp_path) -> None:
+    import onnxruntime
+
+    good = make_tiny_onnx(tmp_path / "m.onnx", tiny_meta())
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        with pytest.raises(BackendUnavailableError, match="CUDAExecutionProvider is not available"):
+            Detector(good, providers=["cuda"])
+    assert Detector(good, providers=["cpu"]).backend.name == "onnxruntime[CPUExecutionProvider]"
+    engine = tmp_path / "m.engine"
+    write_engine_file(engine, tiny_meta(), b"not a real plan", tensorrt_version="10.13.0.35",
+                      gpu_name="none", compute_capability="0.0")
+    if tensorrt_available() is None:
+        pytest.skip("TensorRT is installed here: the missing-TensorRT path cannot be tested")
+    with pytest.raises(BackendUnavailableError, match="TensorRT not installed"):
+        Detector(engine)  # auto -> native TensorRT for an engine file
+    with pytest.raises(InputError, match="use backend 'tensorrt'"):
+        Detector(engine, backend="onnxruntime")
