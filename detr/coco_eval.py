@@ -1,0 +1,162 @@
+"""COCO box AP for DETR detections (numpy + pycocotools, no torch).
+
+Used by evaluation and the accuracy benchmarks for every backend (PyTorch,
+ONNX Runtime, TensorRT), so it takes the runtime's ``Detections`` and never
+imports torch. pycocotools (the ``train`` extra) is imported only inside
+:func:`coco_metrics`, so converting results needs numpy alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import math
+import os
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol, Union
+
+import numpy as np
+
+from runtime.errors import BackendUnavailableError, DataError, InputError
+
+if TYPE_CHECKING:
+    from pycocotools.coco import COCO
+
+# Order of COCOeval.stats[0:6] for iouType "bbox".
+METRIC_NAMES = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
+
+CocoGroundTruth = Union[str, "os.PathLike[str]", "COCO", dict]
+
+
+class DetectionsLike(Protocol):
+    """Anything shaped like ``runtime.decode.Detections``."""
+
+    scores: np.ndarray  # float [N]
+    labels: np.ndarray  # int [N], contiguous model labels 0..K-1
+    boxes: np.ndarray  # float [N, 4], absolute pixel (x0, y0, x1, y1)
+
+
+def detections_to_coco_results(image_ids: Sequence[int], detections: Sequence[DetectionsLike],
+                               label_map: Sequence[int]) -> list[dict[str, Any]]:
+    """Convert per-image detections to the COCO results format.
+
+    image_ids: COCO image id of each entry of ``detections``. Boxes must be
+    pixel xyxy in the *original* image (what COCO's ground truth uses).
+    label_map: COCO category id of each contiguous label (``label_map[k]``).
+    Returns ``[{'image_id', 'category_id', 'bbox': [x, y, w, h], 'score'}]``
+    with plain Python numbers (JSON-serialisable).
+    """
+    if len(image_ids) != len(detections):
+        raise InputError("detections", f"{len(detections)} detection sets for "
+                         f"{len(image_ids)} image ids")
+    categories = np.asarray(label_map, dtype=np.int64)
+    results: list[dict[str, Any]] = []
+    for image_id, det in zip(image_ids, detections):
+        scores = np.asarray(det.scores, dtype=np.float64).reshape(-1)  # [N]
+        labels = np.asarray(det.labels, dtype=np.int64).reshape(-1)  # [N]
+        boxes = np.asarray(det.boxes, dtype=np.float64).reshape(-1, 4)  # [N, 4] xyxy
+        if not len(scores) == len(labels) == len(boxes):
+            raise InputError(f"detections of image {image_id}",
+                             f"{len(scores)} scores, {len(labels)} labels, {len(boxes)} boxes")
+        if len(labels) and (labels.min() < 0 or labels.max() >= len(categories)):
+            raise InputError(f"detections of image {image_id}",
+                             f"label {int(labels.max())} outside the label map of "
+                             f"{len(categories)} classes")
+        if not (np.isfinite(scores).all() and np.isfinite(boxes).all()):
+            raise InputError(f"detections of image {image_id}", "non-finite score or box")
+        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)  # [N, 4]
+        for score, label, box in zip(scores.tolist(), labels.tolist(), xywh.tolist()):
+            results.append({"image_id": int(image_id), "category_id": int(categories[label]),
+                            "bbox": box, "score": score})
+    return results
+
+
+def load_coco_gt(coco_gt: CocoGroundTruth) -> COCO:
+    """A pycocotools ``COCO`` from a path, a dataset dict or a ``COCO`` (returned as is).
+
+    Loading messages of pycocotools are swallowed. Raises ``DataError`` for a
+    missing or malformed file, ``BackendUnavailableError`` without pycocotools.
+    """
+    coco_cls = _coco_class()
+    if isinstance(coco_gt, coco_cls):
+        return coco_gt
+    if isinstance(coco_gt, dict):
+        dataset, where = coco_gt, "ground truth dict"
+    elif isinstance(coco_gt, (str, os.PathLike)):
+        where = os.fspath(coco_gt)
+        try:
+            with open(where, encoding="utf-8") as f:
+                dataset = json.load(f)
+        except OSError as e:
+            raise DataError(where, f"cannot read annotation file ({e.strerror or e})") from e
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise DataError(where, f"not a JSON annotation file ({e})") from e
+    else:
+        raise InputError("coco_gt", f"expected a path, dict or COCO, got {type(coco_gt).__name__}")
+    _check_dataset(dataset, where)
+    coco = coco_cls()
+    coco.dataset = dataset
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco.createIndex()
+    return coco
+
+
+def coco_metrics(coco_gt: CocoGroundTruth, results: Sequence[dict[str, Any]], *,
+                 image_ids: Sequence[int] | None = None) -> dict[str, float]:
+    """COCO box AP of ``results`` (see :func:`detections_to_coco_results`).
+
+    coco_gt: annotation file path, dataset dict or pycocotools ``COCO``.
+    image_ids: evaluate only these images (default: every ground-truth image,
+    so images without results count as misses).
+    Returns floats for ``AP`` (IoU .50:.95), ``AP50``, ``AP75``, ``AP_S``,
+    ``AP_M``, ``AP_L`` in [0, 1]; like COCOeval, a size range without any
+    ground-truth object gives -1.0. No results at all gives 0.0 everywhere.
+    COCOeval's printed summary is captured, not shown.
+    """
+    gt = load_coco_gt(coco_gt)
+    if len(results) == 0:
+        # pycocotools' loadRes crashes on an empty list; nothing detected = AP 0.
+        return {name: 0.0 for name in METRIC_NAMES}
+    known = set(gt.getImgIds())
+    unknown = sorted({int(r["image_id"]) for r in results} - known)
+    if unknown:
+        raise InputError("results", f"image ids {unknown[:5]} are not in the ground truth")
+    from pycocotools.cocoeval import COCOeval
+
+    # loadRes adds 'area', 'id', 'iscrowd', 'segmentation' to each dict: copy them first.
+    copies = [dict(r) for r in results]
+    with contextlib.redirect_stdout(io.StringIO()):
+        detections = gt.loadRes(copies)
+        evaluator = COCOeval(gt, detections, iouType="bbox")
+        if image_ids is not None:
+            evaluator.params.imgIds = sorted(int(i) for i in image_ids)
+        evaluator.evaluate()
+        evaluator.accumulate()
+        evaluator.summarize()
+    stats = [float(s) for s in evaluator.stats[: len(METRIC_NAMES)]]
+    return {name: (value if math.isfinite(value) else 0.0)
+            for name, value in zip(METRIC_NAMES, stats)}
+
+
+def _coco_class() -> type:
+    try:
+        from pycocotools.coco import COCO
+    except ImportError as e:
+        raise BackendUnavailableError(
+            "pycocotools is not installed (pip install 'detr-edge[train]')") from e
+    return COCO
+
+
+def _check_dataset(dataset: Any, where: str) -> None:
+    """Fail early, naming the field, where COCOeval would raise a bare KeyError."""
+    if not isinstance(dataset, dict):
+        raise DataError(where, "top level must be a JSON object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(dataset.get(key), list):
+            raise DataError(where, f"missing list {key!r}")
+    for i, ann in enumerate(dataset["annotations"]):
+        missing = [k for k in ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
+                   if k not in ann]
+        if missing:
+            raise DataError(where, f"annotation #{i} lacks {missing}")
