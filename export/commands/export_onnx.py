@@ -1,0 +1,41 @@
+"""``detr-edge export-onnx --checkpoint C --out model.onnx --height H --width W ...``."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="DETR checkpoint (.pth)")
+    parser.add_argument("--out", required=True, help="ONNX file to write")
+    parser.add_argument("--height", type=int, required=True, help="input canvas height (px)")
+    parser.add_argument("--width", type=int, required=True, help="input canvas width (px)")
+    batch = parser.add_mutually_exclusive_group()
+    batch.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
+    batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis")
+    parser.add_argument("--with-mask", action="store_true",
+                        help="add the 'mask' input [B,H,W] bool (True = padding)")
+    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
+    parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--calib-data", default=None, metavar="DIR",
+                        help="images for the parity report and FP16 ranges "
+                        "(default: random normalised inputs)")
+    parser.add_argument("--calib-images", type=int, default=8, metavar="N",
+                        help="images used from --calib-data (default 8)")
+    parser.add_argument("--report", default=None, metavar="FILE", help="write a JSON report")
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.onnx_export import ExportConfig, export_onnx
+
+    config = ExportConfig(checkpoint=args.checkpoint, out=args.out, height=args.height,
+                          width=args.width, batch_size=args.batch,
+                          dynamic_batch=args.dynamic_batch, with_mask=args.with_mask,
+                          opset=args.opset, precision=args.precision,
+                          calib_data=args.calib_data, calib_images=args.calib_images,
+                          report=args.report)
+    result = export_onnx(config)
+    print(result.format())
+    if result.fp32_parity is not None and not result.fp32_parity.passed:
+        return 1
+    return 0 if result.parity.passed else 1

@@ -1,0 +1,244 @@
+"""Export a DETR checkpoint to ONNX (FP32 or FP16) with a parity report.
+
+Exporter choice: ``torch.onnx.export(..., dynamo=False)`` (the TorchScript
+exporter, still present in torch 2.14 though deprecated). The dynamo exporter
+needs ``onnxscript``, which is not a dependency, and the traced graph of
+:class:`export.export_wrapper.ExportWrapper` is already static apart from the
+batch axis, so tracing gives a clean graph; onnxslim then folds the shape
+arithmetic into constants.
+
+Steps: trace -> ``onnx.checker`` (full_check) -> onnxslim (constant folding;
+metadata kept) -> verify (no CumSum, LayerNormalization present, static shapes
+except the batch) -> metadata -> [FP16 conversion] -> parity vs PyTorch on the
+same preprocessed tensors -> atomic write of the model and the JSON report.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from dataclasses import dataclass, field
+from importlib import metadata as importlib_metadata
+from typing import TYPE_CHECKING, Any
+
+from runtime.atomic import atomic_write_bytes, atomic_write_text
+from runtime.errors import InputError, ModelFormatError
+from runtime.metadata import ModelMeta
+
+if TYPE_CHECKING:
+    import onnx
+    import torch
+
+    from export.fp16 import FP16Report
+    from export.parity import ParityReport
+
+MIN_OPSET = 17  # LayerNormalization is a single node from opset 17 (TensorRT#2781)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    checkpoint: str  # detr-edge / official / HF checkpoint readable by detr.load_checkpoint
+    out: str  # ONNX file to write
+    height: int = 800  # fixed input canvas height (pixels)
+    width: int = 800  # fixed input canvas width (pixels)
+    batch_size: int = 1  # fixed batch size baked into the graph (ignored with dynamic_batch)
+    dynamic_batch: bool = False  # batch axis left symbolic ('batch')
+    with_mask: bool = False  # add the 'mask' input [B,H,W] bool for padded mixed-size batches
+    opset: int = 17  # >= 17 so LayerNorm is one LayerNormalization node
+    precision: str = "fp32"  # "fp32" | "fp16"
+    calib_data: str | None = None  # images for parity (and FP16 ranges); None = random inputs
+    calib_images: int = 8  # how many images from calib_data
+    report: str | None = None  # JSON report path (None = only printed)
+
+    def validate(self) -> None:
+        if self.height <= 0 or self.width <= 0 or self.height % 32 or self.width % 32:
+            raise InputError("--height/--width", f"{self.height}x{self.width} must be positive "
+                             "multiples of 32 (the backbone stride)")
+        if self.batch_size <= 0:
+            raise InputError("--batch", f"must be positive, got {self.batch_size}")
+        if self.opset < MIN_OPSET:
+            raise InputError("--opset", f"{self.opset} < {MIN_OPSET}: LayerNorm would be "
+                             "decomposed into ReduceMean/Pow chains that overflow in FP16 "
+                             "(TensorRT#2781)")
+        if self.precision not in ("fp32", "fp16"):
+            raise InputError("--precision", f"must be fp32 or fp16 (int8: use quantize), "
+                             f"got {self.precision!r}")
+        if self.calib_images <= 0:
+            raise InputError("--calib-images", f"must be positive, got {self.calib_images}")
+
+
+@dataclass
+class ExportResult:
+    path: str
+    meta: ModelMeta
+    parity: ParityReport
+    fp16: FP16Report | None = None
+    fp32_parity: ParityReport | None = None  # FP32 graph parity when the output is FP16
+    graph_ops: dict[str, int] = field(default_factory=dict)  # op type -> count in the file
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"path": self.path, "meta": json.loads(self.meta.to_json()),
+                               "graph_ops": self.graph_ops, "parity": self.parity.to_dict()}
+        if self.fp32_parity is not None:
+            out["fp32_parity"] = self.fp32_parity.to_dict()
+        if self.fp16 is not None:
+            out["fp16"] = self.fp16.to_dict()
+        return out
+
+    def format(self) -> str:
+        lines = [f"wrote {self.path} ({self.meta.precision}, batch "
+                 f"{self.meta.batch_size or 'dynamic'}, {self.meta.input_height}x"
+                 f"{self.meta.input_width}{', mask input' if self.meta.with_mask else ''})"]
+        if self.fp32_parity is not None:
+            lines.append(self.fp32_parity.format())
+        if self.fp16 is not None:
+            lines.append(self.fp16.format())
+        lines.append(self.parity.format())
+        return "\n".join(lines)
+
+
+def detr_edge_version() -> str:
+    try:
+        return importlib_metadata.version("detr-edge")
+    except importlib_metadata.PackageNotFoundError:
+        return "0+unknown"
+
+
+def trace_to_onnx(model: torch.nn.Module, height: int, width: int, batch_size: int | None,
+                  with_mask: bool, opset: int = MIN_OPSET) -> onnx.ModelProto:
+    """Trace ``model`` through :class:`ExportWrapper`, check, simplify and verify.
+
+    ``batch_size=None`` leaves the batch axis symbolic ('batch'). Returns the
+    simplified ONNX model (no metadata yet).
+    """
+    import onnx
+    import onnxslim
+    import torch
+
+    from export.export_wrapper import ExportWrapper
+
+    wrapper = ExportWrapper(model.eval(), height, width, with_mask).eval()
+    # Trace with batch 2 when dynamic so no op specialises on a size-1 batch.
+    trace_batch = batch_size or 2
+    param = next(model.parameters())
+    images = torch.randn(trace_batch, 3, height, width, dtype=param.dtype, device=param.device)
+    args: tuple[torch.Tensor, ...] = (images,)
+    input_names = ["images"]
+    if with_mask:
+        mask = torch.zeros(trace_batch, height, width, dtype=torch.bool, device=param.device)
+        mask[:, :, width // 2:] = True
+        args = (images, mask)
+        input_names.append("mask")
+    dynamic_axes = None
+    if batch_size is None:
+        dynamic_axes = {name: {0: "batch"} for name in input_names + ["logits", "boxes"]}
+    buffer = io.BytesIO()
+    try:
+        with torch.no_grad():
+            torch.onnx.export(wrapper, args, buffer, input_names=input_names,
+                              output_names=["logits", "boxes"], opset_version=opset,
+                              dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True)
+    except (ValueError, RuntimeError) as exc:
+        raise InputError("--opset", f"torch.onnx.export failed at opset {opset}: "
+                         f"{str(exc)[:300]}") from exc
+    graph = onnx.load_from_string(buffer.getvalue())
+    onnx.checker.check_model(graph, full_check=True)
+    graph = onnxslim.slim(graph)
+    # Shape inference can leave the query axis symbolic through the mask branch
+    # (Resize of the mask); the output shapes are known, so state them.
+    with torch.no_grad():
+        logits, boxes = wrapper(*args)
+    for value, shape in zip(graph.graph.output, (logits.shape, boxes.shape)):
+        for axis, dim in enumerate(value.type.tensor_type.shape.dim):
+            if axis > 0 or batch_size is not None:
+                dim.Clear()
+                dim.dim_value = int(shape[axis])
+    onnx.checker.check_model(graph, full_check=True)
+    verify_graph(graph, batch_size)
+    return graph
+
+
+def verify_graph(graph: onnx.ModelProto, batch_size: int | None, where: str = "exported graph"
+                 ) -> None:
+    """Exporter invariants; a violation is a bug worth a loud error."""
+    from export.check_onnx import check_static_shapes
+
+    ops = {n.op_type for n in graph.graph.node}
+    if "CumSum" in ops:
+        raise ModelFormatError(where, "contains CumSum (wrong on TensorRT 10.8-10.11, "
+                               "onnx-tensorrt#1034)")
+    if "LayerNormalization" not in ops:
+        raise ModelFormatError(where, "LayerNorm was not exported as LayerNormalization")
+    static = check_static_shapes(graph)
+    if static.status != "PASS":
+        raise ModelFormatError(where, static.detail)
+    for value in list(graph.graph.input) + list(graph.graph.output):
+        dim0 = value.type.tensor_type.shape.dim[0]
+        if batch_size is None and not dim0.dim_param:
+            raise ModelFormatError(where, f"{value.name}: batch axis was specialised to "
+                                   f"{dim0.dim_value} although a dynamic batch was asked")
+        if batch_size is not None and dim0.dim_value != batch_size:
+            raise ModelFormatError(where, f"{value.name}: batch axis is not {batch_size}")
+
+
+def op_counts(graph: onnx.ModelProto) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in graph.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return dict(sorted(counts.items()))
+
+
+def export_detr(model: torch.nn.Module, meta: ModelMeta, config: ExportConfig) -> ExportResult:
+    """Export an in-memory DETR (``model(images[, mask])`` contract) described by
+    ``meta`` (class names, label map, preset; size/batch/mask/precision fields are
+    set from ``config``) and write ``config.out`` (+ ``config.report``)."""
+    from export.fp16 import convert_to_fp16
+    from export.onnx_meta import write_meta
+    from export.parity import FP32_TOLERANCE, build_cases, parity_report, torch_forward
+
+    config.validate()
+    batch = None if config.dynamic_batch else config.batch_size
+    meta = meta.replace(input_height=config.height, input_width=config.width, batch_size=batch,
+                        with_mask=config.with_mask, precision="fp32",
+                        exporter_version=detr_edge_version(),
+                        extra={**meta.extra, "opset": config.opset,
+                               "exporter": "torch.onnx TorchScript (dynamo=False) + onnxslim"})
+    meta.validate("export metadata")
+    graph = trace_to_onnx(model, config.height, config.width, batch, config.with_mask,
+                          config.opset)
+    write_meta(graph, meta)
+    cases = build_cases(meta, config.calib_data, config.calib_images)
+    forward = torch_forward(model, config.with_mask)
+    parity = parity_report(forward, graph, cases, "fp32", FP32_TOLERANCE)
+    result = ExportResult(config.out, meta, parity)
+    if config.precision == "fp16":
+        calib = [feed for _, _, feed, _ in cases]
+        fp16_graph, fp16_report = convert_to_fp16(graph, calib)
+        write_meta(fp16_graph, meta.replace(precision="fp16"))
+        result = ExportResult(config.out, meta.replace(precision="fp16"),
+                              parity_report(forward, fp16_graph, cases, "fp16", None),
+                              fp16=fp16_report, fp32_parity=parity)
+        graph = fp16_graph
+    result.graph_ops = op_counts(graph)
+    atomic_write_bytes(config.out, graph.SerializeToString())
+    if config.report:
+        atomic_write_text(config.report, json.dumps(result.to_dict(), indent=2, default=float))
+    return result
+
+
+def export_onnx(config: ExportConfig) -> ExportResult:
+    """Load ``config.checkpoint`` with ``detr.load_checkpoint`` and export it."""
+    from detr import load_checkpoint
+
+    config.validate()
+    if not os.path.isfile(config.checkpoint):
+        raise InputError(config.checkpoint, "checkpoint not found")
+    loaded = load_checkpoint(config.checkpoint)
+    raw = loaded.raw if isinstance(loaded.raw, dict) else {}
+    preset = str(raw.get("preset") or getattr(loaded.config, "preset", None) or "custom")
+    meta = ModelMeta(preset=preset, input_height=config.height, input_width=config.width,
+                     class_names=list(loaded.class_names), label_map=list(loaded.label_map),
+                     extra={"checkpoint": os.path.basename(config.checkpoint)})
+    return export_detr(loaded.model.eval(), meta, config)
+

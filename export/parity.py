@@ -1,0 +1,230 @@
+"""Parity of an exported ONNX model against the PyTorch model it came from.
+
+Both run the SAME preprocessed tensors (``runtime.preprocess`` output, or random
+normalised inputs when no images are given). Reported per output: max and mean
+absolute error; per image: agreement of the decoded detections
+(``runtime.decode``, paper post-processing): a PyTorch detection counts as
+reproduced when the ONNX model has one with the same label and IoU >= 0.9.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+FP32_TOLERANCE = 1e-4  # max abs error accepted on logits and boxes for FP32 graphs
+
+
+@dataclass
+class ParityCase:
+    name: str  # e.g. "batch 1", "batch 4 (dynamic)", "mask, padded batch 3"
+    batch_size: int
+    source: str  # "images from DIR" | "random normalised"
+    max_abs: dict[str, float] = field(default_factory=dict)  # output -> max |onnx - torch|
+    mean_abs: dict[str, float] = field(default_factory=dict)
+    detections_torch: int = 0
+    detections_matched: int = 0  # torch detections reproduced by ONNX (same label, IoU >= 0.9)
+    detections_onnx: int = 0
+
+    @property
+    def detection_agreement(self) -> float:
+        n = max(self.detections_torch, self.detections_onnx)
+        return 1.0 if n == 0 else self.detections_matched / n
+
+
+@dataclass
+class ParityReport:
+    precision: str
+    tolerance: float | None  # max abs error allowed (None = report only)
+    cases: list[ParityCase] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        if self.tolerance is None:
+            return True
+        return all(v <= self.tolerance for c in self.cases for v in c.max_abs.values())
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out["passed"] = self.passed
+        for case, raw in zip(self.cases, out["cases"]):
+            raw["detection_agreement"] = case.detection_agreement
+        return out
+
+    def format(self) -> str:
+        tol = "report only" if self.tolerance is None else f"tolerance {self.tolerance:g}"
+        lines = [f"parity vs PyTorch ({self.precision}, {tol}): "
+                 + ("PASS" if self.passed else "FAIL")]
+        for c in self.cases:
+            errs = ", ".join(f"{k} max {c.max_abs[k]:.3g} mean {c.mean_abs[k]:.3g}"
+                             for k in c.max_abs)
+            lines.append(f"  {c.name} [{c.source}]: {errs}; detections "
+                         f"{c.detections_matched}/{max(c.detections_torch, c.detections_onnx)} "
+                         f"agree ({c.detection_agreement:.1%})")
+        return "\n".join(lines)
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a [N,4], b [M,4] xyxy -> IoU [N, M]."""
+    lt = np.maximum(a[:, None, :2], b[None, :, :2])
+    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = np.clip(rb - lt, 0, None).prod(-1)
+    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
+    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
+    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
+
+
+def match_detections(ref: Any, got: Any, iou_min: float = 0.9) -> int:
+    """Greedy one-to-one matches (same label, IoU >= iou_min) between two
+    ``runtime.decode.Detections`` (``ref`` is sorted by score)."""
+    if len(ref.scores) == 0 or len(got.scores) == 0:
+        return 0
+    iou = _iou(ref.boxes.astype(np.float64), got.boxes.astype(np.float64))
+    iou[ref.labels[:, None] != got.labels[None, :]] = 0.0
+    used = np.zeros(len(got.scores), dtype=bool)
+    matched = 0
+    for i in range(len(ref.scores)):
+        cand = np.where(~used & (iou[i] >= iou_min))[0]
+        if len(cand):
+            used[cand[np.argmax(iou[i, cand])]] = True
+            matched += 1
+    return matched
+
+
+def compare(name: str, source: str, feed: dict[str, np.ndarray],
+            torch_outputs: Sequence[np.ndarray], onnx_outputs: Sequence[np.ndarray],
+            target_sizes: np.ndarray) -> ParityCase:
+    """One case from the outputs (logits, boxes) of both models on ``feed``."""
+    from runtime.decode import decode
+
+    case = ParityCase(name, int(feed["images"].shape[0]), source)
+    for out_name, ref, got in zip(("logits", "boxes"), torch_outputs, onnx_outputs):
+        err = np.abs(ref.astype(np.float64) - got.astype(np.float64))
+        case.max_abs[out_name] = float(err.max())
+        case.mean_abs[out_name] = float(err.mean())
+    dets_ref = decode(torch_outputs[0], torch_outputs[1], target_sizes)
+    dets_got = decode(onnx_outputs[0].astype(np.float32), onnx_outputs[1].astype(np.float32),
+                      target_sizes)
+    for ref, got in zip(dets_ref, dets_got):
+        case.detections_torch += len(ref.scores)
+        case.detections_onnx += len(got.scores)
+        case.detections_matched += match_detections(ref, got)
+    return case
+
+
+def parity_report(torch_forward: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]],
+                  onnx_model: Any, cases: Sequence[tuple[str, str, dict[str, np.ndarray],
+                                                         np.ndarray]],
+                  precision: str = "fp32", tolerance: float | None = FP32_TOLERANCE,
+                  ) -> ParityReport:
+    """Run every case ``(name, source, feed, target_sizes [B,2])`` through the ONNX
+    model (ONNX Runtime CPU, ``onnx_model`` a ModelProto or path) and through
+    ``torch_forward(feed) -> (logits, boxes)``; collect the errors."""
+    import onnxruntime as ort
+    from tqdm import tqdm
+
+    data = onnx_model if isinstance(onnx_model, str) else onnx_model.SerializeToString()
+    session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
+    report = ParityReport(precision=precision, tolerance=tolerance)
+    for name, source, feed, target_sizes in tqdm(cases, desc=f"parity {precision}", leave=False,
+                                                 disable=None):
+        got = session.run(["logits", "boxes"], feed)
+        ref = torch_forward(feed)
+        report.cases.append(compare(name, source, feed, ref, got, target_sizes))
+    return report
+
+
+Case = tuple[str, str, dict[str, np.ndarray], np.ndarray]  # name, source, feed, target_sizes
+
+
+def torch_forward(model: Any, with_mask: bool) -> Callable[[dict[str, np.ndarray]],
+                                                           tuple[np.ndarray, np.ndarray]]:
+    """The PyTorch reference: the full model (not the export wrapper) on the same
+    tensors, ``model(images)`` or ``model(images, mask)``."""
+    import torch
+
+    param = next(model.parameters())
+
+    def forward(feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+        images = torch.from_numpy(feed["images"]).to(param.device, param.dtype)
+        mask = torch.from_numpy(feed["mask"]).to(param.device) if with_mask else None
+        with torch.no_grad():
+            out = model(images, mask)
+        return (out["pred_logits"].float().cpu().numpy(),
+                out["pred_boxes"].float().cpu().numpy())
+
+    return forward
+
+
+def _batch_sizes(meta: Any) -> list[int]:
+    # Dynamic graphs are checked at a batch other than the traced one (2): 1 and 4.
+    return [1, 4] if meta.batch_size is None else [meta.batch_size]
+
+
+def build_cases(meta: Any, data_dir: str | None, num_images: int, seed: int = 0) -> list[Case]:
+    """Parity/calibration cases for a model described by ``meta``.
+
+    With ``data_dir``: real images through ``runtime.preprocess``; for a mask
+    graph every other image is cropped to half its width first, so the batch
+    really mixes sizes and is padded. Without: random N(0, 1) inputs, and for a
+    mask graph zeroed + masked right/bottom padding.
+    """
+    from runtime.preprocess import preprocess
+
+    cases: list[Case] = []
+    canvas = np.array([meta.input_height, meta.input_width], dtype=np.int64)
+    if data_dir is not None:
+        from export.activation_ranges import list_images
+        from runtime.image_io import load_image
+
+        paths = list_images(data_dir, num_images)
+        source = f"images from {data_dir}"
+        cursor = 0
+        for bs in _batch_sizes(meta):
+            picks = [paths[(cursor + i) % len(paths)] for i in range(bs)]
+            cursor += bs
+            sources: list[Any] = list(picks)
+            if meta.with_mask:
+                sources = []
+                for i, p in enumerate(picks):
+                    img = load_image(p)
+                    if i % 2 == (1 if bs > 1 else 0):
+                        img = img.crop((0, 0, max(img.width // 2, 1), img.height))
+                    sources.append(img)
+            batch = preprocess(sources, meta)
+            feed = {"images": batch.images}
+            if meta.with_mask:
+                feed["mask"] = batch.mask
+                sizes = batch.valid_sizes
+                name = f"mask, padded batch {bs}"
+            else:
+                sizes = np.repeat(canvas[None], bs, axis=0)
+                name = f"batch {bs}" + (" (dynamic)" if meta.batch_size is None else "")
+            cases.append((name, source, feed, sizes))
+        return cases
+    rng = np.random.default_rng(seed)
+    for bs in _batch_sizes(meta):
+        images = rng.standard_normal((bs, 3, meta.input_height, meta.input_width),
+                                     dtype=np.float32)
+        feed = {"images": images}
+        sizes = np.repeat(canvas[None], bs, axis=0)
+        name = f"batch {bs}" + (" (dynamic)" if meta.batch_size is None else "")
+        if meta.with_mask:
+            mask = np.zeros((bs, meta.input_height, meta.input_width), dtype=bool)
+            for i in range(bs):
+                # Different valid sizes per image (multiples of 8 down to half the canvas).
+                h = meta.input_height - 8 * int(rng.integers(0, meta.input_height // 16 + 1))
+                w = meta.input_width - 8 * int(rng.integers(0, meta.input_width // 16 + 1))
+                if i == 0:
+                    w = meta.input_width // 2  # at least one clearly padded image
+                mask[i, h:, :] = True
+                mask[i, :, w:] = True
+                images[i][:, mask[i]] = 0.0
+                sizes[i] = (h, w)
+            feed["mask"] = mask
+            name = f"mask, padded batch {bs}"
+        cases.append((name, "random normalised", feed, sizes))
+    return cases
