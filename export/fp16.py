@@ -33,12 +33,13 @@ if TYPE_CHECKING:
 FP16_MAX = 65504.0
 
 # Ops that run in FP16 (ORT CPU has FP16 kernels for all of them, checked on ORT 1.32).
-FP16_OPS = frozenset("""
+_FP16_OP_TABLE = """
 Conv MatMul Gemm Add Sub Mul Div Relu MaxPool AveragePool GlobalAveragePool
 BatchNormalization Transpose Reshape Flatten Concat Slice Gather Split Squeeze Unsqueeze
 Expand Tile Where Sin Cos Erf Tanh Sigmoid Neg Abs Max Min Identity Resize Pad Clip
 Softmax LayerNormalization ReduceMean Pow Sqrt Exp
-""".split())
+"""
+FP16_OPS = frozenset(_FP16_OP_TABLE.split())
 
 # Numerically sensitive: kept FP32 whatever their range (see module docstring).
 SENSITIVE_OPS = {
@@ -88,8 +89,8 @@ class FP16Report:
         return asdict(self)
 
     def format(self) -> str:
-        lines = [f"FP16: {self.num_fp16_nodes} nodes FP16, {self.num_fp32_nodes} kept FP32, "
-                 f"{self.num_casts} casts, data_max {self.data_max:.0f}"]
+        lines = [(f"FP16: {self.num_fp16_nodes} nodes FP16, {self.num_fp32_nodes} kept FP32, "
+                  f"{self.num_casts} casts, data_max {self.data_max:.0f}")]
         lines += [f"  FP32 {k.op_type:<20} {k.name}: {k.reason}" for k in self.kept]
         for out, errs in self.parity_vs_fp32.items():
             lines.append(f"  vs FP32 ONNX {out}: max abs {errs['max_abs']:.3g}, "

@@ -87,9 +87,9 @@ class ExportResult:
         return out
 
     def format(self) -> str:
-        lines = [f"wrote {self.path} ({self.meta.precision}, batch "
-                 f"{self.meta.batch_size or 'dynamic'}, {self.meta.input_height}x"
-                 f"{self.meta.input_width}{', mask input' if self.meta.with_mask else ''})"]
+        lines = [(f"wrote {self.path} ({self.meta.precision}, batch "
+                  f"{self.meta.batch_size or 'dynamic'}, {self.meta.input_height}x"
+                  f"{self.meta.input_width}{', mask input' if self.meta.with_mask else ''})")]
         if self.fp32_parity is not None:
             lines.append(self.fp32_parity.format())
         if self.fp16 is not None:
