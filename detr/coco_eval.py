@@ -73,15 +73,19 @@ def detections_to_coco_results(image_ids: Sequence[int], detections: Sequence[De
 
 
 def load_coco_gt(coco_gt: CocoGroundTruth) -> COCO:
-    """A pycocotools ``COCO`` from a path, a dataset dict or a ``COCO`` (returned as is).
+    """A pycocotools ``COCO`` from a path, a dataset dict or a ``COCO``.
 
-    Loading messages of pycocotools are swallowed. Raises ``DataError`` for a
-    missing or malformed file, ``BackendUnavailableError`` without pycocotools.
+    Annotations without ``area`` get the box area and without ``iscrowd`` get
+    0, like ``detr.data.coco`` reads them (COCOeval would raise a bare
+    KeyError); this happens on a copy, the caller's data is left untouched,
+    and a complete ``COCO`` is returned as is. Loading messages of pycocotools
+    are swallowed. Raises ``DataError`` for a missing or malformed file,
+    ``BackendUnavailableError`` without pycocotools.
     """
     coco_cls = _coco_class()
     if isinstance(coco_gt, coco_cls):
-        return coco_gt
-    if isinstance(coco_gt, dict):
+        dataset, where = coco_gt.dataset, "ground truth COCO object"
+    elif isinstance(coco_gt, dict):
         dataset, where = coco_gt, "ground truth dict"
     elif isinstance(coco_gt, (str, os.PathLike)):
         where = os.fspath(coco_gt)
@@ -95,8 +99,11 @@ def load_coco_gt(coco_gt: CocoGroundTruth) -> COCO:
     else:
         raise InputError("coco_gt", f"expected a path, dict or COCO, got {type(coco_gt).__name__}")
     _check_dataset(dataset, where)
+    filled = _with_defaults(dataset)
+    if filled is dataset and isinstance(coco_gt, coco_cls):
+        return coco_gt
     coco = coco_cls()
-    coco.dataset = dataset
+    coco.dataset = filled
     with contextlib.redirect_stdout(io.StringIO()):
         coco.createIndex()
     return coco
@@ -139,7 +146,7 @@ def coco_metrics(coco_gt: CocoGroundTruth, results: Sequence[dict[str, Any]], *,
             for name, value in zip(METRIC_NAMES, stats)}
 
 
-def _coco_class() -> type:
+def _coco_class() -> type[COCO]:
     try:
         from pycocotools.coco import COCO
     except ImportError as e:
@@ -156,7 +163,20 @@ def _check_dataset(dataset: Any, where: str) -> None:
         if not isinstance(dataset.get(key), list):
             raise DataError(where, f"missing list {key!r}")
     for i, ann in enumerate(dataset["annotations"]):
-        missing = [k for k in ("id", "image_id", "category_id", "bbox", "area", "iscrowd")
-                   if k not in ann]
+        if not isinstance(ann, dict):
+            raise DataError(where, f"annotation #{i} is not an object")
+        missing = [k for k in ("id", "image_id", "category_id", "bbox") if k not in ann]
         if missing:
             raise DataError(where, f"annotation #{i} lacks {missing}")
+        if not (isinstance(ann["bbox"], list) and len(ann["bbox"]) == 4):
+            raise DataError(where, f"annotation #{i} bbox must be [x, y, w, h]")
+
+
+def _with_defaults(dataset: dict) -> dict:
+    """``dataset`` itself if every annotation has ``area`` and ``iscrowd``, else a
+    copy whose annotations get ``area = w * h`` and ``iscrowd = 0`` where absent."""
+    if all("area" in a and "iscrowd" in a for a in dataset["annotations"]):
+        return dataset
+    annotations = [{"area": float(a["bbox"][2]) * float(a["bbox"][3]), "iscrowd": 0, **a}
+                   for a in dataset["annotations"]]
+    return {**dataset, "annotations": annotations}

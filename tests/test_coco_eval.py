@@ -145,13 +145,25 @@ def test_bad_ground_truth_and_results_are_reported(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(DataError, match="not a JSON annotation file"):
         coco_metrics(bad, [])
-    no_area = _gt_dataset()
-    del no_area["annotations"][1]["area"]
-    with pytest.raises(DataError, match=r"annotation #1 lacks \['area'\]"):
-        coco_metrics(no_area, [])
+    no_bbox = _gt_dataset()
+    del no_bbox["annotations"][1]["bbox"]
+    with pytest.raises(DataError, match=r"annotation #1 lacks \['bbox'\]"):
+        coco_metrics(no_bbox, [])
+    with pytest.raises(DataError, match="missing list 'categories'"):
+        coco_metrics({"images": [], "annotations": []}, [])
     stray = [{"image_id": 99, "category_id": 3, "bbox": [0, 0, 1, 1], "score": 0.5}]
     with pytest.raises(InputError, match=r"image ids \[99\] are not in the ground truth"):
         coco_metrics(_gt_dataset(), stray)
+
+
+def test_missing_area_and_iscrowd_default_like_the_dataset_reader() -> None:
+    gt = _gt_dataset()
+    for ann in gt["annotations"]:
+        del ann["area"], ann["iscrowd"]
+    results = detections_to_coco_results([1, 2], _perfect_detections(), LABEL_MAP)
+    assert coco_metrics(gt, results) == coco_metrics(_gt_dataset(), results)
+    assert coco_metrics(load_coco_gt(gt), results)["AP_S"] == pytest.approx(1.0)
+    assert "area" not in gt["annotations"][0]  # the caller's dict is not modified
 
 
 def test_module_does_not_import_torch() -> None:
