@@ -1,0 +1,42 @@
+"""``detr-edge predict``: detect objects in images with an ONNX model or engine file."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, type=Path,
+                        help="ONNX model exported by detr-edge, or a detr-edge engine file")
+    parser.add_argument("--images", required=True, nargs="+", type=Path, metavar="PATH",
+                        help="image files and/or folders (searched recursively)")
+    parser.add_argument("--out", required=True, type=Path, metavar="DIR",
+                        help="output folder: predictions.json (COCO results), annotated/")
+    parser.add_argument("--threshold", type=float, default=0.5,
+                        help="minimum score to keep (default 0.5; use 0 for COCO AP)")
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt"],
+                        help="auto = native TensorRT for engine files, ONNX Runtime otherwise")
+    parser.add_argument("--providers", nargs="+", default=None, metavar="NAME",
+                        help="ONNX Runtime providers, e.g. cuda cpu (default: best available)")
+    parser.add_argument("--top-k", type=int, default=None, help="at most K detections per image")
+    parser.add_argument("--second-best", action="store_true",
+                        help="keep slots whose top class is no-object with their best real "
+                        "class (official DETR PostProcess; higher AP)")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="images per call for dynamic-batch models (default 8)")
+    parser.add_argument("--no-draw", action="store_true", help="skip the annotated images")
+
+
+def run(args: argparse.Namespace) -> int:
+    from runtime.predict import PredictConfig, predict
+
+    config = PredictConfig(model=args.model, images=list(args.images), out_dir=args.out,
+                           threshold=args.threshold, backend=args.backend,
+                           providers=args.providers, top_k=args.top_k,
+                           second_best=args.second_best, batch_size=args.batch_size,
+                           draw=not args.no_draw)
+    summary = predict(config)
+    print(f"{summary.num_detections} detections in {summary.num_images} images -> "
+          f"{summary.results_path}")
+    return 0

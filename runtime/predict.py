@@ -1,0 +1,138 @@
+"""``detr-edge predict``: run a Detector over image files/folders, write COCO results
+and annotated images."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from runtime.atomic import atomic_write_text
+from runtime.decode import Detections
+from runtime.errors import InputError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm")
+
+
+@dataclass
+class PredictConfig:
+    model: Path  # ONNX model with detr-edge metadata, or detr-edge engine file
+    images: list[Path]  # image files and/or folders (searched recursively)
+    out_dir: Path  # receives predictions.json, images.json and annotated/
+    threshold: float = 0.5  # minimum score kept (COCO AP wants 0.0; viewing wants ~0.5)
+    backend: str = "auto"  # auto | onnxruntime | tensorrt
+    providers: list[str] | None = None  # ONNX Runtime providers; None = best available
+    top_k: int | None = None  # at most this many detections per image
+    second_best: bool = False  # keep no-object slots with their best real class (+AP)
+    batch_size: int | None = None  # images per call for dynamic-batch models
+    draw: bool = True  # write annotated images
+
+
+@dataclass
+class PredictSummary:
+    num_images: int
+    num_detections: int
+    results_path: Path
+    annotated: list[Path] = field(default_factory=list)
+
+
+def collect_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
+    """Files as given, folders expanded to their image files (recursive, sorted)."""
+    found: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found.extend(sorted(f for f in p.rglob("*")
+                                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            found.append(p)
+        else:
+            raise InputError(p, "no such file or folder")
+    if not found:
+        raise InputError(", ".join(str(p) for p in paths), "no image files found")
+    return found
+
+
+def assign_image_ids(files: Sequence[Path]) -> list[int]:
+    """COCO image ids: the numeric file stems when all are numeric and unique
+    (COCO's 000000397133.jpg -> 397133, so results match COCO ground truth),
+    else 1..N in order."""
+    stems = [f.stem for f in files]
+    if all(s.isdigit() for s in stems) and len(set(map(int, stems))) == len(stems):
+        return [int(s) for s in stems]
+    return list(range(1, len(files) + 1))
+
+
+def to_coco_results(det: Detections, image_id: int, file_name: str = "") -> list[dict[str, Any]]:
+    """COCO results entries: original category ids, bbox [x, y, w, h] in pixels."""
+    out = []
+    for i in range(len(det)):
+        x0, y0, x1, y1 = (float(v) for v in det.boxes[i])
+        entry: dict[str, Any] = {
+            "image_id": image_id,
+            "category_id": int(det.category_ids[i]) if len(det.category_ids) else int(det.labels[i]),
+            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+            "score": round(float(det.scores[i]), 5),
+        }
+        if file_name:
+            entry["file_name"] = file_name
+        out.append(entry)
+    return out
+
+
+def predict(config: PredictConfig) -> PredictSummary:
+    """Detect objects in every image of ``config.images``; write
+    ``out_dir/predictions.json`` (COCO results), ``out_dir/images.json`` (id, file,
+    size) and ``out_dir/annotated/<name>``. A bad image raises ``DataError``."""
+    from tqdm import tqdm
+
+    from runtime.detector import Detector
+    from runtime.draw import draw_detections
+    from runtime.image_io import load_image
+
+    files = collect_images(config.images)
+    ids = assign_image_ids(files)
+    detector = Detector(config.model, backend=config.backend, providers=config.providers,
+                        batch_size=config.batch_size)
+    results: list[dict[str, Any]] = []
+    images_doc: list[dict[str, Any]] = []
+    annotated: list[Path] = []
+    used_names: set[str] = set()
+    annotated_dir = config.out_dir / "annotated"
+    with detector, tqdm(total=len(files), unit="img", desc="predict", disable=None) as bar:
+        for start in range(0, len(files), detector.batch_size):
+            chunk = files[start:start + detector.batch_size]
+            pictures = [load_image(f) for f in chunk]
+            dets = detector.detect(pictures, score_threshold=config.threshold,
+                                   top_k=config.top_k, second_best=config.second_best)
+            for path, image_id, picture, det in zip(chunk, ids[start:], pictures, dets):
+                results.extend(to_coco_results(det, image_id, str(path)))
+                images_doc.append({"id": image_id, "file_name": str(path),
+                                   "height": picture.height, "width": picture.width})
+                if config.draw:
+                    name = _unique_name(path, used_names)
+                    annotated_dir.mkdir(parents=True, exist_ok=True)
+                    target = annotated_dir / name
+                    draw_detections(picture, det).save(target)
+                    annotated.append(target)
+            bar.update(len(chunk))
+    results_path = config.out_dir / "predictions.json"
+    atomic_write_text(results_path, json.dumps(results, indent=1))
+    atomic_write_text(config.out_dir / "images.json", json.dumps(images_doc, indent=1))
+    return PredictSummary(num_images=len(files), num_detections=len(results),
+                          results_path=results_path, annotated=annotated)
+
+
+def _unique_name(path: Path, used: set[str]) -> str:
+    """Output file name for ``path``: same name (PNG unless JPEG/PNG), made unique."""
+    suffix = path.suffix.lower() if path.suffix.lower() in (".jpg", ".jpeg", ".png") else ".png"
+    name, n = f"{path.stem}{suffix}", 1
+    while name in used:
+        n += 1
+        name = f"{path.stem}_{n}{suffix}"
+    used.add(name)
+    return name
