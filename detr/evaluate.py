@@ -1,0 +1,208 @@
+"""COCO AP of a DETR model on a COCO-format split, through the deployment path.
+
+Images go through exactly what the edge runtime does (``runtime.image_io``
+loading, ``runtime.preprocess`` keep-ratio resize into an ``H x W`` canvas,
+normalisation, zero padding); the model runs with the padding mask, so its
+normalised boxes refer to each image's valid region, and ``runtime.decode``
+maps them to the ORIGINAL image pixels (``target_sizes`` = original sizes).
+Metrics come from ``detr.coco_eval`` (pycocotools), detections are written as
+COCO results with the dataset's original category ids.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from runtime.errors import DataError, InputError
+
+METRIC_KEYS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
+
+
+@dataclass
+class EvalConfig:
+    """What to evaluate on and how."""
+
+    data: str  # dataset root: {split}/ images + annotations/instances_{split}.json
+    split: str = "val"  # split name
+    size: tuple[int, int] = (800, 1333)  # canvas (H, W) images are fitted into (paper: 800/1333)
+    second_best: bool = False  # keep no-object slots with their best real class (+~2 AP)
+    batch_size: int = 4  # images per forward pass
+    max_images: int | None = None  # evaluate only the first N images (quick checks)
+    device: str = "auto"  # "auto" = cuda if available else cpu
+    progress: bool = True  # tqdm bar
+
+    def validate(self) -> None:
+        if len(self.size) != 2 or min(self.size) <= 0:
+            raise InputError("--size", f"expected two positive numbers H W, got {self.size}")
+        if self.batch_size <= 0:
+            raise InputError("--batch-size", f"must be > 0, got {self.batch_size}")
+        if self.max_images is not None and self.max_images <= 0:
+            raise InputError("--max-images", f"must be > 0, got {self.max_images}")
+
+
+@dataclass
+class EvalResult:
+    """Metrics (floats in 0..1, keys ``METRIC_KEYS``) and the COCO results list."""
+
+    metrics: dict[str, float]
+    detections: list[dict[str, Any]]  # [{'image_id','category_id','bbox':[x,y,w,h],'score'}]
+    num_images: int
+    files: dict[str, str] = field(default_factory=dict)  # name -> path written
+
+
+def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
+    """``(image folder, annotation file)`` of ``root/{split}`` with clear errors."""
+    root = Path(root)
+    images = root / split
+    ann = root / "annotations" / f"instances_{split}.json"
+    if not ann.is_file():
+        raise DataError(ann, f"annotation file of split {split!r} not found")
+    if not images.is_dir():
+        raise DataError(images, f"image folder of split {split!r} not found")
+    return images, ann
+
+
+def read_gt(ann: Path) -> dict[str, Any]:
+    """The annotation JSON with the fields evaluation needs checked."""
+    try:
+        gt = json.loads(ann.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(ann, f"cannot read COCO annotations: {exc}") from exc
+    if not isinstance(gt, dict):
+        raise DataError(ann, "COCO annotations must be a JSON object")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(gt.get(key), list):
+            raise DataError(ann, f"missing or non-list key {key!r}")
+    if not gt["images"]:
+        raise DataError(ann, "no images")
+    for img in gt["images"]:
+        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
+            raise DataError(ann, f"image entry {str(img)[:60]} lacks 'id' or 'file_name'")
+    return gt
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    config: EvalConfig,
+    *,
+    label_map: list[int] | None = None,
+    class_names: list[str] | None = None,
+    preset: str = "",
+) -> EvalResult:
+    """Run ``model`` on every image of ``config.split`` and compute COCO box AP.
+
+    ``label_map`` maps the model's contiguous labels to the dataset's category
+    ids; ``None`` = the dataset's categories sorted by id (what
+    ``detr.data.CocoDetection`` uses). The model must have ``len(label_map)``
+    classes (+ no-object).
+    """
+    from tqdm import tqdm
+
+    from detr.coco_eval import coco_metrics, detections_to_coco_results
+    from detr.train.ddp import resolve_device
+    from runtime.decode import decode
+    from runtime.metadata import ModelMeta
+    from runtime.preprocess import preprocess
+
+    config.validate()
+    img_dir, ann = split_paths(config.data, config.split)
+    gt = read_gt(ann)
+    categories = sorted(int(c["id"]) for c in gt["categories"])
+    if label_map is None:
+        label_map = categories
+    unknown = sorted(set(label_map) - set(categories))
+    if unknown:
+        raise DataError(ann, f"the model's category ids {unknown} are not in this dataset "
+                        "(trained on another dataset?)")
+    if class_names is None:
+        by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in gt["categories"]}
+        class_names = [by_id[i] for i in label_map]
+    images = gt["images"][: config.max_images] if config.max_images else gt["images"]
+
+    device = resolve_device(config.device)
+    was_training = model.training
+    model.eval()
+    model.to(device)
+    H, W = config.size  # canvas
+    meta = ModelMeta(preset=preset or "detr", input_height=H, input_width=W,
+                     class_names=list(class_names), label_map=list(label_map), with_mask=True)
+    image_ids: list[int] = []
+    detections: list[Any] = []
+    bar = tqdm(total=len(images), desc=f"eval {config.split}", disable=not config.progress,
+               dynamic_ncols=True, leave=False)
+    try:
+        for start in range(0, len(images), config.batch_size):
+            chunk = images[start:start + config.batch_size]
+            batch = preprocess([img_dir / str(img["file_name"]) for img in chunk], meta)
+            outputs = model(torch.from_numpy(batch.images).to(device),
+                            mask=torch.from_numpy(batch.mask).to(device))
+            logits = outputs["pred_logits"].float().cpu().numpy()  # [B, Q, K+1]
+            boxes = outputs["pred_boxes"].float().cpu().numpy()  # [B, Q, 4] cxcywh of valid region
+            if logits.shape[-1] != len(label_map) + 1:
+                raise InputError("model", f"predicts {logits.shape[-1] - 1} classes but the "
+                                 f"label map has {len(label_map)}")
+            # With the mask, boxes are relative to the valid region = the resized original,
+            # so scaling by the original size gives original-pixel boxes directly.
+            dets = decode(logits, boxes, batch.orig_sizes, second_best=config.second_best)
+            for img, det, (h, w) in zip(chunk, dets, batch.orig_sizes):
+                det.boxes[:, 0::2] = np.clip(det.boxes[:, 0::2], 0, w)
+                det.boxes[:, 1::2] = np.clip(det.boxes[:, 1::2], 0, h)
+                image_ids.append(int(img["id"]))
+                detections.append(det)
+            bar.update(len(chunk))
+    finally:
+        bar.close()
+        model.train(was_training)
+    results = detections_to_coco_results(image_ids, detections, list(label_map))
+    # Only the evaluated images count (--max-images); the others would be misses.
+    metrics = coco_metrics(gt, results, image_ids=image_ids)
+    return EvalResult(metrics={k: float(metrics[k]) for k in METRIC_KEYS},
+                      detections=results, num_images=len(image_ids))
+
+
+def evaluate_model(model: nn.Module, config: EvalConfig, **kwargs: Any) -> EvalResult:
+    """Alias of :func:`evaluate` used by the training loop."""
+    return evaluate(model, config, **kwargs)
+
+
+def evaluate_checkpoint(checkpoint: str | Path, config: EvalConfig,
+                        out: str | Path | None = None) -> EvalResult:
+    """Load a checkpoint (``detr.load_checkpoint``: own, official or HF), evaluate
+    it, and write ``out/detections.json`` + ``out/metrics.json`` if ``out``."""
+    import detr
+    from runtime.atomic import atomic_write_text
+
+    loaded = detr.load_checkpoint(checkpoint)
+    preset = str(loaded.raw.get("preset", "")) if isinstance(loaded.raw, dict) else ""
+    result = evaluate(loaded.model, config, label_map=loaded.label_map or None,
+                      class_names=loaded.class_names or None, preset=preset)
+    if out is not None:
+        out = Path(out)
+        det_path, met_path = out / "detections.json", out / "metrics.json"
+        atomic_write_text(det_path, json.dumps(result.detections))
+        summary = {"checkpoint": str(checkpoint), "data": config.data, "split": config.split,
+                   "size": list(config.size), "second_best": config.second_best,
+                   "num_images": result.num_images, **result.metrics}
+        atomic_write_text(met_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        result.files = {"detections": str(det_path), "metrics": str(met_path)}
+    return result
+
+
+def default_eval_size(raw_checkpoint: dict[str, Any]) -> tuple[int, int]:
+    """Canvas for a checkpoint: the size it was trained at (``train_config``:
+    ``eval_size`` or the largest scale, square canvas), else the paper's 800 x 1333."""
+    cfg = raw_checkpoint.get("train_config") if isinstance(raw_checkpoint, dict) else None
+    if isinstance(cfg, dict):
+        size = cfg.get("eval_size") or (max(cfg["scales"]) if cfg.get("scales") else None)
+        if size:
+            return int(size), int(size)
+    return 800, 1333
+
