@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 from detr.data.shapes_draw import SHAPE_NAMES, TEXTURES, background, random_colour, shape_mask, texture
-from runtime.atomic import atomic_write_bytes, atomic_write_text
+from runtime.atomic import atomic_write_text
 from runtime.errors import InputError
 
 # Default categories: (COCO category id, shape name). Ids are primes on purpose.
@@ -96,6 +97,9 @@ class _Placed:
     category_id: int
     full_area: int  # pixels of the shape as drawn, before later occlusion
     visible: int  # pixels still visible
+    y0: int  # top-left of the drawn square: the object's pixels all lie in
+    x0: int  # [y0, y0 + size) x [x0, x0 + size), so only that window is searched
+    size: int
 
 
 def _radius_for_band(band: int, min_side: int, rng: np.random.Generator) -> int:
@@ -112,11 +116,14 @@ def _radius_for_band(band: int, min_side: int, rng: np.random.Generator) -> int:
 
 
 def render_image(config: ShapesConfig, split: str, index: int
-                 ) -> tuple[np.ndarray, list[dict[str, Any]]]:
+                 ) -> tuple[np.ndarray, list[dict[str, Any]], np.ndarray]:
     """Render image ``index`` of ``split``.
 
-    Returns ``(image uint8 [H, W, 3], objects)`` where each object is
-    ``{'category_id', 'bbox': [x, y, w, h] pixels (visible extent), 'area': visible px}``.
+    Returns ``(image uint8 [H, W, 3], objects, instance_ids int16 [H, W])`` where
+    each object is ``{'category_id', 'bbox': [x, y, w, h] pixels (visible extent),
+    'area': visible px, 'instance': its value in instance_ids, 'full_area': px
+    drawn before later shapes covered part of it}``; ``instance_ids`` is 0 on
+    background.
     """
     rng = np.random.default_rng([config.seed, _SPLIT_IDS[split], index])
     if config.variable_size is None:
@@ -159,19 +166,22 @@ def render_image(config: ShapesConfig, split: str, index: int
         view = img[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
         view[m] = patch[m]
         region[m] = len(placed) + 1
-        placed.append(_Placed(cat_id, int(m.sum()), int(m.sum())))
+        drawn = int(m.sum())
+        placed.append(_Placed(cat_id, drawn, drawn, y0, x0, size))
         n_large += band == 2
     objects = []
     for k, p in enumerate(placed):
-        ys, xs = np.nonzero(ids == k + 1)
+        window = ids[p.y0:p.y0 + p.size, p.x0:p.x0 + p.size]
+        ys, xs = np.nonzero(window == k + 1)
         if ys.size == 0:
             continue
-        x, y = int(xs.min()), int(ys.min())
+        x, y = int(xs.min()) + p.x0, int(ys.min()) + p.y0
         bw, bh = int(xs.max()) - x + 1, int(ys.max()) - y + 1
         objects.append({"category_id": p.category_id,
                         "bbox": [float(x), float(y), float(bw), float(bh)],
-                        "area": float(ys.size)})
-    return img, objects
+                        "area": float(ys.size), "instance": k + 1,
+                        "full_area": float(p.full_area)})
+    return img, objects, ids
 
 
 def _encode(img: np.ndarray, config: ShapesConfig) -> bytes:
@@ -184,6 +194,18 @@ def _encode(img: np.ndarray, config: ShapesConfig) -> bytes:
     return buf.getvalue()
 
 
+def _write_image(path: Path, data: bytes) -> None:
+    """Write-then-rename, so Ctrl-C never leaves a half-written image. Unlike
+    ``atomic_write_bytes`` there is no fsync per image: it made generation
+    I/O-bound, and after a crash a rerun regenerates identical files anyway."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise InputError(path, f"cannot write: {exc.strerror or exc}") from exc
+
+
 def _write_split(out_dir: Path, split: str, count: int, config: ShapesConfig,
                  progress: bool) -> None:
     from tqdm import tqdm
@@ -191,10 +213,10 @@ def _write_split(out_dir: Path, split: str, count: int, config: ShapesConfig,
     images, annotations = [], []
     (out_dir / split).mkdir(parents=True, exist_ok=True)
     for i in tqdm(range(count), desc=f"shapes {split}", unit="img", disable=not progress):
-        img, objects = render_image(config, split, i)
+        img, objects, _ = render_image(config, split, i)
         image_id = i + 1
         file_name = f"{image_id:06d}.{config.image_format}"
-        atomic_write_bytes(out_dir / split / file_name, _encode(img, config))
+        _write_image(out_dir / split / file_name, _encode(img, config))
         images.append({"id": image_id, "file_name": file_name,
                        "height": int(img.shape[0]), "width": int(img.shape[1])})
         for obj in objects:
