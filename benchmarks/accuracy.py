@@ -59,7 +59,7 @@ def coco_ap(gt: dict[str, Any], image_ids: Sequence[int], detections: Sequence[D
     from detr.coco_eval import coco_metrics, detections_to_coco_results
     from detr.evaluate import _to_coco
 
-    keep = set(int(i) for i in image_ids)
+    keep = {int(i) for i in image_ids}
     gt_eval = dict(gt)
     gt_eval["images"] = [im for im in gt["images"] if int(im["id"]) in keep]
     gt_eval["annotations"] = [a for a in gt["annotations"] if int(a["image_id"]) in keep]

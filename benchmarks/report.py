@@ -47,10 +47,10 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 1, signed: bool 
 def to_markdown(report: Report) -> str:
     """Markdown: accuracy table, speed table, status table, environment, figures."""
     s = report.settings
-    lines = [f"# detr-edge benchmark\n",
-             f"Model `{s.get('checkpoint')}` ({s.get('preset')}), input {s.get('height')}x"
+    lines = ["# detr-edge benchmark\n",
+             (f"Model `{s.get('checkpoint')}` ({s.get('preset')}), input {s.get('height')}x"
              f"{s.get('width')}, {s.get('eval_images')} eval images from `{s.get('data')}`; "
-             f"latency = median of {s.get('runs')} runs after {s.get('warmup')} warm-up.\n",
+             f"latency = median of {s.get('runs')} runs after {s.get('warmup')} warm-up.\n"),
              "## Accuracy (COCO AP x100; delta vs PyTorch FP32)\n",
              "| backend | status | " + " | ".join(AP_KEYS) + " | dAP | dAP50 | logits max/mean err"
              " | boxes max/mean err | matched@IoU0.9 |",
@@ -72,8 +72,8 @@ def to_markdown(report: Report) -> str:
             f" | {_fmt(p.get('boxes_max_abs'), 1, 6)}/{_fmt(p.get('boxes_mean_abs'), 1, 6)}"
             f" | {_fmt(p.get('matched_fraction'), 100, 1)}{'%' if p.get('matched_fraction') is not None else ''} |")
     lines += ["", "## Speed (ms per call; model alone and end to end incl. pre/post)\n",
-              "| backend | batch | model p50 | p90 | p99 | e2e p50 | p90 | p99 | pre | post"
-              " | pre+post % | images/s (e2e) | size MB | peak RSS MB |",
+              ("| backend | batch | model p50 | p90 | p99 | e2e p50 | p90 | p99 | pre | post"
+              " | pre+post % | images/s (e2e) | size MB | peak RSS MB |"),
               "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in report.rows:
         if r.status != STATUS_OK:
@@ -100,8 +100,8 @@ def to_markdown(report: Report) -> str:
     libs = ", ".join(f"{k} {v}" for k, v in env.get("libraries", {}).items() if v)
     missing = ", ".join(k for k, v in env.get("libraries", {}).items() if not v)
     lines += ["", "## Environment\n",
-              f"- CPU: {env.get('cpu_model')}, {env.get('cpu_cores')} cores "
-              f"(OMP_NUM_THREADS={env.get('omp_num_threads')}, torch threads {env.get('torch_threads')})",
+              (f"- CPU: {env.get('cpu_model')}, {env.get('cpu_cores')} cores "
+              f"(OMP_NUM_THREADS={env.get('omp_num_threads')}, torch threads {env.get('torch_threads')})"),
               f"- GPU: {env.get('gpu') or 'none (no CUDA GPU)'}",
               f"- Python {env.get('python')} on {env.get('platform')}",
               f"- Libraries: {libs}; not installed: {missing or '-'}",

@@ -52,7 +52,7 @@ class BenchmarkConfig:
     split: str = "val"  # dataset split to evaluate on
     out: str = "runs/benchmark"  # report.md / report.json / plot.png go here
     measure_memory: bool = True  # one subprocess per row for its peak RSS
-    threads: int | None = None  # ORT intra-op threads (None = ORT default)
+    threads: int | None = None  # ORT intra-op threads (None = torch's thread count)
     progress: bool = True  # tqdm bars
 
     def validate(self) -> None:
@@ -111,14 +111,11 @@ def _open_backend(row: Row, path: Path | None, loaded: Any, use_mask: bool,
         from benchmarks.torch_reference import TorchReference
 
         return TorchReference(loaded.model, row.precision, row.device, use_mask=use_mask)
+    from runtime.detector import open_backend
+
     if row.backend == "onnxruntime":
-        from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-
-        return OnnxRuntimeBackend(path, providers="cpu", intra_op_threads=threads)
-    import importlib
-
-    module = importlib.import_module("runtime.backends.tensorrt_backend")
-    return module.TensorRTBackend(path)
+        return open_backend(path, "onnxruntime", providers="cpu", intra_op_threads=threads)
+    return open_backend(path, "tensorrt")
 
 
 def _infer_all(backend: Any, images: np.ndarray, mask: np.ndarray, batch: int,
@@ -244,6 +241,12 @@ def run_benchmark(config: BenchmarkConfig,
     use_mask = bool(first.with_mask) if first is not None else False
 
     loaded = detr.load_checkpoint(config.checkpoint)
+    import torch
+
+    # Same thread count for every CPU backend, so the ratios compare kernels, not cores.
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    threads = config.threads or torch.get_num_threads()
     meta = ModelMeta(preset=str(loaded.raw.get("preset", "detr")), input_height=H, input_width=W,
                      class_names=list(loaded.class_names), label_map=list(loaded.label_map),
                      with_mask=use_mask, batch_size=None)
@@ -283,7 +286,7 @@ def run_benchmark(config: BenchmarkConfig,
         log(f"== {row.name}: {path}")
         backend = None
         try:
-            backend = _open_backend(row, path, loaded, use_mask, config.threads)
+            backend = _open_backend(row, path, loaded, use_mask, threads)
             fixed = getattr(backend, "batch_size", None)
             logits, boxes = _eval_row(row, backend, ctx, config, fixed)
             if reference is None and row.backend == "pytorch" and row.precision == "fp32":
@@ -315,6 +318,7 @@ def run_benchmark(config: BenchmarkConfig,
                               "with_mask": use_mask, "eval_images": len(paths),
                               "batch_sizes": list(config.batch_sizes), "runs": config.runs,
                               "warmup": config.warmup, "artifacts": config.artifacts,
+                              "cpu_threads": threads,
                               "config": asdict(config)},
                     figures=headline_figures(rows))
     write_report(report, Path(config.out))

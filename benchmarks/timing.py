@@ -67,26 +67,3 @@ def time_call(fn: Callable[[], Any], *, runs: int, warmup: int = 1,
         fn()
         samples.append((time.perf_counter() - t0) * 1000.0)
     return stats_from_samples(samples, warmup=warmup, batch_size=batch_size)
-
-
-class Stopwatch:
-    """Accumulates the time of named stages: ``with sw("preprocess"): ...``."""
-
-    def __init__(self) -> None:
-        self.totals_ms: dict[str, float] = {}
-        self._name: str | None = None
-        self._t0 = 0.0
-
-    def __call__(self, name: str) -> Stopwatch:
-        self._name = name
-        return self
-
-    def __enter__(self) -> Stopwatch:
-        self._t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        assert self._name is not None
-        elapsed = (time.perf_counter() - self._t0) * 1000.0
-        self.totals_ms[self._name] = self.totals_ms.get(self._name, 0.0) + elapsed
-        self._name = None

@@ -1,0 +1,48 @@
+"""``detr-edge benchmark --checkpoint C --data DIR [--artifacts DIR] ...``: accuracy and
+speed of every backend x precision against the PyTorch FP32 reference."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def _batch_sizes(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in text.split(",") if v.strip())
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected e.g. 1,4; got {text!r}") from exc
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="PyTorch checkpoint (the reference)")
+    parser.add_argument("--data", required=True,
+                        help="dataset root: {split}/ images + annotations/instances_{split}.json")
+    parser.add_argument("--split", default="val", help="split to evaluate (default val)")
+    parser.add_argument("--artifacts", default=None, metavar="DIR",
+                        help="folder with the exported *.onnx / *.engine files")
+    parser.add_argument("--height", type=int, default=None,
+                        help="canvas height (default: from the artifacts' metadata)")
+    parser.add_argument("--width", type=int, default=None, help="canvas width")
+    parser.add_argument("--batch-sizes", type=_batch_sizes, default=(1,),
+                        help="comma-separated batch sizes for throughput (default 1)")
+    parser.add_argument("--runs", type=int, default=10, help="timed runs (default 10)")
+    parser.add_argument("--warmup", type=int, default=2, help="warm-up runs (default 2)")
+    parser.add_argument("--max-images", type=int, default=50,
+                        help="evaluate the first N images (default 50; 0 = all)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="CPU threads for every backend (default: torch's setting)")
+    parser.add_argument("--no-memory", action="store_true",
+                        help="skip the per-row peak-RSS subprocess")
+    parser.add_argument("--out", default="runs/benchmark", help="report folder")
+
+
+def run(args: argparse.Namespace) -> int:
+    from benchmarks.suite import BenchmarkConfig, run_benchmark
+
+    config = BenchmarkConfig(
+        checkpoint=args.checkpoint, data=args.data, artifacts=args.artifacts,
+        height=args.height, width=args.width, batch_sizes=args.batch_sizes, runs=args.runs,
+        warmup=args.warmup, max_images=args.max_images or None, split=args.split,
+        out=args.out, measure_memory=not args.no_memory, threads=args.threads)
+    run_benchmark(config)
+    return 0
