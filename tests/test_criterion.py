@@ -261,3 +261,23 @@ def test_single_process_helpers() -> None:
     assert build_criterion(K).num_boxes([{"labels": torch.zeros(0)}], torch.device("cpu")) == 1.0
     assert math.isclose(build_criterion(K).num_boxes(
         [{"labels": torch.zeros(2)}, {"labels": torch.zeros(3)}], torch.device("cpu")), 5.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_losses_equal_cpu_losses() -> None:
+    gen = torch.Generator().manual_seed(10)
+    outputs = _outputs(2, 6, 2, gen)
+    targets = _targets([3, 0], gen)
+    criterion = build_criterion(K, dec_layers=3)
+    cpu = criterion(outputs, targets)
+    cuda_outputs = {"pred_logits": outputs["pred_logits"].cuda(),
+                    "pred_boxes": outputs["pred_boxes"].cuda(),
+                    "aux_outputs": [{k: v.cuda() for k, v in a.items()}
+                                    for a in outputs["aux_outputs"]]}
+    cuda_targets = [{k: v.cuda() for k, v in t.items()} for t in targets]
+    gpu = criterion.cuda()(cuda_outputs, cuda_targets)
+    assert set(gpu) == set(cpu)
+    for key, value in cpu.items():
+        assert gpu[key].device.type == "cuda"
+        torch.testing.assert_close(gpu[key].cpu(), value, rtol=1e-4, atol=1e-5)
