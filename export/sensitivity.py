@@ -1,0 +1,220 @@
+"""Quantization sensitivity and the FP32-fallback search within an AP budget.
+
+Units: ``detr.coco_eval.coco_metrics`` returns AP in 0..1; everything in this
+module (and the quantize report) is in COCO *points* 0..100, converted once in
+:meth:`HeldOutEvaluator.ap`. An ``ap_budget`` of 0.5 means INT8 may lose at
+most half an AP point against the FP32 ONNX model on the held-out images.
+
+Procedure (one-at-a-time sensitivity, then greedy fallback):
+1. For each block (backbone stage, input_proj, encoder/decoder layer) build a
+   model where *only* that block is INT8 and measure how far its outputs move
+   from FP32 on the held-out images (:func:`output_error`).
+2. Starting from "everything quantized", fall back the most sensitive block to
+   FP32, re-measure AP, repeat until ``AP_fp32 - AP_int8 <= budget``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from runtime.errors import DataError
+from runtime.metadata import ModelMeta
+
+Outputs = list[tuple[np.ndarray, np.ndarray]]  # per batch: logits [B,Q,K+1], boxes [B,Q,4]
+
+
+def _softmax(x: np.ndarray) -> np.ndarray:
+    e = np.exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def output_error(reference: Outputs, test: Outputs) -> float:
+    """Distance of ``test`` outputs from ``reference``, averaged over query slots:
+    total variation of the class distributions (0..1) + mean L1 of the
+    normalised cxcywh boxes (0..1 per coordinate). 0 = identical."""
+    tv, l1, n = 0.0, 0.0, 0
+    for (ref_logits, ref_boxes), (logits, boxes) in zip(reference, test, strict=True):
+        tv += float(0.5 * np.abs(_softmax(ref_logits) - _softmax(logits)).sum(-1).sum())
+        l1 += float(np.abs(ref_boxes - boxes).mean(-1).sum())
+        n += ref_logits.shape[0] * ref_logits.shape[1]
+    return (tv + l1) / max(n, 1)
+
+
+@dataclass(frozen=True)
+class BlockSensitivity:
+    block: str  # e.g. "encoder.layers.1"
+    nodes: list[str]  # ONNX node names of its quantized Conv/MatMul/Gemm
+    output_error: float  # output_error() of the model with only this block INT8
+
+
+@dataclass
+class FallbackStep:
+    fallback: list[str]  # blocks kept in FP32 at this step
+    ap: float  # INT8 AP (COCO points 0..100) of this configuration
+
+
+@dataclass
+class FallbackSearch:
+    fp32_ap: float  # AP of the FP32 model, COCO points
+    budget: float  # allowed drop, COCO points
+    steps: list[FallbackStep] = field(default_factory=list)
+
+    @property
+    def final(self) -> FallbackStep:
+        return self.steps[-1]
+
+    @property
+    def within_budget(self) -> bool:
+        return self.fp32_ap - self.final.ap <= self.budget + 1e-9
+
+
+def rank_blocks(blocks: dict[str, list[str]],
+                measure: Callable[[list[str]], float]) -> list[BlockSensitivity]:
+    """Most sensitive first. ``measure(nodes)`` = output error with only ``nodes``
+    quantized."""
+    results = [BlockSensitivity(block, nodes, measure(nodes)) for block, nodes in blocks.items()]
+    return sorted(results, key=lambda r: -r.output_error)
+
+
+def greedy_fallback(order: Sequence[str], evaluate: Callable[[list[str]], float],
+                    fp32_ap: float, budget: float) -> FallbackSearch:
+    """Fall back blocks in ``order`` (most sensitive first) until the AP drop is
+    within ``budget``. ``evaluate(fallback_blocks)`` -> INT8 AP in COCO points.
+    Stops at the first configuration within budget (fewest FP32 blocks along
+    the order); with every block in FP32 the drop is 0, so it always ends."""
+    search = FallbackSearch(fp32_ap=fp32_ap, budget=budget)
+    fallback: list[str] = []
+    search.steps.append(FallbackStep(list(fallback), evaluate(list(fallback))))
+    for block in order:
+        if search.within_budget:
+            break
+        fallback.append(block)
+        search.steps.append(FallbackStep(list(fallback), evaluate(list(fallback))))
+    return search
+
+
+# ---- held-out evaluation with the runtime ------------------------------------------------
+
+
+def find_annotations(image_dir: str | os.PathLike[str]) -> Path | None:
+    """``<root>/annotations/instances_<split>.json`` for an image dir ``<root>/<split>``
+    (the layout of make-dataset and COCO), if it exists."""
+    d = Path(image_dir)
+    ann = d.parent / "annotations" / f"instances_{d.name}.json"
+    return ann if ann.is_file() else None
+
+
+class HeldOutEvaluator:
+    """Runs ONNX models on held-out images with ``runtime.Detector`` (ONNX Runtime
+    CPU) and scores them with ``detr.coco_eval.coco_metrics``.
+
+    Ground truth: the COCO annotation file when given (images matched by file
+    name); otherwise *pseudo ground truth* = the FP32 model's ``pseudo_top_k``
+    highest-scoring detections per image, which makes AP an FP32-agreement
+    score (FP32 scores 100 against itself).
+    """
+
+    def __init__(self, fp32_path: str | os.PathLike[str], images: Sequence[Path],
+                 annotations: str | os.PathLike[str] | None = None, pseudo_top_k: int = 10,
+                 threads: int | None = None) -> None:
+        from runtime.detector import Detector
+        from runtime.preprocess import preprocess
+
+        self.threads = threads
+        self._coco: Any = None
+        with Detector(fp32_path, backend="onnxruntime", providers="cpu",
+                      backend_options={"intra_op_threads": threads}) as det:
+            self.meta: ModelMeta = det.meta
+            self.batch_size = det.batch_size
+        self.batches = [preprocess(list(images[i:i + self.batch_size]), self.meta)
+                        for i in range(0, len(images), self.batch_size)]
+        self.images = list(images)
+        self.gt = self._load_gt(annotations) if annotations else None
+        self.reference = self.outputs(fp32_path)
+        if self.gt is None:
+            self.gt = self._pseudo_gt(fp32_path, pseudo_top_k)
+        self.ground_truth = "annotations" if annotations else f"FP32 top-{pseudo_top_k}"
+
+    def _detector(self, path: str | os.PathLike[str]) -> Any:
+        from runtime.detector import Detector
+
+        return Detector(path, backend="onnxruntime", providers="cpu",
+                        backend_options={"intra_op_threads": self.threads})
+
+    def outputs(self, path: str | os.PathLike[str]) -> Outputs:
+        """Raw ``(logits, boxes)`` per held-out batch (last batch padded for a
+        fixed-batch model, padding rows dropped)."""
+        out = []
+        with self._detector(path) as det:
+            for batch in self.batches:
+                n, images, mask = len(batch), batch.images, batch.mask
+                if det.backend.batch_size is not None and n < det.backend.batch_size:
+                    extra = det.backend.batch_size - n
+                    images = np.concatenate([images, np.zeros((extra, *images.shape[1:]),
+                                                              np.float32)])
+                    mask = np.concatenate([mask, np.ones((extra, *mask.shape[1:]), bool)])
+                logits, boxes = det.infer(images, mask)
+                out.append((logits[:n], boxes[:n]))
+        return out
+
+    def detections(self, path: str | os.PathLike[str]) -> list[Any]:
+        dets: list[Any] = []
+        with self._detector(path) as det:
+            for batch in self.batches:
+                dets.extend(det.detect(batch))
+        return dets
+
+    def _load_gt(self, annotations: str | os.PathLike[str]) -> dict[str, Any]:
+        ann = Path(annotations)
+        try:
+            gt = json.loads(ann.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise DataError(ann, f"cannot read COCO annotations: {exc}") from exc
+        by_name = {Path(str(img["file_name"])).name: img for img in gt.get("images", [])}
+        missing = [p.name for p in self.images if p.name not in by_name]
+        if missing:
+            raise DataError(ann, f"{len(missing)} held-out image(s) are not in the annotations "
+                            f"(e.g. {missing[0]}); pass the matching --eval-ann")
+        self.image_ids = [int(by_name[p.name]["id"]) for p in self.images]
+        keep = set(self.image_ids)
+        return {"images": [by_name[p.name] for p in self.images],
+                "annotations": [a for a in gt["annotations"] if a.get("image_id") in keep],
+                "categories": gt["categories"]}
+
+    def _pseudo_gt(self, fp32_path: str | os.PathLike[str], top_k: int) -> dict[str, Any]:
+        self.image_ids = list(range(1, len(self.images) + 1))
+        images, annotations = [], []
+        sizes = [tuple(hw) for batch in self.batches for hw in batch.orig_sizes]  # (h, w)
+        for image_id, det, (h, w) in zip(self.image_ids, self.detections(fp32_path), sizes):
+            images.append({"id": image_id, "file_name": str(self.images[image_id - 1].name),
+                           "height": int(h), "width": int(w)})
+            for i in np.argsort(-det.scores)[:top_k]:
+                x0, y0, x1, y1 = (float(v) for v in det.boxes[i])
+                annotations.append({"id": len(annotations) + 1, "image_id": image_id,
+                                    "category_id": int(self.meta.label_map[int(det.labels[i])]),
+                                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                                    "area": (x1 - x0) * (y1 - y0), "iscrowd": 0})
+        categories = [{"id": int(c), "name": n}
+                      for c, n in zip(self.meta.label_map, self.meta.class_names)]
+        return {"images": images, "annotations": annotations, "categories": categories}
+
+    def ap(self, path: str | os.PathLike[str]) -> float:
+        """COCO box AP@[.5:.95] of the model at ``path``, in points 0..100."""
+        from detr.coco_eval import coco_metrics, detections_to_coco_results, load_coco_gt
+
+        if self._coco is None:
+            if not self.gt or not self.gt["annotations"]:
+                raise DataError("held-out images", "no ground-truth boxes to compute AP on "
+                                "(use more --eval-images or an annotated --eval-ann)")
+            self._coco = load_coco_gt(self.gt)
+        results = detections_to_coco_results(self.image_ids, self.detections(path),
+                                             list(self.meta.label_map))
+        metrics = coco_metrics(self._coco, results)
+        return 100.0 * max(float(metrics["AP"]), 0.0)  # coco_metrics: 0..1 -> COCO points
