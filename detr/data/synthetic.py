@@ -175,8 +175,8 @@ def render_image(config: ShapesConfig, split: str, index: int
         ys, xs = np.nonzero(window == k + 1)
         if ys.size == 0:
             continue
-        x, y = int(xs.min()) + p.x0, int(ys.min()) + p.y0
-        bw, bh = int(xs.max()) - x + 1, int(ys.max()) - y + 1
+        bw, bh = int(xs.max() - xs.min()) + 1, int(ys.max() - ys.min()) + 1
+        x, y = int(xs.min()) + p.x0, int(ys.min()) + p.y0  # window -> image coordinates
         objects.append({"category_id": p.category_id,
                         "bbox": [float(x), float(y), float(bw), float(bh)],
                         "area": float(ys.size), "instance": k + 1,
