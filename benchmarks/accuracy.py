@@ -54,17 +54,12 @@ def coco_ap(gt: dict[str, Any], image_ids: Sequence[int], detections: Sequence[D
             label_map: Sequence[int]) -> dict[str, float]:
     """COCO box AP (keys ``AP_KEYS``, 0..1) of ``detections`` on the images ``image_ids``.
 
-    ``gt`` is the annotation JSON; only the evaluated images are kept in it.
+    ``gt`` is the annotation JSON; only the images ``image_ids`` are evaluated.
     """
     from detr.coco_eval import coco_metrics, detections_to_coco_results
-    from detr.evaluate import _to_coco
 
-    keep = {int(i) for i in image_ids}
-    gt_eval = dict(gt)
-    gt_eval["images"] = [im for im in gt["images"] if int(im["id"]) in keep]
-    gt_eval["annotations"] = [a for a in gt["annotations"] if int(a["image_id"]) in keep]
     results = detections_to_coco_results(list(image_ids), list(detections), list(label_map))
-    metrics = coco_metrics(_to_coco(gt_eval), results)
+    metrics = coco_metrics(gt, results, image_ids=list(image_ids))
     return {k: float(metrics[k]) for k in AP_KEYS}
 
 

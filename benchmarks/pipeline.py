@@ -50,6 +50,7 @@ class PipelineConfig:
     max_objects: int = 4  # objects per image (the demo model's dataset)
     seed: int = 0  # dataset seed
     calib_images: int = 32  # INT8 calibration images (from the train split, never val)
+    quant_eval_images: int = 16  # held-out train images the quantizer's AP budget check uses
     build_engines: bool = True  # try TensorRT engines (skipped rows without TensorRT/GPU)
     measure_memory: bool = True  # per-row peak-RSS subprocess in the benchmark
     progress: bool = True  # tqdm bars
@@ -143,7 +144,9 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
     # 1. dataset ---------------------------------------------------------------------------
     from detr.data.synthetic import ShapesConfig, make_shapes_dataset
 
-    num_train = config.num_train if config.train_minutes > 0 else max(config.calib_images, 1)
+    # Without training, the train split only feeds INT8 calibration and its held-out check.
+    num_train = (config.num_train if config.train_minutes > 0
+                 else config.calib_images + config.quant_eval_images)
     shapes = ShapesConfig(seed=config.seed, num_train=num_train, num_val=config.num_val,
                           image_size=config.image_size, max_objects=config.max_objects)
     stage("dataset", {"shapes": asdict(shapes)},
@@ -177,8 +180,9 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
     # 5. INT8 -------------------------------------------------------------------------------
     int8 = art / "model_int8.onnx"
     stage("int8", {"onnx": file_digest(fp32_onnx), "calib_images": config.calib_images,
+                   "eval_images": config.quant_eval_images,
                    "dataset": asdict(shapes)}, [int8],
-          lambda: _quantize(fp32_onnx, int8, result.checkpoint, data, config, log))
+          lambda: _quantize(fp32_onnx, int8, data, config, log))
 
     # 6. TensorRT engines -------------------------------------------------------------------
     stage("engines", {"onnx": [file_digest(p) for p in sorted(art.glob("*.onnx"))]},
@@ -238,14 +242,17 @@ def _export(checkpoint: Path, out: Path, size: int, precision: str, data: Path,
     return "ran"
 
 
-def _quantize(fp32: Path, out: Path, checkpoint: Path, data: Path, config: PipelineConfig,
+def _quantize(fp32: Path, out: Path, data: Path, config: PipelineConfig,
               log: Callable[[str], None]) -> str:
-    try:
-        from export.quantize import QuantizeConfig, quantize
-    except ImportError as exc:
-        return f"skipped: INT8 quantizer not available ({exc})"
-    quantize(QuantizeConfig(onnx=str(fp32), out=str(out), calib_data=str(data / "train"),
-                            calib_images=config.calib_images))
+    from export.quantize import QuantizeConfig, quantize_int8
+
+    # Calibrate (and pick the Q/DQ fallback) on train images; the benchmark evaluates val.
+    _, report = quantize_int8(fp32, str(data / "train"), QuantizeConfig(
+        out_path=str(out), calib_images=config.calib_images, eval_images=config.quant_eval_images,
+        latency_runs=3, warmup_runs=1, progress=config.progress))
+    fmt = getattr(report, "format", None)
+    if callable(fmt):
+        log(fmt())
     log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return "ran"
 
