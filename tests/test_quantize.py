@@ -1,0 +1,329 @@
+"""INT8 Q/DQ quantization: TensorRT-format structure, heads kept FP32, accuracy
+against FP32, deterministic calibration, sensitivity ranking and FP32 fallback.
+
+The models are small DETR-shaped networks (backbone stages, input_proj,
+encoder/decoder layers, LayerNorm, class_embed and a 3-layer bbox_embed MLP)
+exported with the same TorchScript ONNX exporter as export-onnx, random init,
+on synthetic 64 px images. The "outlier" variant gives encoder layer 0 one
+output channel ~1000x the others, which per-tensor INT8 activations of encoder
+layer 1 cannot represent: the sensitivity analysis must find that block and the
+search must fall back exactly it.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+pytest.importorskip("pycocotools")
+
+from torch import nn  # noqa: E402
+
+from export.calib_data import iter_feeds, list_images, select_images, split_images  # noqa: E402
+from export.onnx_meta import read_meta, write_meta  # noqa: E402
+from export.qdq import block_of, head_nodes, inspect_qdq, quantizable_nodes, scales  # noqa: E402
+from export.quantize import QuantizeConfig, quantize_int8, report_path  # noqa: E402
+from export.sensitivity import greedy_fallback, output_error  # noqa: E402
+from runtime.errors import InputError  # noqa: E402
+from runtime.metadata import ModelMeta  # noqa: E402
+
+SIZE = 64  # input canvas (pixels)
+
+
+class _Layer(nn.Module):
+    def __init__(self, d: int, residual: bool = True) -> None:
+        super().__init__()
+        self.linear1 = nn.Linear(d, d)
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.linear1(x))
+        return x + y if self.residual else y
+
+
+class _Stack(nn.Module):
+    def __init__(self, layers: list[nn.Module], norm: nn.Module | None = None) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(layers)
+        self.norm = norm
+
+    def forward(self, x: torch.Tensor, extra: torch.Tensor | None = None) -> torch.Tensor:
+        if extra is not None:
+            x = x + extra
+        for layer in self.layers:
+            x = layer(x)
+        return self.norm(x) if self.norm is not None else x
+
+
+class TinyDETRLike(nn.Module):
+    """images [B,3,64,64] -> logits [B,Q,K+1], boxes [B,Q,4] sigmoid cxcywh."""
+
+    def __init__(self, num_classes: int = 3, num_queries: int = 8, d: int = 16,
+                 outlier: bool = False) -> None:
+        super().__init__()
+        self.backbone = nn.ModuleDict({
+            "layer1": nn.Sequential(nn.Conv2d(3, 8, 3, 2, 1), nn.ReLU()),
+            "layer2": nn.Sequential(nn.Conv2d(8, 16, 3, 2, 1), nn.ReLU())})
+        self.input_proj = nn.Conv2d(16, d, 1)
+        self.encoder = _Stack([_Layer(d), _Layer(d, residual=False)])
+        self.decoder = _Stack([_Layer(d)], nn.LayerNorm(d))
+        self.query_embed = nn.Embedding(num_queries, d)
+        self.class_embed = nn.Linear(d, num_classes + 1)
+        self.bbox_embed = nn.Sequential(nn.Linear(d, d), nn.ReLU(), nn.Linear(d, d), nn.ReLU(),
+                                        nn.Linear(d, 4))
+        if outlier:
+            with torch.no_grad():
+                self.encoder.layers[0].linear1.bias[0] = 2000.0  # one huge channel
+                self.encoder.layers[1].linear1.weight[:, 0] = 1e-4  # ...that layer 1 ignores
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.backbone["layer2"](self.backbone["layer1"](images))
+        x = self.input_proj(x).flatten(2).transpose(1, 2)  # [B, HW, d]
+        x = self.encoder(x)
+        q = self.query_embed.weight.unsqueeze(0).expand(x.shape[0], -1, -1)  # [B, Q, d]
+        attn = torch.softmax(q @ x.transpose(1, 2) / 4.0, dim=-1)  # [B, Q, HW]
+        h = self.decoder(q, attn @ x)
+        return self.class_embed(h), self.bbox_embed(h).sigmoid()
+
+
+def _export(path: Path, outlier: bool = False, seed: int = 0) -> Path:
+    torch.manual_seed(seed)
+    model = TinyDETRLike(outlier=outlier).eval()
+    buffer = io.BytesIO()
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.randn(1, 3, SIZE, SIZE),), buffer,
+                          input_names=["images"], output_names=["logits", "boxes"],
+                          opset_version=17, dynamo=False)
+    graph = onnx.load_from_string(buffer.getvalue())
+    write_meta(graph, ModelMeta(preset="tiny-test", input_height=SIZE, input_width=SIZE,
+                                class_names=["a", "b", "c"], label_map=[1, 3, 7]))
+    onnx.save(graph, str(path))
+    return path
+
+
+def _images(folder: Path, count: int = 24, seed: int = 0) -> Path:
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(seed)
+    folder.mkdir(parents=True)
+    for i in range(count):
+        colour = tuple(int(v) for v in rng.integers(0, 255, 3))
+        img = Image.new("RGB", (SIZE + 8 * (i % 3), SIZE), colour)  # mixed sizes: padding
+        draw = ImageDraw.Draw(img)
+        for _ in range(3):
+            x0, y0 = (int(v) for v in rng.integers(0, 40, 2))
+            w, h = (int(v) for v in rng.integers(8, 24, 2))
+            draw.rectangle([x0, y0, x0 + w, y0 + h],
+                           fill=tuple(int(v) for v in rng.integers(0, 255, 3)))
+        img.save(folder / f"img{i:03d}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("quant")
+    return {"tiny": _export(root / "tiny.onnx"), "outlier": _export(root / "outlier.onnx", True),
+            "images": _images(root / "images"), "root": root}
+
+
+def _config(tmp: Path, **overrides: object) -> QuantizeConfig:
+    base: dict[str, object] = dict(calib_images=16, eval_images=8, latency_runs=3,
+                                   warmup_runs=1, threads=1, progress=False,
+                                   cache_dir=str(tmp / "cache"))
+    base.update(overrides)
+    return QuantizeConfig(**base)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def quantized(data: dict[str, Path]) -> tuple[onnx.ModelProto, object, Path]:
+    out = data["root"] / "tiny.int8.onnx"
+    model, report = quantize_int8(data["tiny"], str(data["images"]),
+                                  _config(data["root"], out_path=str(out)))
+    return model, report, out
+
+
+def _const(model: onnx.ModelProto, name: str) -> np.ndarray | None:
+    for init in model.graph.initializer:
+        if init.name == name:
+            return onnx.numpy_helper.to_array(init)
+    return None
+
+
+def test_qdq_is_symmetric_int8_with_per_channel_weights(quantized: tuple) -> None:
+    model, _, _ = quantized
+    qdq = [n for n in model.graph.node if n.op_type in ("QuantizeLinear", "DequantizeLinear")]
+    assert qdq
+    for node in qdq:
+        zero = _const(model, node.input[2])
+        assert zero is not None and zero.dtype == np.int8 and not zero.any(), node.name
+        assert np.all(_const(model, node.input[1]) > 0)
+    producers = {o: n for n in model.graph.node for o in n.output}
+    seen = {"Conv": 0, "MatMul": 0}
+    for node in model.graph.node:
+        dq = producers.get(node.input[1]) if len(node.input) > 1 else None
+        if node.op_type not in seen or dq is None or dq.op_type != "DequantizeLinear":
+            continue
+        weight = _const(model, dq.input[0])
+        if weight is None:
+            continue  # an activation input, not a weight
+        axis = next(a.i for a in dq.attribute if a.name == "axis")
+        scale = _const(model, dq.input[1])
+        assert weight.dtype == np.int8
+        # Conv weights [C_out, C_in, kh, kw] -> axis 0; MatMul weights [K, N] -> axis 1.
+        expected = 0 if node.op_type == "Conv" else 1
+        assert axis == expected and scale.shape == (weight.shape[expected],), node.name
+        seen[node.op_type] += 1
+    assert seen["Conv"] == 3 and seen["MatMul"] >= 2
+    # Activations are per-tensor: every Q node has a scalar scale.
+    for node in model.graph.node:
+        if node.op_type == "QuantizeLinear":
+            assert _const(model, node.input[1]).size == 1
+    assert inspect_qdq(model).problems == []
+
+
+def test_heads_stay_fp32(quantized: tuple, data: dict[str, Path]) -> None:
+    model, report, _ = quantized
+    heads = head_nodes(onnx.load(str(data["tiny"])))
+    assert {"/class_embed/MatMul", "/bbox_embed/bbox_embed.0/MatMul",
+            "/bbox_embed/bbox_embed.4/MatMul"} <= heads
+    producers = {o: n.op_type for n in model.graph.node for o in n.output}
+    for node in model.graph.node:
+        if node.name in heads:
+            assert producers.get(node.input[1]) != "DequantizeLinear", node.name
+            assert _const(model, node.input[1]).dtype == np.float32
+    assert not inspect_qdq(model).quantized & heads
+    assert report.quantized_nodes == 6  # every non-head Conv/MatMul with weights
+
+
+def test_int8_close_to_fp32_on_calibration_images(quantized: tuple,
+                                                  data: dict[str, Path]) -> None:
+    model, _, _ = quantized
+    fp32 = ort.InferenceSession(str(data["tiny"]), providers=["CPUExecutionProvider"])
+    int8 = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    meta = read_meta(model)
+    paths = list_images(data["images"])[:8]
+    worst_prob, worst_box = 0.0, 0.0
+    for feed in iter_feeds(paths, meta):
+        (l32, b32), (l8, b8) = fp32.run(None, feed), int8.run(None, feed)
+        p32 = np.exp(l32) / np.exp(l32).sum(-1, keepdims=True)
+        p8 = np.exp(l8) / np.exp(l8).sum(-1, keepdims=True)
+        worst_prob = max(worst_prob, float(np.abs(p32 - p8).max()))
+        worst_box = max(worst_box, float(np.abs(b32 - b8).max()))
+    # Stated tolerance: class probabilities within 0.02, normalised box coordinates
+    # within 0.01 (0.6 px at 64 px) of FP32.
+    assert worst_prob < 0.02 and worst_box < 0.01, (worst_prob, worst_box)
+
+
+def test_int8_passes_check_onnx_and_has_int8_metadata(quantized: tuple) -> None:
+    from export.check_onnx import CheckConfig, check_onnx
+
+    model, report, out = quantized
+    assert read_meta(model).precision == "int8"
+    checked = check_onnx(out, CheckConfig(overflow_scan=False))
+    assert checked.ok, checked.format()
+    assert read_meta(onnx.load(str(out))).precision == "int8"
+    written = json.loads(report_path(out).read_text())
+    assert written["fallback_blocks"] == [] and written["fp32_ap"] == pytest.approx(100.0)
+    assert written["int8_ap"] <= written["fp32_ap"] and written["within_budget"] is True
+    assert set(written["latency_ms"]) == {"fp32", "int8"}
+    assert all(v > 0 for v in written["latency_ms"].values())
+    assert "AP drop" in report.format()
+
+
+def test_calibration_is_deterministic_given_seed(data: dict[str, Path], tmp_path: Path) -> None:
+    runs = [quantize_int8(data["tiny"], str(data["images"]),
+                          _config(tmp_path / f"run{i}", eval_images=0, latency_runs=0,
+                                  calib_images=8, seed=3))[0] for i in range(2)]
+    first, second = scales(runs[0]), scales(runs[1])
+    assert first.keys() == second.keys() and first
+    assert all(np.array_equal(first[k], second[k]) for k in first)
+    other = quantize_int8(data["tiny"], str(data["images"]),
+                          _config(tmp_path / "run_other", eval_images=0, latency_runs=0,
+                                  calib_images=8, seed=4))[0]
+    differs = scales(other)
+    # Another seed picks other images: some activation scale must change.
+    assert any(not np.array_equal(first[k], differs[k]) for k in first if k.startswith("Q"))
+
+
+def test_image_selection_and_split(data: dict[str, Path]) -> None:
+    paths = list_images(data["images"])
+    assert select_images(paths, 5, seed=1) == select_images(paths, 5, seed=1)
+    assert select_images(paths, 5, seed=1) != select_images(paths, 5, seed=2)
+    split = split_images(paths, 10, 6, seed=0)
+    assert len(split.calib) == 10 and len(split.held_out) == 6
+    assert not set(split.calib) & set(split.held_out)
+    # More calibration images never change the held-out set.
+    assert split_images(paths, 18, 6, seed=0).held_out == split.held_out
+    with pytest.raises(InputError, match="leave none"):
+        split_images(paths, 4, len(paths), seed=0)
+
+
+def test_sensitivity_finds_outlier_block_and_falls_it_back(data: dict[str, Path],
+                                                           tmp_path: Path) -> None:
+    out = tmp_path / "outlier.int8.onnx"
+    model, report = quantize_int8(data["outlier"], str(data["images"]),
+                                  _config(tmp_path, out_path=str(out), ap_budget=0.5))
+    assert report.sensitivity[0]["block"] == "encoder.layers.1"
+    assert report.search[0]["fallback"] == []
+    assert report.fp32_ap - report.search[0]["ap"] > 0.5  # full INT8 breaks the budget
+    assert report.fallback_blocks == ["encoder.layers.1"]
+    assert report.within_budget and report.fp32_ap - report.int8_ap <= 0.5
+    quantized = inspect_qdq(model).quantized
+    assert "/encoder/layers.1/linear1/MatMul" not in quantized
+    assert "/encoder/layers.0/linear1/MatMul" in quantized and len(quantized) == 5
+    meta = read_meta(onnx.load(str(out)))
+    assert meta.extra["int8"]["fallback_blocks"] == ["encoder.layers.1"]
+
+
+def test_greedy_fallback_stops_at_first_configuration_within_budget() -> None:
+    ap_table = {(): 90.0, ("a",): 94.0, ("a", "b"): 96.8, ("a", "b", "c"): 97.0}
+    search = greedy_fallback(["a", "b", "c"], lambda fb: ap_table[tuple(fb)], 97.0, 0.5)
+    assert search.final.fallback == ["a", "b"] and search.within_budget
+    assert [s.ap for s in search.steps] == [90.0, 94.0, 96.8]
+    strict = greedy_fallback(["a", "b", "c"], lambda fb: ap_table[tuple(fb)], 97.0, 0.0)
+    assert strict.final.fallback == ["a", "b", "c"]
+
+
+def test_output_error_zero_for_identical_and_grows_with_change() -> None:
+    rng = np.random.default_rng(0)
+    ref = [(rng.normal(size=(2, 5, 4)).astype(np.float32), rng.random((2, 5, 4)))]
+    assert output_error(ref, ref) == 0.0
+    shifted = [(ref[0][0], ref[0][1] + 0.1)]
+    assert output_error(ref, shifted) == pytest.approx(0.1)
+
+
+def test_blocks_and_candidates(data: dict[str, Path]) -> None:
+    model = onnx.load(str(data["tiny"]))
+    nodes = {n.name: n for n in quantizable_nodes(model)}
+    assert "/MatMul" not in nodes  # attention Q.K^T: activation x activation
+    assert "/MatMul" in {n.name for n in quantizable_nodes(model, quantize_attention=True)}
+    blocks = {name: block_of(model, n) for name, n in nodes.items()}
+    assert blocks["/layer1/layer1.0/Conv"] == "backbone.layer1"
+    assert blocks["/input_proj/Conv"] == "input_proj"
+    assert blocks["/encoder/layers.1/linear1/MatMul"] == "encoder.layers.1"
+    assert blocks["/decoder/layers.0/linear1/MatMul"] == "decoder.layers.0"
+
+
+@pytest.mark.parametrize("overrides, match", [
+    ({"method": "kl"}, "unknown method"),
+    ({"ap_budget": -1.0}, "AP points"),
+    ({"ap_budget": 0.0005}, "COCO points"),
+])
+def test_bad_arguments(data: dict[str, Path], tmp_path: Path, overrides: dict,
+                       match: str) -> None:
+    with pytest.raises(InputError, match=match):
+        quantize_int8(data["tiny"], str(data["images"]), _config(tmp_path, **overrides))
+
+
+def test_refuses_non_fp32_model(quantized: tuple, tmp_path: Path,
+                                data: dict[str, Path]) -> None:
+    _, _, out = quantized
+    with pytest.raises(InputError, match="already int8"):
+        quantize_int8(out, str(data["images"]), _config(tmp_path))
