@@ -125,3 +125,48 @@ def test_unavailable_providers_and_tensorrt(tmp_path) -> None:
         Detector(engine)  # auto -> native TensorRT for an engine file
     with pytest.raises(InputError, match="use backend 'tensorrt'"):
         Detector(engine, backend="onnxruntime")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_mask", [False, True])
+def test_exported_tiny_detr_matches_torch(tmp_path, with_mask: bool) -> None:
+    """A random-init detr-tiny exported by export/onnx_export.py: Detector.detect equals
+    runtime preprocessing -> PyTorch model -> runtime decoding (+ clipping)."""
+    torch = pytest.importorskip("torch")
+    from detr import build_model
+    from export.onnx_export import ExportConfig, export_detr
+
+    from runtime.decode import decode
+    from runtime.metadata import ModelMeta
+
+    torch.manual_seed(0)
+    model = build_model("detr-tiny", num_classes=3).eval()
+    meta = ModelMeta(preset="detr-tiny", input_height=64, input_width=96,
+                     class_names=["circle", "square", "triangle"], label_map=[3, 7, 11])
+    out = tmp_path / "tiny.onnx"
+    export_detr(model, meta, ExportConfig(checkpoint="<memory>", out=str(out), height=64,
+                                          width=96, dynamic_batch=True, with_mask=with_mask,
+                                          calib_images=1))
+    det = Detector(out, batch_size=2)
+    assert det.meta.with_mask == with_mask and det.backend.batch_size is None
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=s, dtype=np.uint8)
+              for s in [(50, 120, 3), (200, 100, 3), (64, 96)]]
+    got = det.detect(images, second_best=True, top_k=10)
+    batch = preprocess(images, det.meta)
+    with torch.no_grad():
+        x = torch.from_numpy(batch.images)
+        outputs = model(x, mask=torch.from_numpy(batch.mask)) if with_mask else model(x)
+    if with_mask:
+        target = batch.orig_sizes.astype(np.float64)
+    else:
+        target = np.array([[64, 96]]) / batch.scales[:, None]
+    ref = decode(outputs["pred_logits"].numpy(), outputs["pred_boxes"].numpy(), target,
+                 second_best=True, top_k=10)
+    for g, r, (h, w) in zip(got, ref, batch.orig_sizes):
+        np.testing.assert_allclose(g.scores, r.scores, rtol=1e-3, atol=1e-4)
+        np.testing.assert_array_equal(g.labels, r.labels)
+        r.boxes[:, 0::2] = r.boxes[:, 0::2].clip(0, w)
+        r.boxes[:, 1::2] = r.boxes[:, 1::2].clip(0, h)
+        # ONNX vs torch FP32 differences: boxes agree within 0.05% of the image size.
+        np.testing.assert_allclose(g.boxes, r.boxes, atol=5e-4 * max(h, w))
