@@ -135,7 +135,6 @@ def test_exported_tiny_detr_matches_torch(tmp_path, with_mask: bool) -> None:
     torch = pytest.importorskip("torch")
     from detr import build_model
     from export.onnx_export import ExportConfig, export_detr
-
     from runtime.decode import decode
     from runtime.metadata import ModelMeta
 
