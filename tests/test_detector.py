@@ -169,3 +169,31 @@ def test_exported_tiny_detr_matches_torch(tmp_path, with_mask: bool) -> None:
         r.boxes[:, 1::2] = r.boxes[:, 1::2].clip(0, h)
         # ONNX vs torch FP32 differences: boxes agree within 0.05% of the image size.
         np.testing.assert_allclose(g.boxes, r.boxes, atol=5e-4 * max(h, w))
+
+
+@pytest.mark.gpu
+@pytest.mark.tensorrt
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_native_tensorrt_matches_onnxruntime(tmp_path, cuda_graph: bool) -> None:
+    """Engine built from the tiny contract ONNX: native TensorRT == ONNX Runtime CPU."""
+    reason = tensorrt_available()
+    if reason is not None:
+        pytest.skip(f"needs TensorRT + cuda-python + a GPU: {reason}")
+    from export.engine_builder import EngineBuildConfig, build_engine
+
+    onnx_path = make_tiny_onnx(tmp_path / "m.onnx", tiny_meta(64, 96, with_mask=True),
+                               weight_scale=0.5)
+    engine = build_engine(EngineBuildConfig(onnx_path=str(onnx_path),
+                                            out_path=str(tmp_path / "m.engine"),
+                                            min_batch=1, opt_batch=2, max_batch=4))
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, size=(rng.integers(20, 200), rng.integers(20, 200), 3),
+                           dtype=np.uint8) for _ in range(5)]
+    ref = Detector(onnx_path, providers=["cpu"]).detect(images, second_best=True)
+    with Detector(engine, backend_options={"cuda_graph": cuda_graph}) as trt_det:
+        assert trt_det.backend.max_batch_size == 4 and trt_det.batch_size == 4
+        for _ in range(2):  # second round replays the captured graphs
+            got = trt_det.detect(images, second_best=True)
+            for g, r in zip(got, ref):
+                np.testing.assert_allclose(g.scores, r.scores, rtol=1e-3, atol=1e-4)
+                np.testing.assert_allclose(g.boxes, r.boxes, atol=0.05)
