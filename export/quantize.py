@@ -153,6 +153,9 @@ def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
     from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
                                           quantize_static)
 
+    names = [n.name for n in onnx.load(os.fspath(fp32_path), load_external_data=False).graph.node]
+    # ORT reads an empty nodes_to_quantize as "all nodes": exclude the rest explicitly.
+    exclude = sorted(set(names) - set(nodes))
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
               "percentile": CalibrationMethod.Percentile}[config.method]
     extra = {
@@ -167,6 +170,7 @@ def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
                     quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
                     per_channel=True, activation_type=QuantType.QInt8,
                     weight_type=QuantType.QInt8, nodes_to_quantize=list(nodes),
+                    nodes_to_exclude=exclude,
                     calibrate_method=method, extra_options=extra,
                     calibration_cache_path=os.fspath(cache_path))
     return onnx.load(os.fspath(out_path))

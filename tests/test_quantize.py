@@ -282,6 +282,35 @@ def test_sensitivity_finds_outlier_block_and_falls_it_back(data: dict[str, Path]
     assert meta.extra["int8"]["fallback_blocks"] == ["encoder.layers.1"]
 
 
+def test_zero_budget_falls_back_until_no_ap_is_lost(data: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    model, report = quantize_int8(data["outlier"], str(data["images"]),
+                                  _config(tmp_path, ap_budget=0.0, latency_runs=0))
+    assert report.fallback_blocks[0] == "encoder.layers.1"
+    assert report.int8_ap == pytest.approx(report.fp32_ap)
+    assert [s["fallback"] for s in report.search] == \
+        [[r["block"] for r in report.sensitivity][:i] for i in range(len(report.search))]
+    # Whatever fell back is really FP32 in the model (also when it is every block).
+    fallen = {n for s in report.sensitivity if s["block"] in report.fallback_blocks
+              for n in s["nodes"]}
+    assert not inspect_qdq(model).quantized & fallen
+    assert len(inspect_qdq(model).quantized) == 6 - len(fallen)
+
+
+def test_quantizing_no_nodes_leaves_the_model_fp32(data: dict[str, Path], tmp_path: Path) -> None:
+    # ORT treats an empty nodes_to_quantize as "everything"; every block in FP32
+    # must really give a model without Q/DQ.
+    from export.quantize import quantize_nodes
+
+    meta = read_meta(onnx.load(str(data["tiny"])))
+    feeds = iter_feeds(list_images(data["images"])[:4], meta)
+    reader = type("Reader", (), {"get_next": lambda self: next(feeds, None)})()
+    model = quantize_nodes(data["tiny"], tmp_path / "none.onnx", [], reader,
+                           tmp_path / "cache.json", _config(tmp_path))
+    assert not [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert not [n for n in model.graph.node if n.op_type == "DequantizeLinear"]
+
+
 def test_greedy_fallback_stops_at_first_configuration_within_budget() -> None:
     ap_table = {(): 90.0, ("a",): 94.0, ("a", "b"): 96.8, ("a", "b", "c"): 97.0}
     search = greedy_fallback(["a", "b", "c"], lambda fb: ap_table[tuple(fb)], 97.0, 0.5)
