@@ -68,6 +68,11 @@ def _check(result: Any, what: str) -> Any:
     return values[0] if len(values) == 1 else tuple(values)
 
 
+def _dims(dims: trt.Dims) -> tuple[int, ...]:
+    """TensorRT ``Dims`` -> tuple (the stubs declare no ``__iter__``)."""
+    return tuple(int(dims[i]) for i in range(len(dims)))
+
+
 def tensorrt_available() -> str | None:
     """None when the native backend can be used, else the reason it cannot."""
     try:
@@ -151,7 +156,7 @@ class TensorRTBackend(Backend):
                 name=name,
                 is_input=engine.get_tensor_mode(name) == trt_mod.TensorIOMode.INPUT,
                 dtype=np.dtype(trt_mod.nptype(engine.get_tensor_dtype(name))),
-                shape=tuple(engine.get_tensor_shape(name)))
+                shape=_dims(engine.get_tensor_shape(name)))
         names = set(self._tensors)
         if not {"images", "logits", "boxes"} <= names:
             raise ModelFormatError(self.path, f"engine I/O tensors are {sorted(names)}; "
@@ -174,8 +179,8 @@ class TensorRTBackend(Backend):
                                    f"header says [B, 3, {H}, {W}]")
         self._set_batch(self.max_batch_size)
         for t in self._tensors.values():
-            shape = self._context.get_tensor_shape(t.name)
-            full = (self.max_batch_size, *tuple(shape)[1:])
+            shape = _dims(self._context.get_tensor_shape(t.name))  # batch = max batch now
+            full = (self.max_batch_size, *shape[1:])
             t.nbytes = int(np.prod(full)) * t.dtype.itemsize
             t.device_ptr = int(_check(self._cudart.cudaMalloc(t.nbytes), "cudaMalloc"))
             t.host_ptr = int(_check(self._cudart.cudaMallocHost(t.nbytes), "cudaMallocHost"))
