@@ -1,0 +1,171 @@
+"""Training loop: resume gives the same weights, NaN stop keeps the checkpoint,
+fine-tune init, the train command and its resume line."""
+
+from __future__ import annotations
+
+import math
+import shlex
+
+import pytest
+import torch
+
+from detr.data.synthetic import ShapesConfig, make_shapes_dataset
+from detr.train import TrainConfig, train
+from detr.train.loop import resume_command
+from runtime.errors import InputError, ModelFormatError, TrainingDivergedError
+
+# Small but real DETR: the tiny preset's ResNet-18 with a narrow 1+2 layer transformer.
+SMALL = {"hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 2,
+         "dim_feedforward": 64, "num_queries": 5}
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    root = tmp_path_factory.mktemp("shapes")
+    make_shapes_dataset(root, ShapesConfig(seed=3, num_train=8, num_val=4, image_size=64,
+                                           max_objects=3), progress=False)
+    return root
+
+
+def _config(data, out, **changes) -> TrainConfig:
+    base = dict(data=str(data), out=str(out), preset="detr-tiny", epochs=2, batch_size=4,
+                lr=1e-4, lr_backbone=1e-4, num_workers=0, seed=7, eval_every=0,
+                scales=(64, 56), max_size=64, model_overrides=dict(SMALL), progress=False)
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return torch.load(path, map_location="cpu", weights_only=True)["model"]
+
+
+def test_resume_matches_uninterrupted_run(shapes, tmp_path):
+    full = train(_config(shapes, tmp_path / "full", epochs=2))
+    assert full.epochs_completed == 2
+
+    first = train(_config(shapes, tmp_path / "split", epochs=1))
+    assert first.epochs_completed == 1
+    after_first = _weights(first.checkpoint)
+    resumed = train(_config(shapes, tmp_path / "split", epochs=2, resume=True))
+    assert resumed.epochs_completed == 2
+
+    a, b = _weights(full.checkpoint), _weights(resumed.checkpoint)
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resumed run differs in {different[:5]}"
+    # ... and training did change the weights (the comparison is not vacuous).
+    assert not torch.equal(after_first["class_embed.weight"], a["class_embed.weight"])
+
+    raw = torch.load(resumed.checkpoint, map_location="cpu", weights_only=True)
+    assert raw["epoch"] == 1 and len(raw["rng_state"]) == 1
+    assert raw["label_map"] == [2, 5, 7, 11, 13, 17]
+    log = (tmp_path / "split" / "log.jsonl").read_text().splitlines()
+    assert len(log) == 2 and all(math.isfinite(float(line.split('"train_loss": ')[1].split(",")[0]))
+                                 for line in log)
+
+
+def test_resume_errors(shapes, tmp_path):
+    with pytest.raises(ModelFormatError, match="no checkpoint to resume from"):
+        train(_config(shapes, tmp_path / "none", resume=True))
+    train(_config(shapes, tmp_path / "run", epochs=1, max_steps=1))
+    with pytest.raises(InputError, match="already holds checkpoint.pth; pass --resume"):
+        train(_config(shapes, tmp_path / "run", epochs=1))
+    with pytest.raises(InputError, match="raise --epochs"):
+        train(_config(shapes, tmp_path / "run", epochs=1, resume=True))
+    other = dict(SMALL, num_queries=7)
+    with pytest.raises(ModelFormatError, match="model_overrides"):
+        train(_config(shapes, tmp_path / "run", epochs=2, resume=True, model_overrides=other))
+
+
+def test_nan_loss_stops_and_keeps_last_good_checkpoint(shapes, tmp_path):
+    # An absurd lr blows the weights up in epoch 0's single update; epoch 0's loss was
+    # computed before it (finite, checkpoint written), epoch 1's first loss is not.
+    out = tmp_path / "nan"
+    config = _config(shapes, out, epochs=3, max_steps=1, lr=1e30, lr_backbone=1e30)
+    with pytest.raises(TrainingDivergedError, match=r"loss is nan at epoch 1, step 0.*"
+                       r"checkpoint.pth \(epoch 0\) is kept"):
+        train(config)
+    raw = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert raw["epoch"] == 0
+    assert len((out / "log.jsonl").read_text().splitlines()) == 1
+    assert not list(out.glob(".*.tmp")), "a half-written checkpoint was left behind"
+
+
+def test_engine_raises_before_updating(shapes):
+    import detr
+    from detr.data import build_dataset, collate_fn, make_coco_transforms
+    from detr.train.engine import train_one_epoch
+    from detr.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = detr.build_model("detr-tiny", num_classes=6, **SMALL)
+    with torch.no_grad():
+        model.class_embed.bias[0] = float("inf")  # softmax of inf - inf = NaN in the CE loss
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    criterion = detr.build_criterion(6, dec_layers=SMALL["dec_layers"])
+    optimizer = build_optimizer(model, lr=1e-3, lr_backbone=1e-3, weight_decay=1e-4)
+    dataset = build_dataset(shapes, "train", make_coco_transforms("val", scales=[64], max_size=64))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=collate_fn)
+    with pytest.raises(TrainingDivergedError, match="non-finite terms: .*loss_ce"):
+        train_one_epoch(model, criterion, loader, optimizer, torch.device("cpu"), 0,
+                        progress=False)
+    after = model.state_dict()
+    params = {n for n, _ in model.named_parameters()}
+    assert all(torch.equal(before[k], after[k]) for k in params)
+    assert not optimizer.state  # no step was taken
+
+
+def test_init_loads_all_but_class_embed(shapes, tmp_path):
+    source = train(_config(shapes, tmp_path / "src", epochs=1, max_steps=1))
+    # lr 0: the fine-tuned run's parameters stay what --init loaded.
+    tuned = train(_config(shapes, tmp_path / "ft", epochs=1, max_steps=1, lr=0.0,
+                          lr_backbone=0.0, init=str(source.checkpoint), seed=99))
+    a, b = _weights(source.checkpoint), _weights(tuned.checkpoint)
+    loaded = [k for k in a if not k.startswith("class_embed.") and "running_" not in k
+              and "num_batches" not in k]
+    assert loaded and all(torch.equal(a[k], b[k]) for k in loaded)
+    assert not torch.equal(a["class_embed.weight"], b["class_embed.weight"])  # re-initialised
+
+
+def test_bad_options_raise_input_error(shapes, tmp_path):
+    with pytest.raises(InputError, match="--batch-size: must be > 0"):
+        train(_config(shapes, tmp_path / "x", batch_size=0))
+    with pytest.raises(InputError, match="--lr: must be >= 0"):
+        train(_config(shapes, tmp_path / "x", lr=float("nan")))
+    with pytest.raises(InputError, match="unknown DETRConfig override"):
+        train(_config(shapes, tmp_path / "x", model_overrides={"bogus": 1}))
+    with pytest.raises(InputError, match="fewer than one batch"):
+        train(_config(shapes, tmp_path / "x", batch_size=9))
+
+
+def test_resume_command_parses_back_to_the_same_config(shapes, tmp_path):
+    from runtime.cli import build_parser
+
+    config = _config(shapes, tmp_path / "r", epochs=5, crop=False, amp=True, lr_drop=3,
+                     init="weights.pth")
+    line = resume_command(config)
+    argv = shlex.split(line)
+    assert argv[:2] == ["detr-edge", "train"] and argv[-1] == "--resume"
+    args = build_parser().parse_args(argv[1:])
+    from detr.commands.train import parse_model_opts
+
+    assert args.resume and not args.crop and args.amp and args.lr_drop == 3
+    assert tuple(args.scales) == config.scales and args.init == "weights.pth"
+    assert parse_model_opts(args.model_opt) == config.model_overrides
+
+
+def test_train_command_end_to_end(shapes, tmp_path, capsys):
+    from runtime.cli import main
+
+    out = tmp_path / "cli"
+    argv = ["train", "--data", str(shapes), "--out", str(out), "--epochs", "1", "--max-steps",
+            "1", "--num-workers", "0", "--scales", "64", "--max-size", "64", "--eval-every", "1",
+            "--no-progress", "--batch-size", "2"] + \
+        [a for k, v in SMALL.items() for a in ("--model-opt", f"{k}={v}")]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "trained 1 epochs" in text and "val_AP50=" in text
+    assert (out / "checkpoint.pth").is_file() and (out / "log.jsonl").is_file()
+    # Bad input: one line on stderr, exit code 2.
+    assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out / "b")]) == 2
+    assert "is not a directory" in capsys.readouterr().err
