@@ -31,7 +31,7 @@ _EXPORTS: dict[str, str] = {
     "generalized_box_iou": "detr.box_ops",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = list(_EXPORTS)
 
 
 def __getattr__(name: str) -> Any:

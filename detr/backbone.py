@@ -29,6 +29,11 @@ class FrozenBatchNorm2d(nn.Module):
     ``num_batches_tracked`` from a torchvision state dict is dropped on load.
     """
 
+    weight: Tensor
+    bias: Tensor
+    running_mean: Tensor
+    running_var: Tensor
+
     def __init__(self, n: int, eps: float = 1e-5) -> None:
         super().__init__()
         self.eps = eps

@@ -50,11 +50,11 @@ class LoadedCheckpoint:
 
 
 def _version() -> str:
-    try:
-        from importlib.metadata import version
+    from importlib.metadata import PackageNotFoundError, version
 
+    try:
         return version("detr-edge")
-    except Exception:  # not installed as a distribution (running from a checkout)
+    except PackageNotFoundError:  # running from a checkout that is not pip-installed
         return "0.1.0"
 
 
@@ -92,14 +92,14 @@ def save_checkpoint(
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_model(path: str | Path, preset: str | None = None,
-               num_classes: int | None = None) -> DETR:
+def load_model(path: str | Path, preset: str | None = None, num_classes: int | None = None) -> DETR:
     """Load any supported checkpoint and return just the model (eval mode)."""
     return load_checkpoint(path, preset=preset, num_classes=num_classes).model
 
 
-def load_checkpoint(path: str | Path, preset: str | None = None,
-                    num_classes: int | None = None) -> LoadedCheckpoint:
+def load_checkpoint(
+    path: str | Path, preset: str | None = None, num_classes: int | None = None
+) -> LoadedCheckpoint:
     """Load our own, an official DETR or a Hugging Face DETR checkpoint.
 
     ``path`` may be a file (.pth/.pt/.bin/.safetensors) or an HF snapshot folder
@@ -124,10 +124,14 @@ def load_checkpoint(path: str | Path, preset: str | None = None,
         state = dict(raw["model"]) if isinstance(raw.get("model"), Mapping) else raw
         fmt = "official"
         if "query_embed.weight" not in state:
-            raise ModelFormatError(file, "not a DETR checkpoint (no 'query_embed.weight' and no "
-                                   "Hugging Face DETR keys)")
+            raise ModelFormatError(
+                file,
+                "not a DETR checkpoint (no 'query_embed.weight' and no Hugging Face DETR keys)",
+            )
         args = raw.get("args")
-        config = _infer_config(state, file, args=args if isinstance(args, argparse.Namespace) else None)
+        config = _infer_config(
+            state, file, args=args if isinstance(args, argparse.Namespace) else None
+        )
         stored_classes = _classes_in(state, file)
     if preset is not None:
         try:
@@ -145,9 +149,15 @@ def load_checkpoint(path: str | Path, preset: str | None = None,
     _load_strict(model, state, file, config)
     model.eval()
     names, label_map = _class_info(raw, hf_config, wanted, fmt)
-    return LoadedCheckpoint(model=model, config=config, class_names=names, label_map=label_map,
-                            raw=raw if fmt != "hf" else {"model": raw}, num_classes=wanted,
-                            source_format=fmt)
+    return LoadedCheckpoint(
+        model=model,
+        config=config,
+        class_names=names,
+        label_map=label_map,
+        raw=raw if fmt != "hf" else {"model": raw},
+        num_classes=wanted,
+        source_format=fmt,
+    )
 
 
 def _resolve_file(path: Path) -> Path:
@@ -169,7 +179,9 @@ def _read(file: Path) -> dict[str, Any]:
 
             return dict(load_file(str(file), device="cpu"))
         except Exception as exc:
-            raise ModelFormatError(file, f"unreadable safetensors file (truncated or corrupt): {exc}") from exc
+            raise ModelFormatError(
+                file, f"unreadable safetensors file (truncated or corrupt): {exc}"
+            ) from exc
     try:
         with torch.serialization.safe_globals(SAFE_GLOBALS):
             data = torch.load(file, map_location="cpu", weights_only=True)
@@ -179,12 +191,25 @@ def _read(file: Path) -> dict[str, Any]:
         hits = [ln for ln in lines if re.search(r"Unsupported|GLOBAL|global", ln)]
         reason = (hits or lines or [type(exc).__name__])[0]
         unsafe = bool(hits)
-        what = "refused to unpickle: the file references code outside the allow-list" if unsafe \
+        what = (
+            "refused to unpickle: the file references code outside the allow-list"
+            if unsafe
             else "cannot unpickle (truncated or corrupt)"
+        )
         raise ModelFormatError(file, f"{what} ({reason})") from exc
-    except (EOFError, RuntimeError, OSError, ValueError, AttributeError, TypeError, KeyError) as exc:
+    except (
+        EOFError,
+        RuntimeError,
+        OSError,
+        ValueError,
+        AttributeError,
+        TypeError,
+        KeyError,
+    ) as exc:
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise ModelFormatError(file, f"cannot read checkpoint (truncated or corrupt): {reason}") from exc
+        raise ModelFormatError(
+            file, f"cannot read checkpoint (truncated or corrupt): {reason}"
+        ) from exc
     if not isinstance(data, dict):
         raise ModelFormatError(file, f"expected a dict checkpoint, got {type(data).__name__}")
     return data
@@ -215,8 +240,12 @@ def _count_indexed(state: Mapping[str, Any], prefix: str) -> int:
     return max(found) + 1 if found else 0
 
 
-def _infer_config(state: Mapping[str, Any], file: Path, args: argparse.Namespace | None = None,
-                  hf_config: dict[str, Any] | None = None) -> DETRConfig:
+def _infer_config(
+    state: Mapping[str, Any],
+    file: Path,
+    args: argparse.Namespace | None = None,
+    hf_config: dict[str, Any] | None = None,
+) -> DETRConfig:
     """Architecture from ``args`` (official), ``config.json`` (HF) or the tensor shapes.
 
     Shapes give the ResNet depth (layer3 block count + bottleneck or not), d,
@@ -226,13 +255,22 @@ def _infer_config(state: Mapping[str, Any], file: Path, args: argparse.Namespace
     query = state["query_embed.weight"]
     layer3 = _count_indexed(state, "backbone.0.body.layer3.")
     bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state
-    depth = {(2, False): "resnet18", (6, False): "resnet34", (6, True): "resnet50",
-             (23, True): "resnet101"}.get((layer3, bottleneck))
+    depth = {
+        (2, False): "resnet18",
+        (6, False): "resnet34",
+        (6, True): "resnet50",
+        (23, True): "resnet101",
+    }.get((layer3, bottleneck))
     if depth is None:
-        raise ModelFormatError(file, f"unsupported backbone: layer3 has {layer3} blocks "
-                               f"({'bottleneck' if bottleneck else 'basic'})")
-    linear1 = state.get("transformer.encoder.layers.0.linear1.weight",
-                        state.get("transformer.decoder.layers.0.linear1.weight"))
+        raise ModelFormatError(
+            file,
+            f"unsupported backbone: layer3 has {layer3} blocks "
+            f"({'bottleneck' if bottleneck else 'basic'})",
+        )
+    linear1 = state.get(
+        "transformer.encoder.layers.0.linear1.weight",
+        state.get("transformer.decoder.layers.0.linear1.weight"),
+    )
     values: dict[str, Any] = {
         "backbone": depth,
         "hidden_dim": int(query.shape[1]),
@@ -253,7 +291,7 @@ def _infer_config(state: Mapping[str, Any], file: Path, args: argparse.Namespace
         values["dilation"] = bool(hf_config.get("dilation") or False)
         values["dropout"] = float(hf_config.get("dropout", 0.1))
     base = DETRConfig(**values)
-    for name, preset in PRESETS.items():  # report the preset name when it is one
+    for preset in PRESETS.values():  # report the preset name when it is one
         if dataclasses.replace(preset, name=base.name) == base:
             return preset
     try:
@@ -279,21 +317,27 @@ def _load_strict(model: DETR, state: Mapping[str, Any], file: Path, config: DETR
     ]
     if missing or unexpected or mismatched:
         parts = []
-        for label, keys in (("missing", missing), ("unexpected", unexpected),
-                            ("shape mismatch", mismatched)):
+        for label, keys in (
+            ("missing", missing),
+            ("unexpected", unexpected),
+            ("shape mismatch", mismatched),
+        ):
             if keys:
                 shown = ", ".join(keys[:_MAX_LISTED])
                 more = f" and {len(keys) - _MAX_LISTED} more" if len(keys) > _MAX_LISTED else ""
                 parts.append(f"{len(keys)} {label} key(s): {shown}{more}")
         raise ModelFormatError(
-            file, f"checkpoint does not match {config.name} with {model.num_classes} classes: "
-            + "; ".join(parts))
+            file,
+            f"checkpoint does not match {config.name} with {model.num_classes} classes: "
+            + "; ".join(parts),
+        )
     filtered = {k: v for k, v in state.items() if k in expected}
     model.load_state_dict(filtered, strict=False)
 
 
-def _class_info(raw: Mapping[str, Any], hf_config: dict[str, Any] | None, num_classes: int,
-                fmt: str) -> tuple[list[str], list[int]]:
+def _class_info(
+    raw: Mapping[str, Any], hf_config: dict[str, Any] | None, num_classes: int, fmt: str
+) -> tuple[list[str], list[int]]:
     if fmt == "detr-edge":
         return list(raw.get("class_names", [])), [int(i) for i in raw.get("label_map", [])]
     if hf_config is not None and isinstance(hf_config.get("id2label"), dict):

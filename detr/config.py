@@ -20,7 +20,9 @@ class DETRConfig:
 
     name: str = "detr-r50"  # preset this config came from ("custom" after overrides is not tracked)
     backbone: str = "resnet50"  # torchvision ResNet name, one of BACKBONES
-    dilation: bool = False  # DC5: dilate layer4 instead of striding (output stride 16 instead of 32)
+    dilation: bool = (
+        False  # DC5: dilate layer4 instead of striding (output stride 16 instead of 32)
+    )
     hidden_dim: int = 256  # d, the transformer width
     nheads: int = 8  # attention heads
     enc_layers: int = 6  # encoder layers
@@ -47,15 +49,28 @@ class DETRConfig:
                 f"dilation (DC5) needs a bottleneck ResNet (resnet50/101); {self.backbone} "
                 "uses BasicBlock which torchvision cannot dilate"
             )
-        for name in ("hidden_dim", "nheads", "enc_layers", "dec_layers", "dim_feedforward",
-                     "num_queries"):
+        for name in (
+            "hidden_dim",
+            "nheads",
+            "enc_layers",
+            "dec_layers",
+            "dim_feedforward",
+            "num_queries",
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {value!r}")
-        if self.hidden_dim <= 0 or self.nheads <= 0 or self.dec_layers <= 0 or self.num_queries <= 0:
+        if (
+            self.hidden_dim <= 0
+            or self.nheads <= 0
+            or self.dec_layers <= 0
+            or self.num_queries <= 0
+        ):
             raise ValueError("hidden_dim, nheads, dec_layers and num_queries must be positive")
         if self.hidden_dim % self.nheads != 0:
-            raise ValueError(f"hidden_dim {self.hidden_dim} is not divisible by nheads {self.nheads}")
+            raise ValueError(
+                f"hidden_dim {self.hidden_dim} is not divisible by nheads {self.nheads}"
+            )
         if self.hidden_dim % 2 != 0:
             raise ValueError("hidden_dim must be even (half for y, half for x position encoding)")
         if not 0.0 <= float(self.dropout) < 1.0:

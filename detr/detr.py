@@ -40,8 +40,15 @@ class DETR(nn.Module):
     ``num_classes + 1`` outputs, the last one being no-object.
     """
 
-    def __init__(self, backbone: Joiner, transformer: Transformer, num_classes: int,
-                 num_queries: int, aux_loss: bool, config: DETRConfig | None = None) -> None:
+    def __init__(
+        self,
+        backbone: Joiner,
+        transformer: Transformer,
+        num_classes: int,
+        num_queries: int,
+        aux_loss: bool,
+        config: DETRConfig | None = None,
+    ) -> None:
         super().__init__()
         self.num_queries = num_queries
         self.num_classes = num_classes
@@ -84,15 +91,20 @@ class DETR(nn.Module):
         return out
 
     @staticmethod
-    def _to_nested(images: Tensor | NestedTensor | Sequence[Tensor],
-                   mask: Tensor | None) -> NestedTensor:
+    def _to_nested(
+        images: Tensor | NestedTensor | Sequence[Tensor], mask: Tensor | None
+    ) -> NestedTensor:
         if isinstance(images, NestedTensor):
             if mask is not None:
                 raise ValueError("pass the mask inside the NestedTensor, not as well as it")
             if images.mask is None:
                 t = images.tensors
-                return NestedTensor(t, torch.zeros(t.shape[0], t.shape[2], t.shape[3],
-                                                   dtype=torch.bool, device=t.device))
+                return NestedTensor(
+                    t,
+                    torch.zeros(
+                        t.shape[0], t.shape[2], t.shape[3], dtype=torch.bool, device=t.device
+                    ),
+                )
             return images
         if isinstance(images, (list, tuple)):
             if mask is not None:
@@ -105,7 +117,9 @@ class DETR(nn.Module):
         if mask is None:
             mask = torch.zeros((b, h, w), dtype=torch.bool, device=images.device)
         elif mask.shape != (b, h, w) or mask.dtype != torch.bool:
-            raise ValueError(f"mask must be bool [{b}, {h}, {w}], got {mask.dtype} {tuple(mask.shape)}")
+            raise ValueError(
+                f"mask must be bool [{b}, {h}, {w}], got {mask.dtype} {tuple(mask.shape)}"
+            )
         return NestedTensor(images, mask)
 
 
@@ -125,8 +139,14 @@ def build_model_from_config(config: DETRConfig, num_classes: int) -> DETR:
         normalize_before=config.pre_norm,
         return_intermediate_dec=config.aux_loss,
     )
-    return DETR(build_backbone(config), transformer, num_classes=num_classes,
-                num_queries=config.num_queries, aux_loss=config.aux_loss, config=config)
+    return DETR(
+        build_backbone(config),
+        transformer,
+        num_classes=num_classes,
+        num_queries=config.num_queries,
+        aux_loss=config.aux_loss,
+        config=config,
+    )
 
 
 def build_model(preset: str, num_classes: int, **overrides: Any) -> DETR:

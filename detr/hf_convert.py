@@ -63,7 +63,9 @@ _LAYER_RENAMES = {
     },
 }
 
-_HF_RESNET = re.compile(r"encoder\.stages\.(\d+)\.layers\.(\d+)\.(shortcut|layer\.(\d+))\.(convolution|normalization)\.(.+)")
+_HF_RESNET = re.compile(
+    r"encoder\.stages\.(\d+)\.layers\.(\d+)\.(shortcut|layer\.(\d+))\.(convolution|normalization)\.(.+)"
+)
 _LAYER = re.compile(r"model\.(encoder|decoder)\.layers\.(\d+)\.([a-z0-9_]+)\.(.+)")
 
 
@@ -83,7 +85,7 @@ def _normalise_hf_key(key: str) -> str:
 def _map_backbone_key(rest: str) -> str:
     """``rest`` = key after ``model.backbone.model.`` -> key after ``backbone.0.body.``."""
     if rest.startswith("embedder.embedder."):
-        leaf = rest[len("embedder.embedder."):]
+        leaf = rest[len("embedder.embedder.") :]
         module, _, param = leaf.partition(".")
         return ("conv1." if module == "convolution" else "bn1.") + param
     match = _HF_RESNET.fullmatch(rest)
@@ -108,17 +110,17 @@ def hf_to_official(state: Mapping[str, Tensor]) -> dict[str, Tensor]:
         if key.endswith("num_batches_tracked"):
             continue
         if key.startswith("model.backbone.model."):
-            out["backbone.0.body." + _map_backbone_key(key[len("model.backbone.model."):])] = value
+            out["backbone.0.body." + _map_backbone_key(key[len("model.backbone.model.") :])] = value
         elif key.startswith("model.input_projection."):
-            out["input_proj." + key[len("model.input_projection."):]] = value
+            out["input_proj." + key[len("model.input_projection.") :]] = value
         elif key == "model.query_position_embeddings.weight":
             out["query_embed.weight"] = value
         elif key.startswith("model.decoder.layernorm."):
-            out["transformer.decoder.norm." + key[len("model.decoder.layernorm."):]] = value
+            out["transformer.decoder.norm." + key[len("model.decoder.layernorm.") :]] = value
         elif key.startswith("class_labels_classifier."):
-            out["class_embed." + key[len("class_labels_classifier."):]] = value
+            out["class_embed." + key[len("class_labels_classifier.") :]] = value
         elif key.startswith("bbox_predictor."):
-            out["bbox_embed." + key[len("bbox_predictor."):]] = value
+            out["bbox_embed." + key[len("bbox_predictor.") :]] = value
         elif (match := _LAYER.fullmatch(key)) is not None:
             part, index, module, param = match.groups()
             renamed = _LAYER_RENAMES[part].get(module)

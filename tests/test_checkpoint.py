@@ -26,16 +26,23 @@ def test_own_checkpoint_round_trip(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = detr.build_model("detr-tiny", 3, num_queries=20)
     path = tmp_path / "ckpt" / "model.pth"
-    detr.save_checkpoint(path, model, model.config, ["cat", "dog", "cow"], [1, 5, 9],
-                         extra={"epoch": 4})
+    detr.save_checkpoint(
+        path, model, model.config, ["cat", "dog", "cow"], [1, 5, 9], extra={"epoch": 4}
+    )
     loaded = detr.load_checkpoint(path)
     assert loaded.source_format == "detr-edge"
     assert loaded.config == model.config and loaded.config.num_queries == 20
-    assert (loaded.class_names, loaded.label_map, loaded.num_classes) == (["cat", "dog", "cow"], [1, 5, 9], 3)
+    assert (loaded.class_names, loaded.label_map, loaded.num_classes) == (
+        ["cat", "dog", "cow"],
+        [1, 5, 9],
+        3,
+    )
     assert loaded.raw["epoch"] == 4 and loaded.raw["preset"] == "detr-tiny"
     assert not loaded.model.training
     a, b = _outputs(model), _outputs(loaded.model)
-    assert torch.equal(a["pred_logits"], b["pred_logits"]) and torch.equal(a["pred_boxes"], b["pred_boxes"])
+    assert torch.equal(a["pred_logits"], b["pred_logits"]) and torch.equal(
+        a["pred_boxes"], b["pred_boxes"]
+    )
     assert [p.name for p in tmp_path.joinpath("ckpt").iterdir()] == ["model.pth"]  # no temp left
 
 
@@ -48,14 +55,34 @@ def test_save_rejects_wrong_class_name_count(tmp_path: Path) -> None:
 def _official_r50_file(tmp_path: Path, dilation: bool) -> tuple[Path, torch.nn.Module]:
     torch.manual_seed(0)
     model = detr.build_model("detr-r50-dc5" if dilation else "detr-r50", 91)
-    args = argparse.Namespace(backbone="resnet50", dilation=dilation, position_embedding="sine",
-                              enc_layers=6, dec_layers=6, dim_feedforward=2048, hidden_dim=256,
-                              dropout=0.1, nheads=8, num_queries=100, pre_norm=False,
-                              aux_loss=True, lr=1e-4, output_dir="out")
+    args = argparse.Namespace(
+        backbone="resnet50",
+        dilation=dilation,
+        position_embedding="sine",
+        enc_layers=6,
+        dec_layers=6,
+        dim_feedforward=2048,
+        hidden_dim=256,
+        dropout=0.1,
+        nheads=8,
+        num_queries=100,
+        pre_norm=False,
+        aux_loss=True,
+        lr=1e-4,
+        output_dir="out",
+    )
     path = tmp_path / "detr-r50-official.pth"
     # Official training checkpoints: model, optimizer, lr_scheduler, epoch, args.
-    torch.save({"model": model.state_dict(), "optimizer": {"state": {}, "param_groups": []},
-                "lr_scheduler": {"step_size": 200, "last_epoch": 3}, "epoch": 3, "args": args}, path)
+    torch.save(
+        {
+            "model": model.state_dict(),
+            "optimizer": {"state": {}, "param_groups": []},
+            "lr_scheduler": {"step_size": 200, "last_epoch": 3},
+            "epoch": 3,
+            "args": args,
+        },
+        path,
+    )
     return path, model
 
 
@@ -79,19 +106,29 @@ def test_official_state_dict_without_args_infers_architecture(tmp_path: Path) ->
     torch.save({"model": state}, path)
     loaded = detr.load_checkpoint(path)
     cfg = loaded.config
-    assert (cfg.backbone, cfg.hidden_dim, cfg.num_queries, cfg.enc_layers, cfg.dec_layers,
-            cfg.dim_feedforward) == ("resnet18", 128, 50, 3, 3, 512)
+    assert (
+        cfg.backbone,
+        cfg.hidden_dim,
+        cfg.num_queries,
+        cfg.enc_layers,
+        cfg.dec_layers,
+        cfg.dim_feedforward,
+    ) == ("resnet18", 128, 50, 3, 3, 512)
     assert loaded.num_classes == 5
-    torch.testing.assert_close(_outputs(loaded.model)["pred_boxes"], _outputs(model)["pred_boxes"],
-                               atol=0, rtol=0)
+    torch.testing.assert_close(
+        _outputs(loaded.model)["pred_boxes"], _outputs(model)["pred_boxes"], atol=0, rtol=0
+    )
 
 
 def test_wrong_class_count_gives_clear_message(tmp_path: Path) -> None:
     model = detr.build_model("detr-tiny", 3)
     path = tmp_path / "m.pth"
     detr.save_checkpoint(path, model, model.config, ["a", "b", "c"], [1, 2, 3])
-    with pytest.raises(ModelFormatError, match=r"checkpoint has 3 classes \(class_embed has 4 "
-                       r"outputs incl. no-object\) but num_classes=80 was requested"):
+    with pytest.raises(
+        ModelFormatError,
+        match=r"checkpoint has 3 classes \(class_embed has 4 "
+        r"outputs incl. no-object\) but num_classes=80 was requested",
+    ):
         detr.load_model(path, num_classes=80)
 
 
@@ -99,9 +136,12 @@ def test_architecture_mismatch_lists_keys_and_counts(tmp_path: Path) -> None:
     model = detr.build_model("detr-tiny", 3)
     path = tmp_path / "m.pth"
     detr.save_checkpoint(path, model, model.config, ["a", "b", "c"], [1, 2, 3])
-    with pytest.raises(ModelFormatError, match=r"does not match detr-r50 with 3 classes: \d+ missing "
-                       r"key\(s\): .* and \d+ more; \d+ shape mismatch key\(s\): .*\(checkpoint "
-                       r"\[384, 128\] vs model \[768, 256\]\)"):
+    with pytest.raises(
+        ModelFormatError,
+        match=r"does not match detr-r50 with 3 classes: \d+ missing "
+        r"key\(s\): .* and \d+ more; \d+ shape mismatch key\(s\): .*\(checkpoint "
+        r"\[384, 128\] vs model \[768, 256\]\)",
+    ):
         detr.load_model(path, preset="detr-r50")
 
 
@@ -118,7 +158,7 @@ class _Evil:
     def __init__(self, target: Path) -> None:
         self.target = target
 
-    def __reduce__(self):  # noqa: ANN204 - pickle protocol
+    def __reduce__(self):
         return (Path.touch, (self.target,))
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -17,18 +18,38 @@ safetensors_torch = pytest.importorskip("safetensors.torch", reason="safetensors
 
 torch.set_num_threads(1)
 
-SMALL = dict(num_queries=10, encoder_layers=2, decoder_layers=2, d_model=64, encoder_ffn_dim=128,
-             decoder_ffn_dim=128, encoder_attention_heads=4, decoder_attention_heads=4)
-OURS = dict(num_queries=10, enc_layers=2, dec_layers=2, hidden_dim=64, dim_feedforward=128, nheads=4)
+SMALL = {
+    "num_queries": 10,
+    "encoder_layers": 2,
+    "decoder_layers": 2,
+    "d_model": 64,
+    "encoder_ffn_dim": 128,
+    "decoder_ffn_dim": 128,
+    "encoder_attention_heads": 4,
+    "decoder_attention_heads": 4,
+}
+OURS = {
+    "num_queries": 10,
+    "enc_layers": 2,
+    "dec_layers": 2,
+    "hidden_dim": 64,
+    "dim_feedforward": 128,
+    "nheads": 4,
+}
 
 
-def _hf_model(backbone_config: object | None = None, num_labels: int = 5) -> torch.nn.Module:
+def _hf_model(backbone_config: object | None = None, num_labels: int = 5) -> Any:
     """Small HF DETR with a transformers-native ResNet (no timm, no pretrained weights),
     every parameter and BN statistic randomised so a wrong key mapping shows."""
     torch.manual_seed(0)
     extra = {"backbone_config": backbone_config} if backbone_config is not None else {}
-    config = transformers.DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,
-                                     num_labels=num_labels, **SMALL, **extra)
+    config = transformers.DetrConfig(
+        use_timm_backbone=False,
+        use_pretrained_backbone=False,
+        num_labels=num_labels,
+        **SMALL,
+        **extra,
+    )
     model = transformers.DetrForObjectDetection(config).eval()
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -80,8 +101,12 @@ def test_parity_with_transformers_r50_padded_batch() -> None:
 
 
 def test_parity_with_transformers_resnet18_basic_blocks() -> None:
-    backbone = transformers.ResNetConfig(layer_type="basic", depths=[2, 2, 2, 2],
-                                         hidden_sizes=[64, 128, 256, 512], out_features=["stage4"])
+    backbone = transformers.ResNetConfig(
+        layer_type="basic",
+        depths=[2, 2, 2, 2],
+        hidden_sizes=[64, 128, 256, 512],
+        out_features=["stage4"],
+    )
     hf = _hf_model(backbone_config=backbone)
     ours = detr.build_model("detr-tiny", 5, frozen_batchnorm=True, **OURS)
     ours.load_state_dict(hf_to_official(hf.state_dict()), strict=True)
@@ -105,7 +130,7 @@ def test_hf_pytorch_model_bin_and_timm_backbone_keys(tmp_path: Path) -> None:
     state = {}
     for key, value in hf_to_official(hf.state_dict()).items():
         if key.startswith("backbone.0.body."):
-            state["model.backbone.conv_encoder.model." + key[len("backbone.0.body."):]] = value
+            state["model.backbone.conv_encoder.model." + key[len("backbone.0.body.") :]] = value
     state.update({k: v for k, v in hf.state_dict().items() if not k.startswith("model.backbone.")})
     folder = tmp_path / "bin"
     folder.mkdir()
@@ -114,8 +139,9 @@ def test_hf_pytorch_model_bin_and_timm_backbone_keys(tmp_path: Path) -> None:
     _assert_parity(detr.load_model(folder / "pytorch_model.bin"), hf)
     # A bare .safetensors without config.json: the architecture comes from the shapes;
     # the head count is invisible in shapes and falls back to the paper's 8.
-    safetensors_torch.save_file({k: v.contiguous() for k, v in state.items()},
-                                str(tmp_path / "w.safetensors"))
+    safetensors_torch.save_file(
+        {k: v.contiguous() for k, v in state.items()}, str(tmp_path / "w.safetensors")
+    )
     loaded = detr.load_checkpoint(tmp_path / "w.safetensors")
     assert loaded.config.backbone == "resnet50" and loaded.config.nheads == 8
     assert loaded.config.hidden_dim == 64 and loaded.config.enc_layers == 2
@@ -123,10 +149,15 @@ def test_hf_pytorch_model_bin_and_timm_backbone_keys(tmp_path: Path) -> None:
 
 def test_incomplete_hf_state_dict_is_reported(tmp_path: Path) -> None:
     hf = _hf_model()
-    state = {k: v.contiguous() for k, v in hf.state_dict().items()
-             if "decoder.layers.1.encoder_attn.q_proj" not in k}
+    state = {
+        k: v.contiguous()
+        for k, v in hf.state_dict().items()
+        if "decoder.layers.1.encoder_attn.q_proj" not in k
+    }
     safetensors_torch.save_file(state, str(tmp_path / "broken.safetensors"))
-    with pytest.raises(ModelFormatError,
-                       match=r"broken\.safetensors: .*missing key\(s\): transformer\.decoder\.layers"
-                             r"\.1\.multihead_attn\.in_proj_weight"):
+    with pytest.raises(
+        ModelFormatError,
+        match=r"broken\.safetensors: .*missing key\(s\): transformer\.decoder\.layers"
+        r"\.1\.multihead_attn\.in_proj_weight",
+    ):
         detr.load_checkpoint(tmp_path / "broken.safetensors")

@@ -42,12 +42,33 @@ def test_dc5_doubles_feature_resolution() -> None:
 def test_presets_follow_paper_and_tiny_spec() -> None:
     for name in ("detr-r50", "detr-r50-dc5", "detr-r101", "detr-r101-dc5"):
         c = detr.PRESETS[name]
-        assert (c.hidden_dim, c.nheads, c.enc_layers, c.dec_layers, c.dim_feedforward) == (256, 8, 6, 6, 2048)
-        assert (c.dropout, c.num_queries, c.pre_norm, c.aux_loss, c.frozen_batchnorm) == (0.1, 100, False, True, True)
-        assert c.dilation == name.endswith("dc5") and c.backbone == ("resnet101" if "101" in name else "resnet50")
+        assert (c.hidden_dim, c.nheads, c.enc_layers, c.dec_layers, c.dim_feedforward) == (
+            256,
+            8,
+            6,
+            6,
+            2048,
+        )
+        assert (c.dropout, c.num_queries, c.pre_norm, c.aux_loss, c.frozen_batchnorm) == (
+            0.1,
+            100,
+            False,
+            True,
+            True,
+        )
+        assert c.dilation == name.endswith("dc5") and c.backbone == (
+            "resnet101" if "101" in name else "resnet50"
+        )
     t = detr.PRESETS["detr-tiny"]
-    assert (t.backbone, t.hidden_dim, t.nheads, t.enc_layers, t.dec_layers, t.dim_feedforward, t.num_queries) == (
-        "resnet18", 128, 8, 3, 3, 512, 50)
+    assert (
+        t.backbone,
+        t.hidden_dim,
+        t.nheads,
+        t.enc_layers,
+        t.dec_layers,
+        t.dim_feedforward,
+        t.num_queries,
+    ) == ("resnet18", 128, 8, 3, 3, 512, 50)
     assert not t.frozen_batchnorm and not t.freeze_stem
 
 
@@ -145,8 +166,11 @@ def test_gradients_reach_every_trainable_parameter() -> None:
     for aux in out["aux_outputs"]:
         loss = loss + aux["pred_logits"].square().mean() + aux["pred_boxes"].mean()
     loss.backward()
-    no_grad = {n for n, p in model.named_parameters()
-               if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)}
+    no_grad = {
+        n
+        for n, p in model.named_parameters()
+        if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)
+    }
     # Structural in DETR (official too): the decoder input tgt is zero, so the first
     # decoder self-attention has values = in_proj_bias (zero at init) -> in_proj_weight
     # never gets a gradient, out_proj.weight and norm1.weight none at init.
@@ -163,9 +187,13 @@ def test_frozen_batchnorm_and_stem_stay_frozen_after_a_train_step() -> None:
     frozen = [m for m in model.modules() if isinstance(m, FrozenBatchNorm2d)]
     assert frozen and not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
     assert all(len(list(m.parameters())) == 0 for m in frozen)
-    before = {k: v.clone() for k, v in model.state_dict().items()
-              if k.startswith(("backbone.0.body.conv1", "backbone.0.body.layer1", "backbone.0.body.bn1"))
-              or "bn" in k or "downsample.1" in k}
+    before = {
+        k: v.clone()
+        for k, v in model.state_dict().items()
+        if k.startswith(("backbone.0.body.conv1", "backbone.0.body.layer1", "backbone.0.body.bn1"))
+        or "bn" in k
+        or "downsample.1" in k
+    }
     trainable = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(trainable, lr=0.1)
     out = model(torch.randn(2, 3, 64, 64))
@@ -180,8 +208,13 @@ def test_frozen_batchnorm_and_stem_stay_frozen_after_a_train_step() -> None:
 
 def test_frozen_batchnorm_ignores_num_batches_tracked_and_uses_eps() -> None:
     bn = FrozenBatchNorm2d(4)
-    state = {"weight": torch.rand(4) + 0.5, "bias": torch.randn(4), "running_mean": torch.randn(4),
-             "running_var": torch.rand(4) + 0.1, "num_batches_tracked": torch.tensor(7)}
+    state = {
+        "weight": torch.rand(4) + 0.5,
+        "bias": torch.randn(4),
+        "running_mean": torch.randn(4),
+        "running_var": torch.rand(4) + 0.1,
+        "num_batches_tracked": torch.tensor(7),
+    }
     bn.load_state_dict(state, strict=True)
     ref = torch.nn.BatchNorm2d(4, eps=1e-5).eval()
     ref.load_state_dict(state)
@@ -221,10 +254,21 @@ def _official_r50_keys() -> set[str]:
         keys.update(f"{p}{m}.{x}" for m in ("linear1", "linear2", "norm1", "norm2") for x in wb)
         p = f"transformer.decoder.layers.{i}."
         keys.update(f"{p}{s}.{a}" for s in ("self_attn", "multihead_attn") for a in attn)
-        keys.update(f"{p}{m}.{x}" for m in ("linear1", "linear2", "norm1", "norm2", "norm3") for x in wb)
+        keys.update(
+            f"{p}{m}.{x}" for m in ("linear1", "linear2", "norm1", "norm2", "norm3") for x in wb
+        )
     keys.update(f"transformer.decoder.norm.{x}" for x in wb)
-    keys.update(f"{m}.{x}" for m in ("class_embed", "input_proj", "bbox_embed.layers.0",
-                                       "bbox_embed.layers.1", "bbox_embed.layers.2") for x in wb)
+    keys.update(
+        f"{m}.{x}"
+        for m in (
+            "class_embed",
+            "input_proj",
+            "bbox_embed.layers.0",
+            "bbox_embed.layers.1",
+            "bbox_embed.layers.2",
+        )
+        for x in wb
+    )
     keys.add("query_embed.weight")
     return keys
 
