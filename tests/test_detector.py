@@ -108,6 +108,21 @@ def test_bad_model_files(tmp_path) -> None:
         Detector(good, backend="tensorrt")
 
 
+def test_resolve_providers_order_and_aliases() -> None:
+    from runtime.backends.onnxruntime_backend import resolve_providers
+
+    gpu_build = ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert resolve_providers("auto", gpu_build[::-1]) == gpu_build  # fastest first, CPU last
+    assert resolve_providers(None, ["CPUExecutionProvider"]) == ["CPUExecutionProvider"]
+    assert resolve_providers(["cuda", ("cpu", {})], gpu_build) == [
+        "CUDAExecutionProvider", ("CPUExecutionProvider", {})]
+    assert resolve_providers("trt", gpu_build) == ["TensorrtExecutionProvider"]
+    with pytest.raises(BackendUnavailableError, match="TensorrtExecutionProvider is not available"):
+        resolve_providers(["tensorrt"], ["CPUExecutionProvider"])
+    with pytest.raises(InputError, match="empty provider list"):
+        resolve_providers([], gpu_build)
+
+
 def test_unavailable_providers_and_tensorrt(tmp_path) -> None:
     import onnxruntime
 
