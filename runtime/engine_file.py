@@ -118,7 +118,8 @@ def check_compatible(header: EngineHeader, trt_version: str, gpu_name: str, cc: 
     and to the GPU they were built on. Builder flags recorded in
     ``built_with`` relax this the way TensorRT does: ``version_compatible``
     needs only the same major version, ``hardware_compatibility`` (e.g.
-    "ampere_plus") accepts another GPU of compute capability >= 8.0.
+    "ampere_plus") accepts another GPU of compute capability >= 8.0. A header
+    whose GPU is "unknown" (built without cuda-python) skips the GPU check.
     """
     problems = []
     built, here = _version_key(header.tensorrt_version), _version_key(trt_version)
@@ -130,7 +131,9 @@ def check_compatible(header: EngineHeader, trt_version: str, gpu_name: str, cc: 
         problems.append(f"built with TensorRT {header.tensorrt_version}, "
                         f"this is TensorRT {trt_version}")
     hw = str(header.built_with.get("hardware_compatibility", "none")).lower()
-    if hw in ("ampere_plus", "ampere+"):
+    if header.compute_capability.strip().lower() in ("", "unknown"):
+        pass  # the builder could not query its GPU; TensorRT itself rejects a wrong plan
+    elif hw in ("ampere_plus", "ampere+"):
         if _cc_key(cc) < (8, 0):
             problems.append(f"built hardware-compatible for Ampere+ (compute capability >= 8.0), "
                             f"this GPU {gpu_name} is {cc}")

@@ -79,3 +79,8 @@ def test_check_compatible(tmp_path) -> None:
         check_compatible(relaxed, "11.0.0.1", "NVIDIA A100", "8.0")
     with pytest.raises(ModelFormatError, match="Ampere"):
         check_compatible(relaxed, "10.8.0.43", "Tesla T4", "7.5")
+    unknown_gpu = header.__class__(**{**header.__dict__, "gpu_name": "unknown",
+                                      "compute_capability": "unknown"})
+    check_compatible(unknown_gpu, "10.13.0.35", "Orin", "8.7")  # GPU not recorded: not checked
+    with pytest.raises(ModelFormatError, match="TensorRT 10.13.0.35"):
+        check_compatible(unknown_gpu, "10.3.0.30", "Orin", "8.7")
