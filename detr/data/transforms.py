@@ -24,6 +24,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import Tensor
 
+from runtime.errors import InputError
 from runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
 
 Target = dict[str, Any]
@@ -143,8 +144,8 @@ class RandomResize:
     """Shorter side drawn uniformly from ``sizes``; longer side <= ``max_size``."""
 
     def __init__(self, sizes: Sequence[int], max_size: int | None = None) -> None:
-        if not sizes:
-            raise ValueError("RandomResize needs at least one size")
+        if not sizes or any(int(s) < 1 for s in sizes):
+            raise InputError("scales", f"need at least one positive size, got {list(sizes)}")
         self.sizes = list(sizes)
         self.max_size = max_size
 
@@ -240,4 +241,4 @@ def make_coco_transforms(split: str, scales: Sequence[int] = DEFAULT_SCALES,
         ])
     if split in ("val", "test"):
         return Compose([RandomResize([max(scales)], max_size=max_size), normalize])
-    raise ValueError(f"unknown split {split!r} (expected 'train', 'val' or 'test')")
+    raise InputError("split", f"unknown split {split!r} (expected 'train', 'val' or 'test')")
