@@ -99,10 +99,11 @@ def make_entropy_calibrator(stream: BatchStream,
     Raises ``BackendUnavailableError`` on TensorRT 11 (no calibrators) or when
     TensorRT / cuda-python are missing.
     """
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailableError(f"TensorRT not installed ({exc})") from exc
+    from export.trt_compat import import_tensorrt
+
+    import_tensorrt()  # a clear error when only the stubs are installed
+    import tensorrt as trt
+
     if not hasattr(trt, "IInt8EntropyCalibrator2"):
         raise BackendUnavailableError(
             f"TensorRT {trt.__version__} has no INT8 calibrator (removed in TensorRT 11); "

@@ -107,13 +107,12 @@ class QuantizeReport:
             return "n/a" if v is None else f"{v:6.2f}"
 
         lines = [f"quantize {self.source} -> {self.output or '(not written)'}",
-                 f"  method {self.method}, {self.num_calib_images} calibration / "
-                 f"{self.num_eval_images} held-out images, ground truth: {self.ground_truth}",
-                 f"  {'model':<6} {'AP':>7} {'latency ms':>11}",
-                 f"  {'fp32':<6} {ap(self.fp32_ap):>7} "
-                 f"{self.latency_ms.get('fp32', float('nan')):>11.2f}",
-                 f"  {'int8':<6} {ap(self.int8_ap):>7} "
-                 f"{self.latency_ms.get('int8', float('nan')):>11.2f}"]
+                 (f"  method {self.method}, {self.num_calib_images} calibration / "
+                  f"{self.num_eval_images} held-out images, ground truth: {self.ground_truth}"),
+                 f"  {'model':<6} {'AP':>7} {'latency ms':>11}"]
+        for name, value in (("fp32", self.fp32_ap), ("int8", self.int8_ap)):
+            ms = self.latency_ms.get(name, float("nan"))
+            lines.append(f"  {name:<6} {ap(value):>7} {ms:>11.2f}")
         if self.fp32_ap is not None and self.int8_ap is not None:
             verdict = "within" if self.within_budget else "OVER"
             lines.append(f"  AP drop {self.fp32_ap - self.int8_ap:.2f} points, {verdict} the "
@@ -150,10 +149,10 @@ def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
                    config: QuantizeConfig) -> onnx.ModelProto:
     """ORT ``quantize_static`` of exactly ``nodes`` into TensorRT's Q/DQ format."""
     import onnx
-    from onnxruntime.quantization import (CalibrationMethod, QuantFormat, QuantType,
-                                          quantize_static)
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    names = [n.name for n in onnx.load(os.fspath(fp32_path), load_external_data=False).graph.node]
+    graph = onnx.load(os.fspath(fp32_path), load_external_data=False).graph
+    names = [n.name for n in graph.node]
     # ORT reads an empty nodes_to_quantize as "all nodes": exclude the rest explicitly.
     exclude = sorted(set(names) - set(nodes))
     method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
@@ -208,8 +207,13 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
     """
     from export.calib_data import fixed_size_batches, iter_feeds, list_images, split_images
     from export.onnx_meta import load_onnx, read_meta, write_meta
-    from export.qdq import (ensure_node_names, group_blocks, head_nodes, inspect_qdq,
-                            quantizable_nodes)
+    from export.qdq import (
+        ensure_node_names,
+        group_blocks,
+        head_nodes,
+        inspect_qdq,
+        quantizable_nodes,
+    )
 
     config.validate()
     fp32 = ensure_node_names(load_onnx(onnx_path))
@@ -310,8 +314,13 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, split: Any,
          config: QuantizeConfig, num_candidates: int, cache_path: Path) -> QuantizeReport:
     from tqdm import tqdm
 
-    from export.sensitivity import (HeldOutEvaluator, find_annotations, greedy_fallback,
-                                    output_error, rank_blocks)
+    from export.sensitivity import (
+        HeldOutEvaluator,
+        find_annotations,
+        greedy_fallback,
+        output_error,
+        rank_blocks,
+    )
 
     full = build([])  # calibrates (or reads the cache) and quantizes everything
     report = QuantizeReport(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from typing import Any
 
 from runtime.errors import BackendUnavailableError, InputError
 
@@ -80,12 +81,35 @@ def check_precision_request(precision: str, onnx_precision: str, features: TrtFe
     return "builder_flags"
 
 
-def installed_features() -> TrtFeatures:
-    """Features of the installed TensorRT; ``BackendUnavailableError`` if absent."""
+def import_tensorrt() -> Any:
+    """The ``tensorrt`` module; ``BackendUnavailableError`` if it is absent.
+
+    ``tensorrt-stubs`` installs a ``tensorrt/`` folder holding only ``.pyi``
+    files, which Python imports as an empty namespace package: a module without
+    ``Builder`` is the stubs, not TensorRT.
+    """
     try:
         import tensorrt as trt
     except ImportError as exc:
         raise BackendUnavailableError(
             f"TensorRT not installed ({exc}); install 'detr-edge[trt]' or use JetPack's "
             "python3-libnvinfer") from exc
-    return features_for(trt.__version__)
+    if not hasattr(trt, "Builder") or not hasattr(trt, "__version__"):
+        raise BackendUnavailableError(
+            "TensorRT not installed (only the tensorrt-stubs type stubs were found); install "
+            "'detr-edge[trt]' or use JetPack's python3-libnvinfer")
+    return trt
+
+
+def tensorrt_available() -> bool:
+    """True when the real TensorRT library can be imported."""
+    try:
+        import_tensorrt()
+    except BackendUnavailableError:
+        return False
+    return True
+
+
+def installed_features() -> TrtFeatures:
+    """Features of the installed TensorRT; ``BackendUnavailableError`` if absent."""
+    return features_for(import_tensorrt().__version__)

@@ -24,15 +24,15 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("pycocotools")
 
-from torch import nn  # noqa: E402
+from torch import nn
 
-from export.calib_data import iter_feeds, list_images, select_images, split_images  # noqa: E402
-from export.onnx_meta import read_meta, write_meta  # noqa: E402
-from export.qdq import block_of, head_nodes, inspect_qdq, quantizable_nodes, scales  # noqa: E402
-from export.quantize import QuantizeConfig, quantize_int8, report_path  # noqa: E402
-from export.sensitivity import greedy_fallback, output_error  # noqa: E402
-from runtime.errors import InputError  # noqa: E402
-from runtime.metadata import ModelMeta  # noqa: E402
+from export.calib_data import iter_feeds, list_images, select_images, split_images
+from export.onnx_meta import read_meta, write_meta
+from export.qdq import block_of, head_nodes, inspect_qdq, quantizable_nodes, scales
+from export.quantize import QuantizeConfig, quantize_int8, report_path
+from export.sensitivity import greedy_fallback, output_error
+from runtime.errors import InputError
+from runtime.metadata import ModelMeta
 
 SIZE = 64  # input canvas (pixels)
 
@@ -134,9 +134,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _config(tmp: Path, **overrides: object) -> QuantizeConfig:
-    base: dict[str, object] = dict(calib_images=16, eval_images=8, latency_runs=3,
-                                   warmup_runs=1, threads=1, progress=False,
-                                   cache_dir=str(tmp / "cache"))
+    base: dict[str, object] = {"calib_images": 16, "eval_images": 8, "latency_runs": 3,
+                               "warmup_runs": 1, "threads": 1, "progress": False,
+                               "cache_dir": str(tmp / "cache")}
     base.update(overrides)
     return QuantizeConfig(**base)  # type: ignore[arg-type]
 

@@ -1,0 +1,49 @@
+"""``detr-edge build-engine --onnx model.onnx --out model.engine``: compile a
+TensorRT engine (see export/engine_builder.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--onnx", required=True,
+                        help="detr-edge ONNX (fp32, fp16 or int8 Q/DQ; precision is read from it)")
+    parser.add_argument("--out", required=True, help="engine file to write")
+    parser.add_argument("--min-batch", type=int, default=None,
+                        help="optimization profile min batch (default: fixed batch, or 1)")
+    parser.add_argument("--opt-batch", type=int, default=None,
+                        help="profile opt batch (default: fixed batch, or 4)")
+    parser.add_argument("--max-batch", type=int, default=None,
+                        help="profile max batch (default: fixed batch, or 8)")
+    parser.add_argument("--workspace-mb", type=int, default=None,
+                        help="builder workspace limit in MiB (default: TensorRT's)")
+    parser.add_argument("--timing-cache", default=None, metavar="FILE",
+                        help="timing cache read before and updated after the build")
+    parser.add_argument("--dla-core", type=int, default=None,
+                        help="build for DLA core N (Jetson)")
+    parser.add_argument("--gpu-fallback", action="store_true",
+                        help="with --dla-core: run layers DLA cannot on the GPU")
+    parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default=None,
+                        help="default: the ONNX's own precision (strongly typed). fp16/int8 on "
+                        "an FP32 ONNX use TensorRT 10 builder flags (not in TensorRT 11)")
+    parser.add_argument("--calib-data", default=None, metavar="DIR",
+                        help="images for TensorRT 10 INT8 calibration (--precision int8)")
+    parser.add_argument("--calib-images", type=int, default=256,
+                        help="calibration images (default 256)")
+    parser.add_argument("--calib-cache", default=None,
+                        help="calibration cache (default <out>.calib.cache)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from export.engine_builder import EngineBuildConfig, build_engine
+
+    config = EngineBuildConfig(
+        onnx_path=args.onnx, out_path=args.out, min_batch=args.min_batch,
+        opt_batch=args.opt_batch, max_batch=args.max_batch, workspace_mb=args.workspace_mb,
+        timing_cache=args.timing_cache, dla_core=args.dla_core, gpu_fallback=args.gpu_fallback,
+        precision=args.precision, calib_data=args.calib_data, calib_images=args.calib_images,
+        calib_cache=args.calib_cache)
+    path = build_engine(config)
+    print(f"engine written: {path}")
+    return 0

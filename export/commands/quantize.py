@@ -1,0 +1,56 @@
+"""``detr-edge quantize --onnx model.onnx --calib-data DIR --out model.int8.onnx``:
+INT8 explicit Q/DQ ONNX within an AP budget (see export/quantize.py)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--onnx", required=True, help="FP32 detr-edge ONNX model (export-onnx)")
+    parser.add_argument("--calib-data", required=True, metavar="DIR",
+                        help="image folder; a seeded split gives calibration and held-out images")
+    parser.add_argument("--out", required=True, help="INT8 Q/DQ ONNX to write "
+                        "(the report goes to <out>.quant.json)")
+    parser.add_argument("--calib-images", type=int, default=256,
+                        help="calibration images (default 256)")
+    parser.add_argument("--method", choices=("minmax", "entropy", "percentile"),
+                        default="minmax", help="activation range method (default minmax)")
+    parser.add_argument("--percentile", type=float, default=99.999,
+                        help="percentile for --method percentile (default 99.999)")
+    parser.add_argument("--ap-budget", type=float, default=0.5,
+                        help="max AP drop vs FP32 in COCO points 0..100 (default 0.5)")
+    parser.add_argument("--eval-images", type=int, default=64,
+                        help="held-out images for sensitivity/AP; 0 = no fallback (default 64)")
+    parser.add_argument("--eval-ann", default=None, metavar="JSON",
+                        help="COCO annotations of the images (default: "
+                        "<DIR>/../annotations/instances_<DIR name>.json if present, else the "
+                        "FP32 model's detections as pseudo ground truth)")
+    parser.add_argument("--granularity", choices=("block", "layer"), default="block",
+                        help="fallback unit (default block: backbone stage, encoder layer...)")
+    parser.add_argument("--quantize-attention", action="store_true",
+                        help="also quantize attention activation x activation MatMuls")
+    parser.add_argument("--seed", type=int, default=0, help="image selection seed (default 0)")
+    parser.add_argument("--latency-runs", type=int, default=20,
+                        help="timed ONNX Runtime CPU runs per model (default 20)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="ONNX Runtime intra-op threads (default: ORT's choice)")
+    parser.add_argument("--cache-dir", default=None,
+                        help="calibration cache folder (default: next to --out)")
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from export.quantize import QuantizeConfig, quantize_int8, report_path
+
+    config = QuantizeConfig(
+        out_path=args.out, calib_images=args.calib_images, method=args.method,
+        percentile=args.percentile, ap_budget=args.ap_budget, eval_images=args.eval_images,
+        eval_ann=args.eval_ann, seed=args.seed, quantize_attention=args.quantize_attention,
+        granularity=args.granularity, latency_runs=args.latency_runs, threads=args.threads,
+        cache_dir=args.cache_dir, progress=sys.stderr.isatty())
+    _, report = quantize_int8(args.onnx, args.calib_data, config)
+    print(report.format())
+    print(f"report: {report_path(args.out)}")
+    return 0 if report.within_budget is not False else 1
