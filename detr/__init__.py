@@ -28,6 +28,7 @@ _EXPORTS: dict[str, str] = {
     "box_cxcywh_to_xyxy": "detr.box_ops",
     "box_xyxy_to_cxcywh": "detr.box_ops",
     "box_iou": "detr.box_ops",
+    "box_area": "detr.box_ops",
     "generalized_box_iou": "detr.box_ops",
 }
 

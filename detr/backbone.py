@@ -141,7 +141,11 @@ def _load_resnet_weights(resnet: nn.Module, path: str) -> None:
     if not isinstance(state, dict):
         raise ModelFormatError(path, "expected a ResNet state dict")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
-    result = resnet.load_state_dict(state, strict=False)
+    try:
+        result = resnet.load_state_dict(state, strict=False)
+    except RuntimeError as exc:  # shape mismatch, e.g. resnet50 weights for resnet18
+        first = str(exc).splitlines()[1:2] or [str(exc)]
+        raise ModelFormatError(path, f"ResNet weights do not fit: {first[0].strip()}") from exc
     missing = [k for k in result.missing_keys if not k.startswith("fc.")]
     if missing or result.unexpected_keys:
         raise ModelFormatError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -10,6 +11,7 @@ import torch
 import detr
 from detr.backbone import FrozenBatchNorm2d
 from detr.position_encoding import PositionEmbeddingSine
+from runtime.errors import ModelFormatError
 
 torch.set_num_threads(1)
 
@@ -290,3 +292,31 @@ def test_bad_inputs_raise_value_error() -> None:
         model(torch.randn(3, 64, 64))
     with pytest.raises(ValueError, match="mask must be bool"):
         model(torch.randn(1, 3, 64, 64), torch.zeros(1, 32, 64, dtype=torch.bool))
+
+
+def test_backbone_weights_load_from_a_local_torchvision_state_dict(tmp_path: Path) -> None:
+    import torchvision
+
+    torch.manual_seed(3)
+    resnet = torchvision.models.resnet18(weights=None)  # fc.* is present and ignored
+    torch.save(resnet.state_dict(), tmp_path / "r18.pth")
+    model = detr.build_model("detr-tiny", 3, backbone_weights=str(tmp_path / "r18.pth"))
+    body = model.backbone[0].body
+    assert torch.equal(body.conv1.weight, resnet.conv1.weight)
+    assert torch.equal(body.layer4[1].bn2.running_var, resnet.layer4[1].bn2.running_var)
+    torch.save(torchvision.models.resnet34(weights=None).state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(ModelFormatError, match=r"r34\.pth: not a matching ResNet"):
+        detr.build_model("detr-tiny", 3, backbone_weights=str(tmp_path / "r34.pth"))
+    with pytest.raises(ModelFormatError, match="does not exist"):
+        detr.build_model("detr-tiny", 3, backbone_weights=str(tmp_path / "missing.pth"))
+
+
+def test_import_detr_is_lazy_and_exports_resolve() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, detr; assert 'torch' not in sys.modules, 'import detr pulled in torch'; "
+        "detr.build_model; detr.load_checkpoint; detr.PRESETS; assert 'torch' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
