@@ -118,7 +118,7 @@ def test_train_pipeline_reproducible_with_torch_seed() -> None:
     for (i0, t0), (i1, t1) in zip(outs[0], outs[1]):
         torch.testing.assert_close(i0, i1)
         torch.testing.assert_close(t0["boxes"], t1["boxes"])
-    shapes = lambda runs: [tuple(i.shape) for i, _ in runs]  # noqa: E731
+    shapes = lambda runs: [tuple(i.shape) for i, _ in runs]
     assert shapes(outs[0]) != shapes(outs[2]) or any(
         not torch.equal(a[0], b[0]) for a, b in zip(outs[0], outs[2]))
 

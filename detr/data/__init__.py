@@ -19,7 +19,8 @@ _EXPORTS = {
     "collate_fn": "detr.data.collate",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["CocoDetection", "ShapesConfig", "build_dataset", "collate_fn",
+           "make_coco_transforms", "make_shapes_dataset"]
 
 
 def __getattr__(name: str) -> Any:

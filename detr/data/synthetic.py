@@ -38,7 +38,14 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from detr.data.shapes_draw import SHAPE_NAMES, TEXTURES, background, random_colour, shape_mask, texture
+from detr.data.shapes_draw import (
+    SHAPE_NAMES,
+    TEXTURES,
+    background,
+    random_colour,
+    shape_mask,
+    texture,
+)
 from runtime.atomic import atomic_write_text
 from runtime.errors import InputError
 
@@ -210,7 +217,8 @@ def _write_split(out_dir: Path, split: str, count: int, config: ShapesConfig,
                  progress: bool) -> None:
     from tqdm import tqdm
 
-    images, annotations = [], []
+    images: list[dict[str, Any]] = []
+    annotations: list[dict[str, Any]] = []
     (out_dir / split).mkdir(parents=True, exist_ok=True)
     for i in tqdm(range(count), desc=f"shapes {split}", unit="img", disable=not progress):
         img, objects, _ = render_image(config, split, i)

@@ -84,7 +84,7 @@ def _size_with_max(w: int, h: int, size: int, max_size: int | None) -> tuple[int
     if max_size is not None:
         short, long = float(min(w, h)), float(max(w, h))
         if long / short * size > max_size:
-            size = int(round(max_size * short / long))
+            size = round(max_size * short / long)
     if w <= h:
         return int(size * h / w), size
     return size, int(size * w / h)
