@@ -90,3 +90,16 @@ def test_preprocess_property(h: int, w: int, mode: str, canvas: tuple[int, int])
     assert batch.mask[0].sum() == H * W - vh * vw
     assert (batch.images[0][:, batch.mask[0]] == 0).all()
     assert np.isfinite(batch.images).all()
+
+
+def test_normalize_lookup_table_equals_float_path() -> None:
+    rng = np.random.default_rng(3)
+    img = rng.integers(0, 256, size=(7, 5, 3), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    fast = normalize(img, mean, std)  # uint8: lookup table
+    slow = normalize(img.astype(np.float64), mean, std)  # float: formula
+    np.testing.assert_allclose(fast, slow, rtol=1e-5, atol=1e-6)
+    target = np.full((3, 10, 10), 7.0, dtype=np.float32)
+    normalize(img, mean, std, out=target[:, :7, :5])
+    np.testing.assert_array_equal(target[:, :7, :5], fast)
+    assert (target[:, 7:, :] == 7.0).all()  # nothing written outside the view
