@@ -71,11 +71,20 @@ def test_preprocess_bad_file_names_it(tmp_path) -> None:
 
 @settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(h=st.integers(1, 2000), w=st.integers(1, 2000),
-       mode=st.sampled_from(["RGB", "L", "RGBA", "I;16", "P"]),
+       mode=st.sampled_from(["RGB", "L", "RGBA", "I;16", "P", "u8 HxW", "u16 HxWx3",
+                             "float HxWx4"]),
        canvas=st.tuples(st.integers(8, 48), st.integers(8, 48)))
 def test_preprocess_property(h: int, w: int, mode: str, canvas: tuple[int, int]) -> None:
+    """Any size 1..2000 px per side, PIL modes and numpy layouts/dtypes."""
     meta = _meta(*canvas)
-    img = Image.new(mode, (w, h), 200 if mode != "RGB" else (200, 10, 90))
+    if mode == "u8 HxW":
+        img = np.full((h, w), 77, dtype=np.uint8)
+    elif mode == "u16 HxWx3":
+        img = np.full((h, w, 3), 40000, dtype=np.uint16)
+    elif mode == "float HxWx4":
+        img = np.full((h, w, 4), 0.5, dtype=np.float32)
+    else:
+        img = Image.new(mode, (w, h), 200 if mode != "RGB" else (200, 10, 90))
     batch = preprocess([img], meta)
     H, W = canvas
     assert batch.images.shape == (1, 3, H, W) and batch.mask.shape == (1, H, W)
