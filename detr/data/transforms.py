@@ -24,6 +24,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from torch import Tensor
 
+from detr.box_ops import box_xyxy_to_cxcywh
 from runtime.errors import InputError
 from runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
 
@@ -209,10 +210,9 @@ class Normalize:
         target = dict(target)
         if "boxes" in target:
             h, w = image.shape[-2:]
-            b = target["boxes"]
-            # xyxy -> cxcywh, then divide by the image size (this image, before padding).
-            cxcywh = torch.stack([(b[:, 0] + b[:, 2]) / 2, (b[:, 1] + b[:, 3]) / 2,
-                                  b[:, 2] - b[:, 0], b[:, 3] - b[:, 1]], dim=1)
+            # Divide by this image's size (before batch padding): boxes are relative
+            # to the valid region, as the set loss and the mask-aware export expect.
+            cxcywh = box_xyxy_to_cxcywh(target["boxes"])
             target["boxes"] = cxcywh / torch.tensor([w, h, w, h], dtype=torch.float32)
         return image, target
 
