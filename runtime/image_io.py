@@ -20,6 +20,7 @@ Conventions:
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -59,8 +60,7 @@ def _load_path(path: Path) -> Image.Image:
             # load() forces the full decode here, inside the try, so a truncated
             # file fails now with its name instead of later inside a transform.
             img.load()
-            exif_fixed = ImageOps.exif_transpose(img)
-            out = _to_rgb(exif_fixed if exif_fixed is not None else img, path)
+            out = _to_rgb(_exif_upright(img), path)
     except DataError:
         raise
     except UnidentifiedImageError as exc:
@@ -75,6 +75,17 @@ def _load_path(path: Path) -> Image.Image:
         # PIL raises SyntaxError / ValueError from some format plugins on broken headers.
         raise DataError(path, f"not an image or corrupt ({_short(exc)})") from exc
     return out
+
+
+def _exif_upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation tag. A malformed EXIF block (common in files
+    from old cameras and editors) must not make an otherwise good image
+    unreadable, so on a parsing error the pixels are used as stored."""
+    try:
+        fixed = ImageOps.exif_transpose(img)
+    except (ValueError, TypeError, KeyError, SyntaxError, OSError, struct.error):
+        return img
+    return fixed if fixed is not None else img
 
 
 def _short(exc: BaseException) -> str:

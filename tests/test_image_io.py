@@ -204,3 +204,13 @@ def test_no_torch_import() -> None:
 
     code = "import sys, runtime.image_io; sys.exit(1 if 'torch' in sys.modules else 0)"
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF")
+def test_malformed_exif_still_loads(tmp_path: Path) -> None:
+    path = tmp_path / "badexif.jpg"
+    Image.new("RGB", (8, 4), (200, 10, 10)).save(
+        path, exif=b"Exif\x00\x00II*\x00\xff\xff\xff\x7f\x00\x00garbage", quality=95)
+    out = load_image(path)
+    assert out.size == (8, 4)
+    assert _rgb(out)[2, 4, 0] > 150

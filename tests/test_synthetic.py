@@ -153,3 +153,17 @@ def test_custom_category_subset(tmp_path: Path) -> None:
 def test_config_validation(tmp_path: Path, changes: dict, match: str) -> None:
     with pytest.raises(InputError, match=match):
         make_shapes_dataset(tmp_path, ShapesConfig(**changes), progress=False)
+
+
+def test_make_dataset_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from runtime.cli import main
+
+    out = tmp_path / "ds"
+    rc = main(["make-dataset", "shapes", "--out", str(out), "--num-train", "3", "--num-val", "2",
+               "--image-size", "64", "--max-objects", "4", "--seed", "9"])
+    assert rc == 0
+    assert str(out) in capsys.readouterr().out
+    assert len(_load(out, "train")["images"]) == 3 and len(_load(out, "val")["images"]) == 2
+    rc = main(["make-dataset", "shapes", "--out", str(out), "--image-size", "10"])
+    assert rc == 2
+    assert "image_size: must be >= 32" in capsys.readouterr().err
