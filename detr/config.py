@@ -18,7 +18,7 @@ BACKBONES = ("resnet18", "resnet34", "resnet50", "resnet101")
 class DETRConfig:
     """Architecture of one DETR model (the number of classes is passed separately)."""
 
-    name: str = "detr-r50"  # preset this config came from ("custom" after overrides is not tracked)
+    name: str = "detr-r50"  # preset this config was derived from (overrides keep the name)
     backbone: str = "resnet50"  # torchvision ResNet name, one of BACKBONES
     dilation: bool = (
         False  # DC5: dilate layer4 instead of striding (output stride 16 instead of 32)

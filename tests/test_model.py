@@ -320,3 +320,27 @@ def test_import_detr_is_lazy_and_exports_resolve() -> None:
         "detr.build_model; detr.load_checkpoint; detr.PRESETS; assert 'torch' in sys.modules"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_position_encoding_exports_without_cumsum(tmp_path: Path) -> None:
+    """TensorRT 10.8-10.11 computes ONNX CumSum wrongly (onnx-tensorrt#1034): the
+    exported encoding must use MatMul instead and still match PyTorch."""
+    onnx = pytest.importorskip("onnx", reason="onnx not installed (export extra)")
+    ort = pytest.importorskip("onnxruntime", reason="onnxruntime not installed")
+    import warnings
+
+    encoder = PositionEmbeddingSine(16, normalize=True).eval()
+    mask = torch.zeros(2, 3, 5, dtype=torch.bool)
+    mask[1, 2:, :] = True
+    mask[1, :, 3:] = True
+    path = tmp_path / "pos.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # TorchScript-exporter deprecation notice
+        torch.onnx.export(encoder, (mask,), str(path), opset_version=17, dynamo=False)
+    ops = {node.op_type for node in onnx.load(str(path)).graph.node}
+    assert "CumSum" not in ops and "Trilu" not in ops and "MatMul" in ops
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    other = torch.zeros(2, 3, 5, dtype=torch.bool)
+    other[0, :, 4:] = True  # a different mask from the one traced
+    got = session.run(None, {session.get_inputs()[0].name: other.numpy()})[0]
+    torch.testing.assert_close(torch.from_numpy(got), encoder(other), atol=1e-5, rtol=0)
