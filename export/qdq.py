@@ -116,6 +116,7 @@ _BLOCK_PATTERNS = [
     (re.compile(r"decoder\.layers\.(\d+)"), "decoder.layers.{}"),
     (re.compile(r"(?:body\.|backbone\S*\.)(layer\d)"), "backbone.{}"),
     (re.compile(r"input_proj"), "input_proj"),
+    (re.compile(r"body\.(?:conv1|bn1)\b"), "backbone.stem"),
     (re.compile(r"(class_embed|bbox_embed)"), "{}"),
     (re.compile(r"backbone"), "backbone.stem"),
 ]

@@ -54,6 +54,7 @@ class QuantizeConfig:
     eval_images: int = 64  # held-out images for sensitivity/AP; 0 = no fallback search
     eval_ann: str | None = None  # COCO annotations of the images; None = look next to them,
     #                              else FP32 pseudo ground truth (AP = agreement with FP32)
+    pseudo_gt: bool = False  # ignore annotations: score INT8 against FP32 pseudo ground truth
     pseudo_top_k: int = 10  # detections per image kept as pseudo ground truth
     seed: int = 0  # image selection / split
     quantize_attention: bool = False  # also quantize activation x activation MatMuls
@@ -330,7 +331,8 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, split: Any,
         fallback_blocks=[], fallback_nodes=sorted(heads), fp32_ap=None, int8_ap=None,
         ap_budget=config.ap_budget, within_budget=None)
     if split.held_out:
-        ann = config.eval_ann or find_annotations(split.held_out[0].parent)
+        ann = None if config.pseudo_gt else (
+            config.eval_ann or find_annotations(split.held_out[0].parent))
         evaluator = HeldOutEvaluator(fp32_path, split.held_out, ann, config.pseudo_top_k,
                                      config.threads)
         report.ground_truth = evaluator.ground_truth

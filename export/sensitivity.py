@@ -84,11 +84,16 @@ def rank_blocks(blocks: dict[str, list[str]],
 
 
 def greedy_fallback(order: Sequence[str], evaluate: Callable[[list[str]], float],
-                    fp32_ap: float, budget: float) -> FallbackSearch:
+                    fp32_ap: float, budget: float, prune: bool = True) -> FallbackSearch:
     """Fall back blocks in ``order`` (most sensitive first) until the AP drop is
     within ``budget``. ``evaluate(fallback_blocks)`` -> INT8 AP in COCO points.
-    Stops at the first configuration within budget (fewest FP32 blocks along
-    the order); with every block in FP32 the drop is 0, so it always ends."""
+
+    Greedy phase: add blocks along ``order`` until within budget (with every
+    block in FP32 the drop is 0, so it always ends). Prune phase (``prune``):
+    one-at-a-time sensitivity ignores interactions, so a block added early may
+    turn out unnecessary; each fallen block except the last is re-quantized
+    and stays INT8 if the model is still within budget.
+    """
     search = FallbackSearch(fp32_ap=fp32_ap, budget=budget)
     fallback: list[str] = []
     search.steps.append(FallbackStep(list(fallback), evaluate(list(fallback))))
@@ -97,6 +102,15 @@ def greedy_fallback(order: Sequence[str], evaluate: Callable[[list[str]], float]
             break
         fallback.append(block)
         search.steps.append(FallbackStep(list(fallback), evaluate(list(fallback))))
+    if not prune or not search.within_budget:
+        return search
+    best = search.final
+    for block in best.fallback[:-1]:
+        trial = [b for b in best.fallback if b != block]
+        step = FallbackStep(trial, evaluate(trial))
+        if fp32_ap - step.ap <= budget + 1e-9:
+            best = step
+            search.steps.append(step)
     return search
 
 
@@ -189,13 +203,21 @@ class HeldOutEvaluator:
                 "categories": gt["categories"]}
 
     def _pseudo_gt(self, fp32_path: str | os.PathLike[str], top_k: int) -> dict[str, Any]:
+        """The FP32 detections above one global score threshold, chosen so that
+        about ``top_k`` per image survive. A global (not per-image) threshold
+        makes every kept detection outrank every dropped one in COCO's
+        per-category ranking, so the FP32 model scores exactly 100 AP."""
         self.image_ids = list(range(1, len(self.images) + 1))
+        dets = self.detections(fp32_path)
+        all_scores = np.sort(np.concatenate([d.scores for d in dets] + [np.zeros(0)]))[::-1]
+        keep = min(top_k * len(dets), len(all_scores))
+        threshold = float(all_scores[keep - 1]) if keep else np.inf
         images, annotations = [], []
         sizes = [tuple(hw) for batch in self.batches for hw in batch.orig_sizes]  # (h, w)
-        for image_id, det, (h, w) in zip(self.image_ids, self.detections(fp32_path), sizes):
+        for image_id, det, (h, w) in zip(self.image_ids, dets, sizes):
             images.append({"id": image_id, "file_name": str(self.images[image_id - 1].name),
                            "height": int(h), "width": int(w)})
-            for i in np.argsort(-det.scores)[:top_k]:
+            for i in np.flatnonzero(det.scores >= threshold):
                 x0, y0, x1, y1 = (float(v) for v in det.boxes[i])
                 annotations.append({"id": len(annotations) + 1, "image_id": image_id,
                                     "category_id": int(self.meta.label_map[int(det.labels[i])]),

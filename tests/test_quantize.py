@@ -313,11 +313,30 @@ def test_quantizing_no_nodes_leaves_the_model_fp32(data: dict[str, Path], tmp_pa
 
 def test_greedy_fallback_stops_at_first_configuration_within_budget() -> None:
     ap_table = {(): 90.0, ("a",): 94.0, ("a", "b"): 96.8, ("a", "b", "c"): 97.0}
-    search = greedy_fallback(["a", "b", "c"], lambda fb: ap_table[tuple(fb)], 97.0, 0.5)
+    search = greedy_fallback(["a", "b", "c"], lambda fb: ap_table[tuple(fb)], 97.0, 0.5,
+                             prune=False)
     assert search.final.fallback == ["a", "b"] and search.within_budget
     assert [s.ap for s in search.steps] == [90.0, 94.0, 96.8]
-    strict = greedy_fallback(["a", "b", "c"], lambda fb: ap_table[tuple(fb)], 97.0, 0.0)
+    strict = greedy_fallback(["a", "b", "c"], lambda fb: ap_table[tuple(fb)], 97.0, 0.0,
+                             prune=False)
     assert strict.final.fallback == ["a", "b", "c"]
+
+
+def test_greedy_fallback_prunes_blocks_that_did_not_help() -> None:
+    # "a" looked most sensitive alone, but only "b" and "c" matter together.
+    ap_table = {(): 90.0, ("a",): 90.2, ("a", "b"): 95.0, ("a", "b", "c"): 96.9,
+                ("b", "c"): 96.8, ("c",): 92.0}
+    calls: list[tuple[str, ...]] = []
+
+    def evaluate(fallback: list[str]) -> float:
+        calls.append(tuple(fallback))
+        return ap_table[tuple(fallback)]
+
+    search = greedy_fallback(["a", "b", "c"], evaluate, 97.0, 0.5)
+    assert search.final.fallback == ["b", "c"] and search.within_budget
+    # Greedy adds a, b, c; pruning drops a (still within budget), keeps b.
+    assert calls == [(), ("a",), ("a", "b"), ("a", "b", "c"), ("b", "c"), ("c",)]
+    assert [s.fallback for s in search.steps][-1] == ["b", "c"]
 
 
 def test_output_error_zero_for_identical_and_grows_with_change() -> None:

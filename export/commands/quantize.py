@@ -26,6 +26,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="COCO annotations of the images (default: "
                         "<DIR>/../annotations/instances_<DIR name>.json if present, else the "
                         "FP32 model's detections as pseudo ground truth)")
+    parser.add_argument("--pseudo-gt", action="store_true",
+                        help="score INT8 against the FP32 model's top detections even when "
+                        "annotations exist (AP = agreement with FP32)")
     parser.add_argument("--granularity", choices=("block", "layer"), default="block",
                         help="fallback unit (default block: backbone stage, encoder layer...)")
     parser.add_argument("--quantize-attention", action="store_true",
@@ -47,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     config = QuantizeConfig(
         out_path=args.out, calib_images=args.calib_images, method=args.method,
         percentile=args.percentile, ap_budget=args.ap_budget, eval_images=args.eval_images,
-        eval_ann=args.eval_ann, seed=args.seed, quantize_attention=args.quantize_attention,
+        eval_ann=args.eval_ann, pseudo_gt=args.pseudo_gt, seed=args.seed, quantize_attention=args.quantize_attention,
         granularity=args.granularity, latency_runs=args.latency_runs, threads=args.threads,
         cache_dir=args.cache_dir, progress=sys.stderr.isatty())
     _, report = quantize_int8(args.onnx, args.calib_data, config)
