@@ -169,3 +169,13 @@ def test_train_command_end_to_end(shapes, tmp_path, capsys):
     # Bad input: one line on stderr, exit code 2.
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out / "b")]) == 2
     assert "is not a directory" in capsys.readouterr().err
+
+
+def test_train_throughput_benchmark_times_real_steps():
+    from benchmarks.train_throughput import TrainThroughputConfig, run_train_throughput
+
+    result = run_train_throughput(TrainThroughputConfig(size=64, batch_size=2, steps=2, warmup=1,
+                                                        device="cpu"))
+    assert result["runs"] == 2 and result["batch_size"] == 2
+    assert 0 < result["min_ms"] <= result["median_ms"]
+    assert result["images_per_s"] == pytest.approx(2000.0 / result["median_ms"])
