@@ -3,6 +3,7 @@ fine-tune init, the train command and its resume line."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import shlex
 
@@ -28,11 +29,10 @@ def shapes(tmp_path_factory):
 
 
 def _config(data, out, **changes) -> TrainConfig:
-    base = dict(data=str(data), out=str(out), preset="detr-tiny", epochs=2, batch_size=4,
-                lr=1e-4, lr_backbone=1e-4, num_workers=0, seed=7, eval_every=0,
-                scales=(64, 56), max_size=64, model_overrides=dict(SMALL), progress=False)
-    base.update(changes)
-    return TrainConfig(**base)
+    base = TrainConfig(data=str(data), out=str(out), preset="detr-tiny", epochs=2, batch_size=4,
+                       lr=1e-4, lr_backbone=1e-4, num_workers=0, seed=7, eval_every=0,
+                       scales=(64, 56), max_size=64, model_overrides=dict(SMALL), progress=False)
+    return dataclasses.replace(base, **changes)
 
 
 def _weights(path) -> dict[str, torch.Tensor]:
