@@ -74,7 +74,7 @@ def build_train_loader(dataset: Dataset, config: TrainConfig, info: DistInfo
     if n < config.batch_size * info.world_size:
         raise DataError(config.data, f"split {config.train_split!r} has {n} images, fewer than "
                         f"one batch ({config.batch_size} x {info.world_size} processes)")
-    sampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
+    sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
                                  shuffle=True, seed=config.seed, drop_last=True)
     batches = BatchSampler(sampler, config.batch_size, drop_last=True)
     loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn,

@@ -85,7 +85,7 @@ def train_one_epoch(
 
     model.train()
     criterion.train()
-    weight_dict: dict[str, float] = criterion.weight_dict
+    weight_dict: dict[str, float] = criterion.weight_dict  # type: ignore[assignment]
     stats = EpochStats()
     total = len(data_loader) if hasattr(data_loader, "__len__") else None  # type: ignore[arg-type]
     if max_steps is not None and total is not None:

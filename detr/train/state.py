@@ -20,7 +20,7 @@ from runtime.errors import ModelFormatError
 
 def get_rng_state() -> dict[str, Any]:
     """This process's generator states, as weights_only-loadable values."""
-    np_state = np.random.get_state()
+    np_state: Any = np.random.get_state()
     state: dict[str, Any] = {
         "python": _to_lists(random.getstate()),
         # numpy's legacy state: (name, uint32[624] keys, pos, has_gauss, cached_gaussian)
@@ -56,28 +56,10 @@ def save_training_checkpoint(path: Path, model: torch.nn.Module, model_config: A
                              extra: dict[str, Any]) -> None:
     """Write the own checkpoint format (``detr.save_checkpoint``, atomic) plus the
     resume fields in ``extra`` (optimizer, lr_scheduler, epoch, rng_state, train_config)."""
-    try:
-        from detr.checkpoint import save_checkpoint
-    except ImportError:  # model package without checkpoint.py: same contract, written here
-        save_checkpoint = _save_checkpoint_fallback
-    save_checkpoint(path, model, model_config, class_names, label_map, extra=extra)
+    from detr.checkpoint import save_checkpoint
 
-
-def _save_checkpoint_fallback(path: Path, model: torch.nn.Module, model_config: Any,
-                              class_names: list[str], label_map: list[int],
-                              extra: dict[str, Any] | None = None) -> None:
-    import dataclasses
-    import io
-
-    from runtime.atomic import atomic_write_bytes
-
-    payload = {"model": model.state_dict(), "config": dataclasses.asdict(model_config),
-               "preset": model_config.name, "num_classes": len(class_names),
-               "class_names": list(class_names), "label_map": list(label_map),
-               "detr_edge_version": "0.1.0", **(extra or {})}
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    save_checkpoint(path, model, model_config, class_names, label_map,  # type: ignore[arg-type]
+                    extra=extra)
 
 
 def read_training_checkpoint(path: Path) -> dict[str, Any]:
