@@ -279,8 +279,10 @@ def _infer_config(
         "dec_layers": _count_indexed(state, "transformer.decoder.layers."),
         "dim_feedforward": int(linear1.shape[0]) if isinstance(linear1, Tensor) else 2048,
         "pre_norm": "transformer.encoder.norm.weight" in state,
-        # Frozen BN never stores num_batches_tracked; a trained BatchNorm2d does.
-        "frozen_batchnorm": not any(k.endswith("num_batches_tracked") for k in state),
+        # A trained nn.BatchNorm2d stores num_batches_tracked in every BN layer; frozen BN
+        # never does (a stray one from a torchvision state dict does not count).
+        "frozen_batchnorm": not _all_bn_track_batches(state),
+        "freeze_stem": not _all_bn_track_batches(state),
     }
     if args is not None:
         for field in ("dilation", "nheads", "dropout", "aux_loss", "pre_norm"):
@@ -300,6 +302,12 @@ def _infer_config(
     except ValueError as exc:
         raise ModelFormatError(file, f"inconsistent architecture in checkpoint: {exc}") from exc
     return base
+
+
+def _all_bn_track_batches(state: Mapping[str, Any]) -> bool:
+    means = [k for k in state if k.startswith("backbone.") and k.endswith(".running_mean")]
+    tracked = [k for k in state if k.startswith("backbone.") and k.endswith("num_batches_tracked")]
+    return bool(means) and len(tracked) == len(means)
 
 
 def _load_strict(model: DETR, state: Mapping[str, Any], file: Path, config: DETRConfig) -> None:

@@ -114,7 +114,7 @@ def test_official_state_dict_without_args_infers_architecture(tmp_path: Path) ->
         cfg.dec_layers,
         cfg.dim_feedforward,
     ) == ("resnet18", 128, 50, 3, 3, 512)
-    assert loaded.num_classes == 5
+    assert loaded.num_classes == 5 and loaded.config.frozen_batchnorm and loaded.config.freeze_stem
     torch.testing.assert_close(
         _outputs(loaded.model)["pred_boxes"], _outputs(model)["pred_boxes"], atol=0, rtol=0
     )
@@ -205,3 +205,10 @@ def test_not_a_detr_checkpoint(tmp_path: Path) -> None:
     torch.save([1, 2], tmp_path / "l.pth")
     with pytest.raises(ModelFormatError, match="expected a dict checkpoint, got list"):
         detr.load_checkpoint(tmp_path / "l.pth")
+
+
+def test_plain_state_dict_of_a_batchnorm_model_rebuilds_batchnorm(tmp_path: Path) -> None:
+    model = detr.build_model("detr-tiny", 2)  # nn.BatchNorm2d, trained from scratch
+    torch.save({"model": model.state_dict()}, tmp_path / "bn.pth")
+    cfg = detr.load_checkpoint(tmp_path / "bn.pth").config
+    assert cfg == detr.PRESETS["detr-tiny"]
