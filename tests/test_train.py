@@ -127,6 +127,22 @@ def test_init_loads_all_but_class_embed(shapes, tmp_path):
     assert not torch.equal(a["class_embed.weight"], b["class_embed.weight"])  # re-initialised
 
 
+def test_release_checkpoint_fp16_loads_as_fp32(shapes, tmp_path):
+    import detr
+    from detr.train.release import max_abs_weight_error, release_checkpoint
+
+    run = train(_config(shapes, tmp_path / "run", epochs=1, max_steps=1))
+    dst = release_checkpoint(run.checkpoint, tmp_path / "release.pth", metrics={"AP50": 0.5})
+    assert dst.stat().st_size < 0.3 * run.checkpoint.stat().st_size  # no Adam state, FP16
+    full, small = detr.load_checkpoint(run.checkpoint), detr.load_checkpoint(dst)
+    assert small.raw["model"]["class_embed.weight"].dtype == torch.float16
+    assert all(p.dtype == torch.float32 for p in small.model.parameters())
+    assert "optimizer" not in small.raw and small.raw["metrics"] == {"AP50": 0.5}
+    assert small.label_map == full.label_map and small.class_names == full.class_names
+    # FP16 rounding only: relative error 2^-11 of weights well below 1.
+    assert 0 < max_abs_weight_error(full.model, small.model) < 1e-2
+
+
 def test_bad_options_raise_input_error(shapes, tmp_path):
     with pytest.raises(InputError, match="--batch-size: must be > 0"):
         train(_config(shapes, tmp_path / "x", batch_size=0))
