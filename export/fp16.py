@@ -67,6 +67,10 @@ class FP16Config:
     keep_sensitive: bool = True  # keep SENSITIVE_OPS in FP32
     keep_output_heads: bool = True  # keep the nodes producing graph outputs in FP32
     keep_nodes: tuple[str, ...] = ()  # extra node names to keep FP32 (e.g. from a sweep)
+    # ONNX Runtime 1.32 CPU segfaults (layout optimisation level) on FP16 Transpose
+    # perm [1,0,2] when the batch axis is symbolic (the attention head split of a
+    # dynamic-batch graph, found by bisection); keep those FP32 in dynamic graphs.
+    ort_transpose_workaround: bool = True
 
 
 @dataclass(frozen=True)
@@ -111,6 +115,8 @@ def _choose_fp32_nodes(model: onnx.ModelProto, ranges: dict[str, float],
                    for i in model.graph.initializer
                    if i.data_type == 1}  # FLOAT
     heads = _output_head_nodes(model) if config.keep_output_heads else set()
+    dynamic = any(not d.HasField("dim_value")
+                  for i in model.graph.input for d in i.type.tensor_type.shape.dim[:1])
     keep: dict[int, str] = {}
     for idx, node in enumerate(model.graph.node):
         if node.op_type not in FP16_OPS:
@@ -119,6 +125,9 @@ def _choose_fp32_nodes(model: onnx.ModelProto, ranges: dict[str, float],
             keep[idx] = SENSITIVE_OPS[node.op_type]
         elif _node_label(node) in config.keep_nodes:
             keep[idx] = "listed in keep_nodes"
+        elif (config.ort_transpose_workaround and dynamic and node.op_type == "Transpose"
+              and [list(a.ints) for a in node.attribute if a.name == "perm"] == [[1, 0, 2]]):
+            keep[idx] = "ONNX Runtime CPU crash on FP16 Transpose [1,0,2] with dynamic batch"
         elif idx in heads:
             keep[idx] = "output head (class_embed / bbox_embed last layer + sigmoid)"
         else:

@@ -236,7 +236,7 @@ def export_onnx(config: ExportConfig) -> ExportResult:
         raise InputError(config.checkpoint, "checkpoint not found")
     loaded = load_checkpoint(config.checkpoint)
     raw = loaded.raw if isinstance(loaded.raw, dict) else {}
-    preset = str(raw.get("preset") or getattr(loaded.config, "preset", None) or "custom")
+    preset = str(raw.get("preset") or getattr(loaded.config, "name", None) or "custom")
     meta = ModelMeta(preset=preset, input_height=config.height, input_width=config.width,
                      class_names=list(loaded.class_names), label_map=list(loaded.label_map),
                      extra={"checkpoint": os.path.basename(config.checkpoint)})
