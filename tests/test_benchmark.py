@@ -1,0 +1,158 @@
+"""The benchmark suite on a tiny random-weight DETR: every number in the report must
+come from a run (parity tiny but nonzero, latencies > 0, skipped rows with reasons)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("onnxruntime")
+
+from benchmarks.accuracy import box_iou_xyxy, matched_counts  # noqa: E402
+from benchmarks.rows import ROW_KEYS, STATUS_OK, STATUS_SKIPPED  # noqa: E402
+from benchmarks.timing import stats_from_samples, time_call  # noqa: E402
+from runtime.decode import Detections  # noqa: E402
+from runtime.errors import InputError  # noqa: E402
+
+SIZE = 64  # canvas and image side (multiple of 32 for the exporter)
+
+
+def make_tiny_setup(root: Path, int8: bool = True) -> dict[str, Path]:
+    """Synthetic data, a random detr-tiny checkpoint, and its FP32/FP16(/INT8) ONNX."""
+    import detr
+    from detr.data.synthetic import ShapesConfig, make_shapes_dataset
+    from export.onnx_export import ExportConfig, export_onnx
+
+    data = root / "data"
+    make_shapes_dataset(data, ShapesConfig(num_train=3, num_val=3, image_size=SIZE,
+                                           max_objects=3), progress=False)
+    cats = json.loads((data / "annotations" / "instances_val.json").read_text())["categories"]
+    torch.manual_seed(0)
+    config = detr.get_config("detr-tiny", num_queries=10)
+    model = detr.build_model_from_config(config, len(cats))
+    ckpt = root / "tiny.pth"
+    detr.save_checkpoint(ckpt, model, config, [c["name"] for c in cats], [c["id"] for c in cats])
+    art = root / "artifacts"
+    for precision in ("fp32", "fp16"):
+        export_onnx(ExportConfig(checkpoint=str(ckpt), out=str(art / f"m_{precision}.onnx"),
+                                 height=SIZE, width=SIZE, precision=precision))
+    if int8:
+        from export.quantize import QuantizeConfig, quantize_int8
+
+        quantize_int8(art / "m_fp32.onnx", str(data / "train"), QuantizeConfig(
+            out_path=str(art / "m_int8.onnx"), calib_images=3, eval_images=0, latency_runs=0,
+            progress=False))
+    return {"data": data, "checkpoint": ckpt, "artifacts": art}
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory):
+    from benchmarks.suite import BenchmarkConfig, run_benchmark
+
+    root = tmp_path_factory.mktemp("bench")
+    paths = make_tiny_setup(root)
+    config = BenchmarkConfig(checkpoint=str(paths["checkpoint"]), data=str(paths["data"]),
+                             artifacts=str(paths["artifacts"]), batch_sizes=(1, 2), runs=2,
+                             warmup=1, max_images=3, out=str(root / "out"), progress=False)
+    rep = run_benchmark(config, log=lambda _: None)
+    return rep, root / "out", paths
+
+
+def test_report_files_exist(report) -> None:
+    rep, out, _ = report
+    assert (out / "report.md").read_text().startswith("# detr-edge benchmark")
+    assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    doc = json.loads((out / "report.json").read_text())
+    assert [[r["backend"], r["precision"], r["device"]] for r in doc["rows"]] == \
+        [list(k) for k in ROW_KEYS]
+    assert doc["env"]["cpu_cores"] >= 1 and doc["env"]["libraries"]["onnxruntime"]
+    assert doc["settings"]["eval_images"] == 3
+
+
+def test_row_set_complete_with_reasons(report) -> None:
+    rep, _, _ = report
+    by_key = {(r.backend, r.precision): r for r in rep.rows}
+    for key in [("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
+                ("onnxruntime", "int8")]:
+        assert by_key[key].status == STATUS_OK, (key, by_key[key].reason)
+    for r in rep.rows:
+        if r.status != STATUS_OK:
+            assert r.status == STATUS_SKIPPED and r.reason, r.name
+    if not torch.cuda.is_available():
+        assert by_key[("pytorch", "fp16")].reason == "no CUDA GPU"
+    for p in ("fp32", "fp16", "int8"):
+        row = by_key[("tensorrt", p)]
+        assert row.status == STATUS_OK or "TensorRT" in row.reason or "GPU" in row.reason
+
+
+def test_parity_is_measured_not_assumed(report) -> None:
+    rep, _, _ = report
+    fp32, fp16 = rep.row("onnxruntime", "fp32").parity, rep.row("onnxruntime", "fp16").parity
+    # ORT and PyTorch use different kernels: a tiny, nonzero difference.
+    assert 0 < fp32["logits_max_abs"] < 1e-3 and 0 <= fp32["boxes_max_abs"] < 1e-3
+    assert fp16["logits_max_abs"] > fp32["logits_max_abs"]
+    assert rep.row("onnxruntime", "int8").parity["logits_max_abs"] > fp32["logits_max_abs"]
+    if fp32["matched_fraction"] is not None:
+        assert fp32["matched_fraction"] > 0.9
+    for r in rep.rows:
+        if r.status == STATUS_OK:
+            assert all(0 <= v <= 1 or v == -1 for v in r.accuracy.values()), r.name
+            assert r.eval_images == 3
+
+
+def test_latencies_are_measured(report) -> None:
+    rep, _, paths = report
+    for r in rep.rows:
+        if r.status != STATUS_OK:
+            continue
+        assert r.peak_rss_mb is not None and r.peak_rss_mb > 10, r.name
+        assert r.artifact_bytes == Path(r.artifact).stat().st_size
+        sp = r.speed_at(1)
+        m, e = sp.model, sp.end_to_end
+        assert 0 < m["median_ms"] <= m["p90_ms"] <= m["p99_ms"], r.name
+        assert e["median_ms"] > 0 and e["runs"] == 2 and e["warmup"] == 1
+        assert sp.pre_ms > 0 and sp.post_ms > 0 and 0 < sp.pre_post_fraction < 1
+    # The ONNX graphs were exported with a fixed batch of 1: batch 2 says so.
+    assert "fixed batch 1" in rep.row("onnxruntime", "fp32").speed_at(2).skipped_reason
+    torch2 = rep.row("pytorch", "fp32").speed_at(2)
+    assert torch2.model["batch_size"] == 2 and torch2.model["median_ms"] > 0
+    assert rep.figures["ort_fp32_e2e_over_torch_fp32_e2e (batch 1)"] > 0
+
+
+def test_stats_from_samples_hand_computed() -> None:
+    s = stats_from_samples([5.0, 1.0, 3.0, 2.0, 4.0], warmup=1, batch_size=4)
+    assert (s.median_ms, s.min_ms, s.mean_ms) == (3.0, 1.0, 3.0)
+    assert s.p90_ms == pytest.approx(4.6) and s.p99_ms == pytest.approx(4.96)
+    assert s.images_per_s == pytest.approx(4 * 1000 / 3.0)
+    with pytest.raises(InputError, match="runs"):
+        time_call(lambda: None, runs=0)
+
+
+def _dets(boxes, labels, scores) -> Detections:
+    return Detections(scores=np.asarray(scores, np.float32), labels=np.asarray(labels, np.int64),
+                      boxes=np.asarray(boxes, np.float32).reshape(-1, 4))
+
+
+def test_matched_counts_iou_and_class() -> None:
+    ref = _dets([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [1, 2, 3], [0.9, 0.8, 0.7])
+    # same box + class; box shifted 0.2 px (IoU 0.96); right box, wrong class
+    other = _dets([[0, 0, 10, 10], [20.2, 20, 30.2, 30], [40, 40, 50, 50]], [1, 2, 0],
+                  [0.9, 0.8, 0.7])
+    assert box_iou_xyxy(ref.boxes[1:2], other.boxes[1:2])[0, 0] == pytest.approx(0.98 / 1.02)
+    assert matched_counts(ref, other) == (2, 3)
+    shifted = _dets([[0, 0, 10, 10]], [1], [0.5])
+    shifted.boxes[:, [0, 2]] += 5  # IoU 1/3
+    assert matched_counts(_dets([[0, 0, 10, 10]], [1], [0.5]), shifted) == (0, 1)
+
+
+def test_bad_config_errors(tmp_path: Path) -> None:
+    from benchmarks.suite import BenchmarkConfig, run_benchmark
+
+    with pytest.raises(InputError, match="batch-sizes"):
+        run_benchmark(BenchmarkConfig(checkpoint="x", data=str(tmp_path), batch_sizes=(0,)))
+    with pytest.raises(InputError, match="annotation file"):
+        run_benchmark(BenchmarkConfig(checkpoint="x", data=str(tmp_path)))
