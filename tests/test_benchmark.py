@@ -12,11 +12,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from benchmarks.accuracy import box_iou_xyxy, matched_counts  # noqa: E402
-from benchmarks.rows import ROW_KEYS, STATUS_OK, STATUS_SKIPPED  # noqa: E402
-from benchmarks.timing import stats_from_samples, time_call  # noqa: E402
-from runtime.decode import Detections  # noqa: E402
-from runtime.errors import InputError  # noqa: E402
+from benchmarks.accuracy import box_iou_xyxy, matched_counts
+from benchmarks.rows import ROW_KEYS, STATUS_OK, STATUS_SKIPPED
+from benchmarks.timing import stats_from_samples, time_call
+from runtime.decode import Detections
+from runtime.errors import InputError
 
 SIZE = 64  # canvas and image side (multiple of 32 for the exporter)
 
@@ -63,7 +63,7 @@ def report(tmp_path_factory: pytest.TempPathFactory):
 
 
 def test_report_files_exist(report) -> None:
-    rep, out, _ = report
+    _rep, out, _ = report
     assert (out / "report.md").read_text().startswith("# detr-edge benchmark")
     assert (out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     doc = json.loads((out / "report.json").read_text())
@@ -105,7 +105,7 @@ def test_parity_is_measured_not_assumed(report) -> None:
 
 
 def test_latencies_are_measured(report) -> None:
-    rep, _, paths = report
+    rep, _, _paths = report
     for r in rep.rows:
         if r.status != STATUS_OK:
             continue
