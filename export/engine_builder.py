@@ -14,6 +14,7 @@ against tensorrt-stubs.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -212,7 +213,7 @@ def build_engine(config: EngineBuildConfig) -> Path:
         build_config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers without a kernel fall to FP16
         if precision == "int8":
             build_config.set_flag(trt.BuilderFlag.INT8)
-            calibrator = _calibrator(config, meta, calib_cache)
+            calibrator = _calibrator(config, meta, calib_cache, profiles[0].opt[0])
             build_config.int8_calibrator = calibrator
             build_config.set_calibration_profile(profile)
     if config.dla_core is not None:
@@ -231,19 +232,26 @@ def build_engine(config: EngineBuildConfig) -> Path:
                                "(see the TensorRT log above)")
     write_timing_cache(config.timing_cache, bytes(memoryview(cache.serialize())))
     gpu_name, capability = gpu_info()
+    built_with = {"profile": [dataclasses.asdict(p) for p in profiles], "mode": mode,
+                  "workspace_mb": config.workspace_mb, "dla_core": config.dla_core,
+                  "gpu_fallback": config.gpu_fallback, "onnx": Path(config.onnx_path).name}
     _write(config.out_path, meta.replace(precision=precision), bytes(memoryview(plan)),
-           trt.__version__, gpu_name, capability)
+           trt.__version__, gpu_name, capability, built_with)
     return Path(config.out_path)
 
 
-def _calibrator(config: EngineBuildConfig, meta: ModelMeta, cache_path: str) -> Any:
+def _calibrator(config: EngineBuildConfig, meta: ModelMeta, cache_path: str,
+                opt_batch: int) -> Any:
     from export.calib_data import fixed_size_batches, list_images, select_images
     from export.calibrator import BatchStream, make_entropy_calibrator
 
     paths: list[Path] = []
     if config.calib_data is not None:
         paths = select_images(list_images(config.calib_data), config.calib_images, config.seed)
-    stream = BatchStream(fixed_size_batches(paths, meta, config.calib_batch), config.calib_batch)
+    # Calibration runs at the profile's opt shape: a fixed-batch model only accepts
+    # its own batch, a dynamic one any batch in the profile.
+    batch = meta.batch_size or min(config.calib_batch, opt_batch)
+    stream = BatchStream(fixed_size_batches(paths, meta, batch), batch)
     return make_entropy_calibrator(stream, cache_path)
 
 
@@ -254,10 +262,10 @@ def read_cache(path: str) -> bytes | None:
 
 
 def _write(path: str, meta: ModelMeta, plan: bytes, trt_version: str, gpu_name: str,
-           capability: str) -> None:
+           capability: str, built_with: dict[str, Any]) -> None:
     try:
         from runtime.engine_file import write_engine_file
     except ImportError as exc:  # pragma: no cover - engine_file is part of the runtime
         raise BackendUnavailableError(f"runtime.engine_file unavailable: {exc}") from exc
     write_engine_file(path, meta, plan, tensorrt_version=trt_version, gpu_name=gpu_name,
-                      compute_capability=capability)
+                      compute_capability=capability, built_with=built_with)

@@ -238,6 +238,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
         Path(config.out_path).parent if config.out_path else Path(tempfile.gettempdir()))
     cache_path = cache_dir / f"detr-edge-calib-{_cache_key(fp32, split.calib, config)}.json"
     cache_dir.mkdir(parents=True, exist_ok=True)
+    _drop_unreadable_cache(cache_path)
     batch = meta.batch_size or 1
     feeds = fixed_size_batches(split.calib, meta, batch) if meta.batch_size \
         else iter_feeds(split.calib, meta, batch)
@@ -292,6 +293,17 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
         atomic_write_text(report_path(config.out_path),
                           json.dumps(report.to_dict(), indent=2, default=float))
     return final, report
+
+
+def _drop_unreadable_cache(path: Path) -> None:
+    """ORT writes its calibration cache non-atomically; a cache cut short by
+    Ctrl-C is removed so the rerun recalibrates instead of failing on it."""
+    if not path.is_file():
+        return
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        path.unlink(missing_ok=True)
 
 
 def report_path(out_path: str | os.PathLike[str]) -> Path:
@@ -354,14 +366,19 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, split: Any,
             report.sensitivity = [dataclasses.asdict(r) for r in ranked]
             order = [r.block for r in ranked]
         aps = {frozenset(): first}
+        steps = tqdm(desc="fallback search", unit="model", disable=not config.progress or
+                     not order, leave=False)
 
         def evaluate(fallback: list[str]) -> float:
             key = frozenset(fallback)
             if key not in aps:
                 aps[key] = evaluator.ap(build(fallback))
+                steps.update(1)
+                steps.set_postfix(ap=f"{aps[key]:.2f}", fp32=f"{fp32_ap:.2f}")
             return aps[key]
 
         search = greedy_fallback(order, evaluate, fp32_ap, config.ap_budget)
+        steps.close()
         report.search = [dataclasses.asdict(s) for s in search.steps]
         report.fallback_blocks = search.final.fallback
         report.fallback_nodes = sorted(heads | {n for b in search.final.fallback

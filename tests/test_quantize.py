@@ -252,6 +252,16 @@ def test_calibration_is_deterministic_given_seed(data: dict[str, Path], tmp_path
     assert any(not np.array_equal(first[k], differs[k]) for k in first if k.startswith("Q"))
 
 
+def test_truncated_calibration_cache_is_recomputed(data: dict[str, Path], tmp_path: Path) -> None:
+    config = _config(tmp_path, eval_images=0, latency_runs=0, calib_images=8)
+    reference = scales(quantize_int8(data["tiny"], str(data["images"]), config)[0])
+    (cache,) = (tmp_path / "cache").glob("detr-edge-calib-*.json")
+    cache.write_text(cache.read_text()[:40])  # as if Ctrl-C hit the write
+    again = scales(quantize_int8(data["tiny"], str(data["images"]), config)[0])
+    assert all(np.array_equal(reference[k], again[k]) for k in reference)
+    json.loads(cache.read_text())  # rewritten whole
+
+
 def test_image_selection_and_split(data: dict[str, Path]) -> None:
     paths = list_images(data["images"])
     assert select_images(paths, 5, seed=1) == select_images(paths, 5, seed=1)
@@ -375,3 +385,37 @@ def test_refuses_non_fp32_model(quantized: tuple, tmp_path: Path,
     _, _, out = quantized
     with pytest.raises(InputError, match="already int8"):
         quantize_int8(out, str(data["images"]), _config(tmp_path))
+
+
+def test_real_detr_tiny_graph(tmp_path: Path, data: dict[str, Path]) -> None:
+    """The real DETR-tiny graph from export-onnx's tracer (random init, 64 px):
+    heads found, every block named, TensorRT-format Q/DQ, check-onnx passes."""
+    from detr.detr import build_model
+    from export.onnx_export import trace_to_onnx
+    from export.qdq import ensure_node_names, group_blocks
+
+    torch.manual_seed(0)
+    model = build_model("detr-tiny", 3, num_queries=10).eval()
+    graph = trace_to_onnx(model, SIZE, SIZE, batch_size=1, with_mask=False)
+    write_meta(graph, ModelMeta(preset="detr-tiny", input_height=SIZE, input_width=SIZE,
+                                class_names=["a", "b", "c"], label_map=[1, 3, 7]))
+    path = tmp_path / "detr_tiny.onnx"
+    onnx.save(graph, str(path))
+
+    named = ensure_node_names(onnx.load(str(path)))
+    heads = head_nodes(named)
+    assert len(heads) == 4  # class_embed + the 3 bbox_embed layers
+    assert all("class_embed" in h or "bbox_embed" in h for h in heads)
+    blocks = group_blocks(named, [n for n in quantizable_nodes(named) if n.name not in heads])
+    expected = {"backbone.stem", "input_proj"} | {f"backbone.layer{i}" for i in range(1, 5)} \
+        | {f"encoder.layers.{i}" for i in range(3)} | {f"decoder.layers.{i}" for i in range(3)}
+    assert set(blocks) == expected
+
+    out = tmp_path / "detr_tiny.int8.onnx"
+    model8, report = quantize_int8(path, str(data["images"]),
+                                   _config(tmp_path, out_path=str(out), calib_images=4,
+                                           eval_images=0, latency_runs=0))
+    info = inspect_qdq(model8)
+    assert info.problems == [] and not info.quantized & heads
+    assert report.quantized_nodes == sum(len(v) for v in blocks.values())
+    assert not [line for line in report.check_onnx if line.startswith("FAIL")]
