@@ -77,6 +77,16 @@ def test_resume_errors(shapes, tmp_path):
         train(_config(shapes, tmp_path / "run", epochs=2, resume=True, model_overrides=other))
 
 
+def test_resume_with_new_lr_drop_reschedules(shapes, tmp_path):
+    import json
+
+    out = tmp_path / "drop"
+    train(_config(shapes, out, epochs=1, max_steps=1, lr=1e-4))
+    train(_config(shapes, out, epochs=3, max_steps=1, lr=1e-4, lr_drop=2, resume=True))
+    lrs = [json.loads(line)["lr"] for line in (out / "log.jsonl").read_text().splitlines()]
+    assert lrs == pytest.approx([1e-4, 1e-4, 1e-5])  # epoch 2 after the drop at 2
+
+
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(shapes, tmp_path):
     # An absurd lr blows the weights up in epoch 0's single update; epoch 0's loss was
     # computed before it (finite, checkpoint written), epoch 1's first loss is not.

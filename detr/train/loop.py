@@ -117,6 +117,10 @@ def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
         model_without_ddp.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
         lr_scheduler.load_state_dict(resumed["lr_scheduler"])
+        if lr_scheduler.step_size != config.lr_drop:
+            _override_lr_drop(lr_scheduler, config.lr_drop)
+            _say(info, f"--lr-drop {config.lr_drop} replaces the checkpoint's schedule; lr now "
+                 f"{optimizer.param_groups[0]['lr']:.3g}")
         if scaler is not None and "grad_scaler" in resumed:
             scaler.load_state_dict(resumed["grad_scaler"])
         start_epoch = int(resumed["epoch"]) + 1
@@ -142,11 +146,12 @@ def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
                 kept = (f"{ckpt_path} (epoch {completed - 1}) is kept" if completed > 0
                         else "no checkpoint was written yet")
                 raise TrainingDivergedError(f"{exc}; {kept}") from exc
+            lr_used = optimizer.param_groups[0]["lr"]  # the lr of this epoch, logged
             lr_scheduler.step()
             entry: dict[str, Any] = {
                 "epoch": epoch,
                 **{f"train_{k}": v for k, v in stats.means().items()},
-                "lr": optimizer.param_groups[0]["lr"],
+                "lr": lr_used,
                 "images": stats.images * info.world_size,
                 "seconds": round(stats.seconds, 2),
                 "images_per_s": round(stats.images * info.world_size / max(stats.seconds, 1e-9), 2),
@@ -213,6 +218,17 @@ def resume_command(config: TrainConfig) -> str:
             parts += [flag, str(value)]
     parts.append("--resume")
     return shlex.join(parts)
+
+
+def _override_lr_drop(scheduler: torch.optim.lr_scheduler.StepLR, lr_drop: int) -> None:
+    """Resume with a different ``--lr-drop`` (official DETR's ``--override_resumed_lr_drop``):
+    StepLR keeps its step size in its state and updates lr recursively, so set both
+    the step size and each group's lr in closed form for the epochs already done."""
+    scheduler.step_size = lr_drop
+    done = scheduler.last_epoch  # number of scheduler steps = finished epochs
+    for group, base in zip(scheduler.optimizer.param_groups, scheduler.base_lrs):
+        group["lr"] = base * scheduler.gamma ** (done // lr_drop)
+    scheduler._last_lr = [g["lr"] for g in scheduler.optimizer.param_groups]  # what get_last_lr shows
 
 
 def _check_resume_compatible(config: TrainConfig, raw: dict[str, Any], path: Path) -> None:
