@@ -184,6 +184,8 @@ def build_engine(config: EngineBuildConfig) -> Path:
     validate_dla(config.dla_core, config.gpu_fallback, builder.num_DLA_cores)
     flags = 0
     if mode == "strongly_typed":
+        # Required on 10.x to take precision from the graph; on 11.x every network
+        # is strongly typed and the flag is accepted but ignored (TensorRT 11.0 API docs).
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
