@@ -176,7 +176,7 @@ _KEYS = ["id", "image_id", "category_id", "bbox", "area", "iscrowd", "file_name"
          "height", "width", "segmentation", "images", "annotations", "categories"]
 
 
-def _check_any(doc: Any) -> None:
+def _check_any(doc: Any, return_masks: bool = False) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "images"
         folder.mkdir()
@@ -184,7 +184,7 @@ def _check_any(doc: Any) -> None:
         ann = Path(tmp) / "ann.json"
         ann.write_text(json.dumps(doc))
         try:
-            ds = CocoDetection(folder, ann)
+            ds = CocoDetection(folder, ann, return_masks=return_masks)
             for i in range(len(ds)):
                 _, target = ds[i]
                 assert target["boxes"].shape[1] == 4
@@ -216,3 +216,81 @@ def test_fuzz_mutated_valid_document(data: st.DataObject) -> None:
     else:
         target[key] = data.draw(_json)
     _check_any(doc)
+
+
+def _masks_for(tmp_path: Path, segmentation: Any) -> torch.Tensor:
+    doc = _doc()
+    doc["annotations"][0]["segmentation"] = segmentation
+    folder, ann = _write(tmp_path, doc, {"a.png": (60, 40), "b.png": (30, 50)})
+    return CocoDetection(folder, ann, return_masks=True)[1][1]["masks"]
+
+
+def test_masks_rle_string_and_counts(tmp_path: Path) -> None:
+    from pycocotools import mask as coco_mask
+
+    truth = np.zeros((40, 60), dtype=np.uint8)
+    truth[5:15, 10:30] = 1
+    rle = coco_mask.encode(np.asfortranarray(truth))
+    masks = _masks_for(tmp_path, {"size": [40, 60], "counts": rle["counts"].decode()})
+    np.testing.assert_array_equal(masks[0].numpy(), truth.astype(bool))
+    flat = truth.ravel(order="F")  # uncompressed RLE: column-major run lengths, zeros first
+    edges = np.flatnonzero(np.diff(flat)) + 1
+    counts = np.diff(np.concatenate([[0], edges, [flat.size]])).tolist()
+    masks = _masks_for(tmp_path, {"size": [40, 60], "counts": counts})
+    np.testing.assert_array_equal(masks[0].numpy(), truth.astype(bool))
+
+
+def _big_rle() -> str:
+    from pycocotools import mask as coco_mask
+
+    return coco_mask.encode(np.asfortranarray(np.ones((100, 100), np.uint8)))["counts"].decode()
+
+
+_BIG_RLE = _big_rle()  # runs of a 100x100 mask: too many pixels for a 40x60 image
+
+
+def test_masks_polygon_with_huge_vertex_is_clamped(tmp_path: Path) -> None:
+    # Unclamped, pycocotools would rasterise a 1e9-pixel edge and exhaust memory.
+    masks = _masks_for(tmp_path, [[10, 5, 1e9, 5, 30, 15, 10, 15]])
+    assert masks[0, 10, 20] and masks.shape == (2, 40, 60)
+
+
+@pytest.mark.parametrize(
+    ("segmentation", "match"),
+    [
+        ([[1, 2, 3, 4]], "polygons must be lists of >= 3 finite"),
+        ([[1, 2, 3, 4, 5, 6, 7]], "polygons must be lists of >= 3 finite"),
+        ([["a", 1, 2, 3, 4, 5]], "polygons must be lists of >= 3 finite"),
+        ([[10 ** 400, 1, 2, 3, 4, 5]], "polygons must be lists of >= 3 finite"),
+        ({"size": [3, 3], "counts": [1, 2]}, r"RLE size \[3, 3\] is not the image size \[40, 60\]"),
+        ({"size": [40, 60], "counts": [2400, 5]}, "add up to 2405 pixels"),
+        ({"size": [40, 60], "counts": [-1, 5]}, "non-negative integers"),
+        ({"size": [40, 60], "counts": _BIG_RLE}, "add up to 10000 pixels, the image has 2400"),
+        ({"size": [40, 60], "counts": [100, 5]}, "add up to 105 pixels"),
+        ({"size": [40, 60], "counts": "o" * 50}, "RLE counts string is malformed"),
+        ({"size": [40, 60], "counts": "\x7f"}, "RLE counts string is malformed"),
+        ({"size": [40, 60]}, "needs 'counts'"),
+    ],
+)
+def test_masks_bad_segmentation(tmp_path: Path, segmentation: Any, match: str) -> None:
+    with pytest.raises(DataError, match=rf"annotation 1 has a bad segmentation: .*({match})"):
+        _masks_for(tmp_path, segmentation)
+
+
+_segmentation = (_json | st.lists(st.lists(st.floats(-1e12, 1e12) | st.integers(-5, 100), max_size=10),
+                                  max_size=3)
+                 | st.fixed_dictionaries({"size": st.sampled_from([[40, 60], [3, 3]]),
+                                          "counts": st.lists(st.integers(-3, 3000), max_size=6)
+                                          | st.text(alphabet="0123456789:;<=>?@ABCDEFGHIJKLMNOPQ"
+                                                    "RSTUVWXYZ[]^_`abcdefghijklmno", max_size=12)}))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_segmentation)
+def test_fuzz_segmentation_with_masks(segmentation: Any) -> None:
+    """pycocotools has no input checks (a huge vertex exhausts memory, oversized RLE
+    runs write past the buffer); every segmentation must give a mask or a DataError."""
+    doc = _doc()
+    doc["images"][1]["file_name"] = "a.png"
+    doc["annotations"][0]["segmentation"] = segmentation
+    _check_any(doc, return_masks=True)

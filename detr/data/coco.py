@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from detr.data.coco_schema import read_coco_json
+from detr.data.coco_schema import is_finite_number, read_coco_json, rle_string_counts
 from runtime.errors import DataError
 from runtime.image_io import load_image
 
@@ -126,10 +126,16 @@ class CocoDetection(torch.utils.data.Dataset):
         for i, a in enumerate(anns):
             seg = a.get("segmentation")
             if seg:
+                seg = self._checked_segmentation(a["id"], seg, width, height)
                 try:
-                    rles = coco_mask.frPyObjects(seg, height, width)
-                    m = coco_mask.decode(rles)
-                except (TypeError, ValueError, IndexError) as exc:
+                    if isinstance(seg, dict) and isinstance(seg["counts"], str):
+                        # Compressed RLE goes straight to decode (frPyObjects would
+                        # read it as uncompressed run lengths).
+                        rle = {"size": seg["size"], "counts": seg["counts"].encode("ascii")}
+                        m = coco_mask.decode(rle)
+                    else:
+                        m = coco_mask.decode(coco_mask.frPyObjects(seg, height, width))
+                except Exception as exc:  # pycocotools raises bare Exception on bad input
                     raise DataError(self.ann_file, f"annotation {a['id']} has an unreadable "
                                     f"segmentation ({exc})") from exc
                 masks[i] = (m.any(axis=2) if m.ndim == 3 else m).astype(bool)
@@ -137,6 +143,48 @@ class CocoDetection(torch.utils.data.Dataset):
                 x, y, w, h = a["bbox"]
                 masks[i, int(y):int(np.ceil(y + h)), int(x):int(np.ceil(x + w))] = True
         return torch.from_numpy(masks)
+
+    def _checked_segmentation(self, ann_id: int, seg: Any, width: int, height: int) -> Any:
+        """Polygons with vertices clamped to the image, or an RLE of the image's size.
+
+        Clamping matters: pycocotools rasterises a polygon over its whole extent,
+        so one vertex at 1e9 makes it allocate until the machine runs out of
+        memory. Clamping a vertex changes the mask only outside the image (for
+        COCO's in-image polygons, not at all)."""
+        def bad(why: str) -> DataError:
+            return DataError(self.ann_file, f"annotation {ann_id} has a bad segmentation: {why}")
+
+        if isinstance(seg, dict):
+            size, counts = seg.get("size"), seg.get("counts")
+            if size != [height, width]:
+                raise bad(f"RLE size {size!r:.40} is not the image size [{height}, {width}]")
+            if isinstance(counts, str):
+                runs = rle_string_counts(counts)
+                if runs is None:
+                    raise bad("RLE counts string is malformed")
+            elif isinstance(counts, list):
+                runs = counts
+            else:
+                raise bad("RLE needs 'counts' as a list of integers or a string")
+            if not all(isinstance(c, int) and not isinstance(c, bool) and 0 <= c < 2 ** 31
+                       for c in runs):
+                raise bad("RLE counts must be non-negative integers")
+            # Exactly h*w: more writes past pycocotools' buffer, fewer leaves pixels
+            # of its (uninitialised) output buffer unset.
+            if sum(runs) != height * width:
+                raise bad(f"RLE counts add up to {sum(runs)} pixels, the image has "
+                          f"{height * width}")
+            return seg
+        polygons = []
+        for poly in seg:
+            if (not isinstance(poly, list) or len(poly) < 6 or len(poly) % 2
+                    or not all(is_finite_number(v) for v in poly)):
+                raise bad("polygons must be lists of >= 3 finite (x, y) pairs")
+            xy = np.asarray(poly, dtype=np.float64).reshape(-1, 2)
+            xy[:, 0] = xy[:, 0].clip(0, width)
+            xy[:, 1] = xy[:, 1].clip(0, height)
+            polygons.append(xy.ravel().tolist())
+        return polygons
 
 
 def build_dataset(root: str | Path, split: str, transforms: Transforms | None = None,

@@ -43,7 +43,7 @@ def _is_int(v: Any) -> bool:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
+def is_finite_number(v: Any) -> bool:
     """int or float (not bool) that is a finite float (JSON ints can be 10**400)."""
     if not isinstance(v, (int, float)) or isinstance(v, bool):
         return False
@@ -131,7 +131,7 @@ def _check_images(doc: dict[str, Any], where: Path) -> set[int]:
 def _check_bbox(name: str, bbox: Any, where: Path) -> None:
     if not isinstance(bbox, list) or len(bbox) != 4:
         raise DataError(where, f"{name} needs 'bbox' as 4 numbers [x, y, w, h], got {bbox!r:.80}")
-    if not all(_is_number(v) for v in bbox):
+    if not all(is_finite_number(v) for v in bbox):
         raise DataError(where, f"{name} has bbox {bbox!r:.80} with a non-numeric or non-finite value")
     if bbox[2] < 0:
         raise DataError(where, f"{name} has bbox with negative width")
@@ -160,7 +160,7 @@ def _check_annotations(doc: dict[str, Any], where: Path, image_ids: set[int],
         _check_bbox(name, a["bbox"], where)
         if "iscrowd" in a and a["iscrowd"] not in (0, 1):
             raise DataError(where, f"{name} has iscrowd {a['iscrowd']!r:.40}: must be 0 or 1")
-        if "area" in a and not (_is_number(a["area"]) and a["area"] >= 0):
+        if "area" in a and not (is_finite_number(a["area"]) and a["area"] >= 0):
             raise DataError(where, f"{name} has area {a['area']!r:.40}: must be a number >= 0")
         if "segmentation" in a and not isinstance(a["segmentation"], (list, dict)):
             raise DataError(where, f"{name} has segmentation of type "
@@ -174,3 +174,35 @@ def validate_coco(doc: Any, where: Path) -> None:
     category_ids = _check_categories(doc, where)
     image_ids = _check_images(doc, where)
     _check_annotations(doc, where, image_ids, category_ids)
+
+
+def rle_string_counts(text: str) -> list[int] | None:
+    """Run lengths of a compressed COCO RLE string, or None if it is malformed.
+
+    Format (pycocotools' ``rleToString``): each run is a signed integer written
+    in 5-bit groups, low bits first, one printable character per group
+    (``chr(group + 48)``, bit 0x20 = more groups follow, bit 0x10 of the last
+    group = sign); from the third run on, the value is the difference to the
+    run two places earlier. Checked here because pycocotools' decoder writes
+    past the mask buffer when the runs add up to more than the image size.
+    """
+    counts: list[int] = []
+    i = 0
+    while i < len(text):
+        value, shift, more = 0, 0, True
+        while more:
+            if i >= len(text) or shift > 60:
+                return None
+            c = ord(text[i]) - 48
+            if not 0 <= c < 64:
+                return None
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            i += 1
+            shift += 5
+            if not more and c & 0x10:
+                value |= -1 << shift
+        if len(counts) > 2:
+            value += counts[-2]
+        counts.append(value)
+    return counts
