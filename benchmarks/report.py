@@ -95,7 +95,19 @@ def to_markdown(report: Report) -> str:
     lines += [f"| {r.name} | {r.status} | {r.reason or '-'} |" for r in report.rows]
     if report.figures:
         lines += ["", "## Figures\n"]
-        lines += [f"- {k}: {v}" for k, v in report.figures.items()]
+        from benchmarks.suite import TARGETS
+
+        for k, v in report.figures.items():
+            target = TARGETS.get(k)
+            verdict = ""
+            if target is not None and v is not None:
+                kind, bound = target
+                ok = (abs(v) if kind == "abs" else v) <= bound
+                verdict = (f" (target {'|x|' if kind == 'abs' else 'x'} <= {bound}: "
+                           f"{'meets' if ok else 'MISSES'})")
+            lines.append(f"- {k}: {'not measured' if v is None else v}{verdict}")
+        lines.append("- DETR-R50 speed ratios (targets ORT FP32/PyTorch <= 0.45, INT8/FP32 <= "
+                     "0.35 at 800x1066): `python -m benchmarks.r50_speed`")
     env = report.env
     libs = ", ".join(f"{k} {v}" for k, v in env.get("libraries", {}).items() if v)
     missing = ", ".join(k for k, v in env.get("libraries", {}).items() if not v)
