@@ -294,3 +294,11 @@ def test_fuzz_segmentation_with_masks(segmentation: Any) -> None:
     doc["images"][1]["file_name"] = "a.png"
     doc["annotations"][0]["segmentation"] = segmentation
     _check_any(doc, return_masks=True)
+
+
+def test_dataset_pickles_for_dataloader_workers(small: CocoDetection) -> None:
+    import pickle
+
+    clone = pickle.loads(pickle.dumps(small))
+    assert clone.label_map == small.label_map
+    torch.testing.assert_close(clone[1][1]["boxes"], small[1][1]["boxes"])
