@@ -9,8 +9,9 @@ it compute the right thing?" with one PASS/FAIL/INFO line per check:
 - input/output shapes static except the batch dimension
 - INT64 tensors (info: TensorRT casts them to INT32)
 - Q/DQ nodes symmetric: zero point an int8 constant of zeros (TensorRT rejects others)
-- FP16 overflow scan: ORT run on a few inputs; FAIL if an FP16 tensor exceeds 65504
-  (or is inf/NaN), INFO listing FP32 tensors beyond the FP16 safe margin
+- FP16 overflow scan: ORT run on a few inputs; FAIL if a node turns finite inputs
+  into inf/NaN (an FP16 value beyond 65504 is inf), INFO listing FP32 tensors
+  beyond the FP16 safe margin; -inf attention-mask constants are not overflows
 """
 
 from __future__ import annotations
@@ -211,6 +212,29 @@ def check_qdq(model: onnx.ModelProto) -> CheckResult:
     return CheckResult("Q/DQ symmetric", PASS, f"{len(qdq)} Q/DQ nodes, int8, zero point 0")
 
 
+def nonfinite_origins(model: onnx.ModelProto, max_abs: dict[str, float]) -> list[str]:
+    """Nodes that turn finite inputs into inf/NaN outputs: real overflows.
+
+    Tensors that are inf because a constant is (the -inf of an additive attention
+    mask, propagated through Where/Reshape/Add) are intentional and not reported.
+    """
+    from onnx import numpy_helper
+
+    finite_init = {i.name: bool(np.isfinite(numpy_helper.to_array(i)).all())
+                   for i in model.graph.initializer if i.data_type in (1, 10, 11)}
+    origins = []
+    for node in model.graph.node:
+        if node.op_type in ("Constant", "ConstantOfShape"):
+            continue
+        if not any(o in max_abs and not np.isfinite(max_abs[o]) for o in node.output):
+            continue
+        inputs_finite = all(np.isfinite(max_abs[i]) if i in max_abs else finite_init.get(i, True)
+                            for i in node.input if i)
+        if inputs_finite:
+            origins.append(node.name or node.output[0])
+    return origins
+
+
 def check_overflow(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]],
                    source: str) -> CheckResult:
     import onnx
@@ -219,26 +243,25 @@ def check_overflow(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]
 
     ranges = collect_activation_ranges(model, feeds)
     fp16 = onnx.TensorProto.FLOAT16
-    overflow16 = sorted(n for n, v in ranges.max_abs.items()
-                        if ranges.dtype.get(n) == fp16 and not (v <= FP16_MAX))
-    nonfinite = sorted(n for n, v in ranges.max_abs.items() if not np.isfinite(v))
+    where = f"{ranges.num_feeds} {source} input(s)"
+    origins = nonfinite_origins(model, ranges.max_abs)
+    if origins:
+        return CheckResult("FP16 overflow", FAIL, f"{len(origins)} node(s) produce inf/NaN from "
+                           f"finite inputs on {where}: {', '.join(origins[:5])}")
+    n16 = sum(1 for n in ranges.max_abs if ranges.dtype.get(n) == fp16)
+    masked = sum(1 for v in ranges.max_abs.values() if not np.isfinite(v))
+    note = f"; {masked} tensor(s) carry +-inf from constants (attention masks)" if masked else ""
     hot32 = sorted((n for n, v in ranges.max_abs.items()
                     if ranges.dtype.get(n) != fp16 and np.isfinite(v) and v > FP16_SAFE_MAX),
                    key=lambda n: -ranges.max_abs[n])
-    where = f"{ranges.num_feeds} {source} input(s)"
-    if overflow16 or nonfinite:
-        names = sorted(set(overflow16) | set(nonfinite))
-        return CheckResult("FP16 overflow", FAIL, f"{len(names)} tensor(s) overflow or are "
-                           f"inf/NaN on {where}: {', '.join(names[:5])}")
-    n16 = sum(1 for n in ranges.max_abs if ranges.dtype.get(n) == fp16)
     if hot32:
         top = ", ".join(f"{n}={ranges.max_abs[n]:.3g}" for n in hot32[:5])
         return CheckResult("FP16 overflow", INFO, f"{n16} FP16 tensors within range; "
                            f"{len(hot32)} FP32 tensor(s) above the FP16 safe margin "
-                           f"{FP16_SAFE_MAX:.0f} on {where} (keep them FP32): {top}")
-    peak = max(ranges.max_abs.values(), default=0.0)
-    return CheckResult("FP16 overflow", PASS, f"{n16} FP16 tensors, max |x| {peak:.3g} "
-                       f"on {where}")
+                           f"{FP16_SAFE_MAX:.0f} on {where} (keep them FP32): {top}{note}")
+    peak = max((v for v in ranges.max_abs.values() if np.isfinite(v)), default=0.0)
+    return CheckResult("FP16 overflow", PASS, f"{n16} FP16 tensors, max finite |x| {peak:.3g} "
+                       f"on {where}{note}")
 
 
 def check_onnx(path: str | os.PathLike[str], config: CheckConfig | None = None) -> CheckReport:

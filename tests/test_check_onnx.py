@@ -128,13 +128,34 @@ def test_data_dependent_pad_fails(tmp_path) -> None:
 
 
 def test_fp16_overflow_fails(tmp_path) -> None:
-    big = numpy_helper.from_array(np.array(1e5, dtype=np.float16), "big")  # -> inf in fp16
+    # |x| ~ 3 -> x*1000 ~ 3e3 (fits FP16) -> *100 ~ 3e5 > 65504 = inf in FP16.
+    a = numpy_helper.from_array(np.array(1000, dtype=np.float16), "a")
+    b = numpy_helper.from_array(np.array(100, dtype=np.float16), "b")
     nodes = [helper.make_node("Cast", ["x"], ["h"], to=TensorProto.FLOAT16),
-             helper.make_node("Mul", ["h", "big"], ["m"]),
-             helper.make_node("Cast", ["m"], ["y"], to=TensorProto.FLOAT)]
-    path = _save(tmp_path, nodes, [_vi("x", [1, 8])], [_vi("y", [1, 8])], [big])
+             helper.make_node("Mul", ["h", "a"], ["m1"], name="scale1"),
+             helper.make_node("Mul", ["m1", "b"], ["m2"], name="scale2"),
+             helper.make_node("Cast", ["m2"], ["y"], to=TensorProto.FLOAT)]
+    path = _save(tmp_path, nodes, [_vi("x", [1, 64])], [_vi("y", [1, 64])], [a, b])
     report = check_onnx(path)
     assert _status(report, "FP16 overflow") == FAIL
+    assert "scale2" in report.format() and "scale1," not in report.format()
+
+
+def test_inf_attention_mask_is_not_overflow(tmp_path) -> None:
+    """Where(mask, -inf, 0) + scores -> Softmax: the -inf comes from a constant."""
+    neg_inf = numpy_helper.from_array(np.array(-np.inf, dtype=np.float32), "neg_inf")
+    zero = numpy_helper.from_array(np.array(0.0, dtype=np.float32), "zero")
+    nodes = [helper.make_node("Where", ["mask", "neg_inf", "zero"], ["bias"]),
+             helper.make_node("Add", ["x", "bias"], ["scores"]),
+             helper.make_node("Softmax", ["scores"], ["y"], axis=-1)]
+    mask_vi = helper.make_tensor_value_info("mask", TensorProto.BOOL, [1, 8])
+    path = _save(tmp_path, nodes, [_vi("x", [1, 8]), mask_vi], [_vi("y", [1, 8])],
+                 [neg_inf, zero])
+    feeds = {"x": np.zeros((1, 8), np.float32), "mask": np.arange(8)[None] > 5}
+    from export.check_onnx import check_overflow
+
+    result = check_overflow(onnx.load(path), [feeds], "test")
+    assert result.status == PASS and "attention masks" in result.detail
 
 
 def test_fp32_hot_activation_is_info(tmp_path) -> None:
