@@ -28,6 +28,12 @@ def shapes(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def one_step_run(shapes, tmp_path_factory):
+    """A finished 1-epoch, 1-step run shared by the tests that only read it."""
+    return train(_config(shapes, tmp_path_factory.mktemp("one") / "run", epochs=1, max_steps=1))
+
+
 def _config(data, out, **changes) -> TrainConfig:
     base = TrainConfig(data=str(data), out=str(out), preset="detr-tiny", epochs=2, batch_size=4,
                        lr=1e-4, lr_backbone=1e-4, num_workers=0, seed=7, eval_every=0,
@@ -64,24 +70,29 @@ def test_resume_matches_uninterrupted_run(shapes, tmp_path):
                                  for line in log)
 
 
-def test_resume_errors(shapes, tmp_path):
+def test_resume_errors(shapes, tmp_path, one_step_run):
     with pytest.raises(ModelFormatError, match="no checkpoint to resume from"):
         train(_config(shapes, tmp_path / "none", resume=True))
-    train(_config(shapes, tmp_path / "run", epochs=1, max_steps=1))
+    run = one_step_run.checkpoint.parent
     with pytest.raises(InputError, match="already holds checkpoint.pth; pass --resume"):
-        train(_config(shapes, tmp_path / "run", epochs=1))
+        train(_config(shapes, run, epochs=1))
     with pytest.raises(InputError, match="raise --epochs"):
-        train(_config(shapes, tmp_path / "run", epochs=1, resume=True))
+        train(_config(shapes, run, epochs=1, resume=True))
     other = dict(SMALL, num_queries=7)
     with pytest.raises(ModelFormatError, match="model_overrides"):
-        train(_config(shapes, tmp_path / "run", epochs=2, resume=True, model_overrides=other))
+        train(_config(shapes, run, epochs=2, resume=True, model_overrides=other))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "checkpoint.pth").write_bytes(b"not a checkpoint")
+    with pytest.raises(ModelFormatError, match="cannot read training checkpoint"):
+        train(_config(shapes, tmp_path / "bad", resume=True))
 
 
-def test_resume_with_new_lr_drop_reschedules(shapes, tmp_path):
+def test_resume_with_new_lr_drop_reschedules(shapes, tmp_path, one_step_run):
     import json
+    import shutil
 
     out = tmp_path / "drop"
-    train(_config(shapes, out, epochs=1, max_steps=1, lr=1e-4))
+    shutil.copytree(one_step_run.checkpoint.parent, out)  # 1 epoch at lr 1e-4, lr_drop 200
     train(_config(shapes, out, epochs=3, max_steps=1, lr=1e-4, lr_drop=2, resume=True))
     lrs = [json.loads(line)["lr"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert lrs == pytest.approx([1e-4, 1e-4, 1e-5])  # epoch 2 after the drop at 2
@@ -125,8 +136,8 @@ def test_engine_raises_before_updating(shapes):
     assert not optimizer.state  # no step was taken
 
 
-def test_init_loads_all_but_class_embed(shapes, tmp_path):
-    source = train(_config(shapes, tmp_path / "src", epochs=1, max_steps=1))
+def test_init_loads_all_but_class_embed(shapes, tmp_path, one_step_run):
+    source = one_step_run
     # lr 0: the fine-tuned run's parameters stay what --init loaded.
     tuned = train(_config(shapes, tmp_path / "ft", epochs=1, max_steps=1, lr=0.0,
                           lr_backbone=0.0, init=str(source.checkpoint), seed=99))
@@ -137,11 +148,11 @@ def test_init_loads_all_but_class_embed(shapes, tmp_path):
     assert not torch.equal(a["class_embed.weight"], b["class_embed.weight"])  # re-initialised
 
 
-def test_release_checkpoint_fp16_loads_as_fp32(shapes, tmp_path):
+def test_release_checkpoint_fp16_loads_as_fp32(tmp_path, one_step_run):
     import detr
     from detr.train.release import max_abs_weight_error, release_checkpoint
 
-    run = train(_config(shapes, tmp_path / "run", epochs=1, max_steps=1))
+    run = one_step_run
     dst = release_checkpoint(run.checkpoint, tmp_path / "release.pth", metrics={"AP50": 0.5})
     assert dst.stat().st_size < 0.3 * run.checkpoint.stat().st_size  # no Adam state, FP16
     full, small = detr.load_checkpoint(run.checkpoint), detr.load_checkpoint(dst)
