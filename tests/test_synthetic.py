@@ -167,3 +167,15 @@ def test_make_dataset_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     rc = main(["make-dataset", "shapes", "--out", str(out), "--image-size", "10"])
     assert rc == 2
     assert "image_size: must be >= 32" in capsys.readouterr().err
+
+
+def test_generation_does_not_import_torch(tmp_path: Path) -> None:
+    """The generator is numpy + pillow only, usable on a runtime-only install."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from detr.data.synthetic import ShapesConfig, make_shapes_dataset; "
+            f"make_shapes_dataset({str(tmp_path)!r}, ShapesConfig(num_train=1, num_val=0, "
+            "image_size=64), progress=False); sys.exit(1 if 'torch' in sys.modules else 0)")
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+    assert (tmp_path / "train" / "000001.jpg").is_file()
