@@ -136,6 +136,29 @@ def test_engine_raises_before_updating(shapes):
     assert not optimizer.state  # no step was taken
 
 
+def test_engine_amp_step_updates_weights(shapes):
+    import detr
+    from detr.data import build_dataset, collate_fn, make_coco_transforms
+    from detr.train.engine import train_one_epoch
+    from detr.train.optim import build_optimizer
+
+    torch.manual_seed(0)
+    model = detr.build_model("detr-tiny", num_classes=6, **SMALL)
+    before = model.class_embed.weight.detach().clone()
+    criterion = detr.build_criterion(6, dec_layers=SMALL["dec_layers"])
+    optimizer = build_optimizer(model, lr=1e-3, lr_backbone=1e-3, weight_decay=1e-4)
+    dataset = build_dataset(shapes, "train", make_coco_transforms("val", scales=[64], max_size=64))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=4, collate_fn=collate_fn)
+    stats = train_one_epoch(model, criterion, loader, optimizer, torch.device("cpu"), 0,
+                            amp=True, max_steps=1, progress=False)  # bf16 autocast on CPU
+    means = stats.means()
+    assert stats.steps == 1 and stats.images == 4
+    assert {"loss", "loss_ce", "loss_bbox", "loss_giou", "class_error"} <= set(means)
+    assert not any(k.endswith("_0") for k in means)  # aux terms are in 'loss', not listed
+    assert math.isfinite(means["loss"]) and means["loss"] > 0
+    assert not torch.equal(before, model.class_embed.weight)
+
+
 def test_init_loads_all_but_class_embed(shapes, tmp_path, one_step_run):
     source = one_step_run
     # lr 0: the fine-tuned run's parameters stay what --init loaded.
