@@ -173,8 +173,7 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
     for precision in ("fp32", "fp16"):
         onnx_path = art / f"model_{precision}.onnx"
         stage(f"onnx-{precision}", {"checkpoint": ckpt_digest, "size": size},
-              [onnx_path], lambda p=precision, o=onnx_path: _export(result.checkpoint, o, size,
-                                                                     p, data, log))
+              [onnx_path], _bind(_export, result.checkpoint, onnx_path, size, precision, data, log))
     fp32_onnx = art / "model_fp32.onnx"
 
     # 5. INT8 -------------------------------------------------------------------------------
@@ -215,6 +214,11 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         + f"; total {time.perf_counter() - total0:.1f} s")
     log(f"report: {result.report_dir / 'report.md'} (also report.json, plot.png)")
     return result
+
+
+def _bind(fn: Callable[..., str], *args: Any) -> Callable[[], str]:
+    """``fn`` with its arguments fixed now (a loop variable in a lambda would be late-bound)."""
+    return lambda: fn(*args)
 
 
 def _quiet(_: Any) -> str:

@@ -10,10 +10,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
-STATUS_OK = "ok"
-STATUS_EVAL_FAILED = "export ok but evaluation failed"
-STATUS_SKIPPED = "skipped"
 Status = Literal["ok", "export ok but evaluation failed", "skipped"]
+STATUS_OK: Status = "ok"
+STATUS_EVAL_FAILED: Status = "export ok but evaluation failed"
+STATUS_SKIPPED: Status = "skipped"
 
 # The full row set: (backend, precision, device). Order = report order.
 ROW_KEYS: tuple[tuple[str, str, str], ...] = (

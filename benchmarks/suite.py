@@ -123,7 +123,7 @@ def tensorrt_unavailable_reason() -> str | None:
     return None
 
 
-def _open_backend(row: Row, path: Path | None, loaded: Any, use_mask: bool,
+def _open_backend(row: Row, path: Path, loaded: Any, use_mask: bool,
                   threads: int | None) -> Any:
     """The object with ``infer(images, mask)`` for ``row``."""
     if row.backend == "pytorch":
@@ -245,11 +245,11 @@ def run_benchmark(config: BenchmarkConfig,
     images = gt["images"][: config.max_images] if config.max_images else gt["images"]
     artifacts = find_artifacts(config.artifacts)
     metas = {}
-    for key, path in artifacts.items():
+    for key, artifact in artifacts.items():
         if key[0] == "onnxruntime":
             from export.onnx_meta import load_onnx, read_meta
 
-            metas[key] = read_meta(load_onnx(path), path)
+            metas[key] = read_meta(load_onnx(artifact), artifact)
     first = metas.get(("onnxruntime", "fp32")) or next(iter(metas.values()), None)
     if config.height is not None and config.width is not None:
         H, W = config.height, config.width
@@ -272,7 +272,7 @@ def run_benchmark(config: BenchmarkConfig,
     paths = [img_dir / str(im["file_name"]) for im in images]
     log(f"benchmark: {len(paths)} images from {img_dir} on a {H}x{W} canvas, "
         f"batch sizes {list(config.batch_sizes)}, {config.runs} runs after {config.warmup} warm-up")
-    ctx = {"gt": gt, "image_ids": [int(im["id"]) for im in images], "meta": meta,
+    ctx: dict[str, Any] = {"gt": gt, "image_ids": [int(im["id"]) for im in images], "meta": meta,
            "paths": paths, "batch": preprocess(paths, meta)}
 
     rows = all_rows()
