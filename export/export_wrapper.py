@@ -17,6 +17,8 @@ sine positional encoding precomputed as a constant tensor:
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
@@ -29,7 +31,8 @@ class ExportWrapper(nn.Module):
     Without mask the boxes refer to the whole canvas; with mask to the valid region.
     """
 
-    def __init__(self, model: nn.Module, height: int, width: int, with_mask: bool = False) -> None:
+    def __init__(self, model: Any, height: int, width: int, with_mask: bool = False) -> None:
+        # model: a detr.DETR (typed Any: its submodules are reached by attribute)
         super().__init__()
         joiner = model.backbone
         self.body = joiner[0].body  # ResNet trunk -> {'0': C5 features}
@@ -63,7 +66,8 @@ class ExportWrapper(nn.Module):
             pos = self.position_embedding(feat_mask)  # [B, d, h, w]
             key_padding_mask: Tensor | None = feat_mask.flatten(1)  # [B, hw]
         else:
-            pos = self.pos_const.expand(bs, -1, -1, -1)  # [B, d, h, w]
+            pos_const: Tensor = self.pos_const  # type: ignore[assignment]  # a buffer
+            pos = pos_const.expand(bs, -1, -1, -1)  # [B, d, h, w]
             key_padding_mask = None  # no padding: the all-False mask is dropped from the graph
         src = self.input_proj(src).flatten(2).permute(2, 0, 1)  # [hw, B, d]
         pos = pos.flatten(2).permute(2, 0, 1)  # [hw, B, d]

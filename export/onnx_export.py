@@ -136,7 +136,8 @@ def trace_to_onnx(model: torch.nn.Module, height: int, width: int, batch_size: i
     buffer = io.BytesIO()
     try:
         with torch.no_grad():
-            torch.onnx.export(wrapper, args, buffer, input_names=input_names,
+            torch.onnx.export(wrapper, args, buffer,  # type: ignore[arg-type]  # file-like ok
+                              input_names=input_names,
                               output_names=["logits", "boxes"], opset_version=opset,
                               dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True)
     except (ValueError, RuntimeError) as exc:

@@ -108,10 +108,10 @@ def compare(name: str, source: str, feed: dict[str, np.ndarray],
     dets_ref = decode(torch_outputs[0], torch_outputs[1], target_sizes)
     dets_got = decode(onnx_outputs[0].astype(np.float32), onnx_outputs[1].astype(np.float32),
                       target_sizes)
-    for ref, got in zip(dets_ref, dets_got):
-        case.detections_torch += len(ref.scores)
-        case.detections_onnx += len(got.scores)
-        case.detections_matched += match_detections(ref, got)
+    for det_ref, det_got in zip(dets_ref, dets_got):
+        case.detections_torch += len(det_ref.scores)
+        case.detections_onnx += len(det_got.scores)
+        case.detections_matched += match_detections(det_ref, det_got)
     return case
 
 
