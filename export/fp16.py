@@ -114,7 +114,12 @@ def _choose_fp32_nodes(model: onnx.ModelProto, ranges: dict[str, float],
     weights_max = {i.name: float(np.abs(numpy_helper.to_array(i)).max(initial=0.0))
                    for i in model.graph.initializer
                    if i.data_type == 1}  # FLOAT
+    from export.check_onnx import nonfinite_origins
+
     heads = _output_head_nodes(model) if config.keep_output_heads else set()
+    # inf that a constant carries (the -inf of attention masks) is exact in FP16 too;
+    # only nodes that create inf/NaN from finite inputs are overflow problems.
+    origins = set(nonfinite_origins(model, ranges))
     dynamic = any(not d.HasField("dim_value")
                   for i in model.graph.input for d in i.type.tensor_type.shape.dim[:1])
     keep: dict[int, str] = {}
@@ -131,9 +136,12 @@ def _choose_fp32_nodes(model: onnx.ModelProto, ranges: dict[str, float],
         elif idx in heads:
             keep[idx] = "output head (class_embed / bbox_embed last layer + sigmoid)"
         else:
+            if _node_label(node) in origins:
+                keep[idx] = "turns finite inputs into inf/NaN (overflow)"
+                continue
             for name in list(node.input) + list(node.output):
                 peak = ranges.get(name, weights_max.get(name))
-                if peak is not None and not peak <= config.data_max:  # also catches NaN
+                if peak is not None and np.isfinite(peak) and peak > config.data_max:
                     keep[idx] = f"|{name}| reaches {peak:.4g} > data_max {config.data_max:.0f}"
                     break
     return keep
