@@ -105,3 +105,28 @@ def test_hot_activation_kept_fp32() -> None:
     fp16_types = {v.name: v.type.tensor_type.elem_type
                   for v in onnx.shape_inference.infer_shapes(fp16).graph.value_info}
     assert fp16_types["t2"] == TensorProto.FLOAT
+
+
+def test_fp16_mask_graph_dynamic_batch(tmp_path) -> None:
+    """Mask graph: -inf attention-mask constants are not 'overflow' (so attention
+    stays FP16) and ONNX Runtime runs the dynamic-batch FP16 graph at batch 3."""
+    torch.manual_seed(1)
+    model = build_model("detr-tiny", 2).eval()
+    meta = ModelMeta(preset="detr-tiny", input_height=1, input_width=1,
+                     class_names=["a", "b"], label_map=[3, 9])
+    config = ExportConfig(checkpoint="-", out=str(tmp_path / "m16.onnx"), height=64, width=64,
+                          dynamic_batch=True, with_mask=True, precision="fp16")
+    result = export_detr(model, meta, config)
+    assert result.fp16 is not None
+    assert not any("inf" in k.reason and "data_max" in k.reason for k in result.fp16.kept)
+    images = np.random.default_rng(4).standard_normal((3, 3, 64, 64), dtype=np.float32)
+    mask = np.zeros((3, 64, 64), dtype=bool)
+    mask[0, :, 32:] = True
+    mask[2, 40:, :] = True
+    images[mask[:, None].repeat(3, axis=1)] = 0.0
+    session = ort.InferenceSession(config.out, providers=["CPUExecutionProvider"])
+    logits, boxes = session.run(["logits", "boxes"], {"images": images, "mask": mask})
+    with torch.no_grad():
+        ref = model(torch.from_numpy(images), torch.from_numpy(mask))
+    assert np.abs(logits - ref["pred_logits"].numpy()).max() <= LOGITS_TOL
+    assert np.abs(boxes - ref["pred_boxes"].numpy()).max() <= BOXES_TOL
