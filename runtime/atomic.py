@@ -15,13 +15,13 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from runtime.errors import InputError
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]:
+def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[Any]]:
     """Open a temporary file next to ``path``; on clean exit rename it onto ``path``.
 
     On any exception (including KeyboardInterrupt) the temporary file is removed
@@ -36,7 +36,9 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO]
     except OSError as exc:
         raise InputError(dest, f"cannot write: {exc.strerror or exc}") from exc
     try:
-        with os.fdopen(fd, mode, **({"encoding": "utf-8"} if mode == "w" else {})) as fh:
+        fh: IO[Any] = (os.fdopen(fd, "w", encoding="utf-8") if mode == "w"
+                       else os.fdopen(fd, "wb"))
+        with fh:
             yield fh
             fh.flush()
             os.fsync(fh.fileno())

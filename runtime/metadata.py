@@ -91,8 +91,12 @@ class ModelMeta:
             if unknown:
                 raise TypeError(f"unknown fields {sorted(unknown)}")
             meta = cls(decoding=decoding, **raw)
-            meta = dataclasses.replace(meta, mean=tuple(meta.mean), std=tuple(meta.std))
-        except TypeError as exc:
+            if len(meta.mean) != 3 or len(meta.std) != 3:
+                raise ValueError("mean/std must be 3 numbers")
+            mean = (float(meta.mean[0]), float(meta.mean[1]), float(meta.mean[2]))
+            std = (float(meta.std[0]), float(meta.std[1]), float(meta.std[2]))
+            meta = dataclasses.replace(meta, mean=mean, std=std)
+        except (TypeError, IndexError, ValueError) as exc:
             raise ModelFormatError(source, f"detr-edge metadata is malformed: {exc}") from exc
         meta.validate(source)
         return meta
