@@ -7,8 +7,10 @@ For each row the SAME artifact is used for accuracy and speed:
    against the PyTorch FP32 outputs on the same canvas;
 2. speed: warm-up, then ``runs`` timed calls per batch size, of the model alone
    (preprocessed batch in memory) and end to end (image files -> detections),
-   with the preprocess and decode costs timed separately;
-3. peak memory: the high-water RSS (``ru_maxrss``) of a fresh subprocess that
+   with the preprocess and decode costs timed separately; the four are timed
+   round-robin so load from other processes hits them alike;
+3. peak memory: the high-water RSS (``VmHWM``; ``ru_maxrss`` would include the
+   parent's, Linux keeps it across fork+exec) of a fresh subprocess that
    loads the artifact and runs two batch-1 inferences.
 A row that cannot run here is 'skipped' with the reason; a row whose artifact
 exists but fails during evaluation is 'export ok but evaluation failed'.
@@ -31,7 +33,7 @@ import numpy as np
 from benchmarks.rows import STATUS_EVAL_FAILED, STATUS_OK, Row, SpeedResult, all_rows
 from runtime.errors import BackendUnavailableError, DetrEdgeError, InputError
 
-MEMORY_METHOD = ("peak RSS (ru_maxrss high-water) of a fresh Python subprocess that loads the "
+MEMORY_METHOD = ("peak RSS (VmHWM from /proc/self/status) of a fresh Python subprocess that loads the "
                  "artifact and runs 2 batch-1 inferences; includes the interpreter and "
                  "library imports (torch for PyTorch rows)")
 
@@ -155,7 +157,7 @@ def _measure_speed(backend: Any, meta: Any, paths: list[Path], batch_size: int,
                    fixed_batch: int | None, config: BenchmarkConfig) -> SpeedResult:
     """Model-alone and end-to-end latency at ``batch_size`` (see module docstring)."""
     from benchmarks.accuracy import decode_clipped
-    from benchmarks.timing import time_call
+    from benchmarks.timing import time_interleaved
     from runtime.preprocess import preprocess
 
     if fixed_batch is not None and fixed_batch != batch_size:
@@ -169,17 +171,19 @@ def _measure_speed(backend: Any, meta: Any, paths: list[Path], batch_size: int,
         lo, bo = backend.infer(b.images, b.mask)
         decode_clipped(lo, bo, b, meta)
 
-    kw = {"runs": config.runs, "warmup": config.warmup, "batch_size": batch_size}
-    model = time_call(lambda: backend.infer(pre.images, pre.mask), **kw)
-    e2e = time_call(end_to_end, **kw)
-    pre_t = time_call(lambda: preprocess(chosen, meta), **kw)
-    post_t = time_call(lambda: decode_clipped(logits, boxes, pre, meta), **kw)
+    stats = time_interleaved({
+        "model": lambda: backend.infer(pre.images, pre.mask),
+        "e2e": end_to_end,
+        "pre": lambda: preprocess(chosen, meta),
+        "post": lambda: decode_clipped(logits, boxes, pre, meta),
+    }, runs=config.runs, warmup=config.warmup, batch_size=batch_size)
+    model, e2e, pre_t, post_t = stats["model"], stats["e2e"], stats["pre"], stats["post"]
     return SpeedResult(batch_size, model=model.to_dict(), end_to_end=e2e.to_dict(),
                        pre_ms=pre_t.median_ms, post_ms=post_t.median_ms)
 
 
 _PROBE = """
-import resource, sys, numpy as np
+import sys, numpy as np
 kind, path, h, w, mask = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5] == '1'
 x = np.zeros((1, 3, h, w), np.float32); m = np.zeros((1, h, w), bool)
 if kind == 'onnxruntime':
@@ -191,7 +195,8 @@ else:
     b = TorchReference(detr.load_checkpoint(path).model, use_mask=mask)
 for _ in range(2):
     b.infer(x, m)
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+# VmHWM, not ru_maxrss: Linux keeps the parent's ru_maxrss across fork+exec.
+print(next(int(l.split()[1]) for l in open('/proc/self/status') if l.startswith('VmHWM:')))
 """
 
 
@@ -205,7 +210,7 @@ def peak_rss_mb(backend: str, path: Path, height: int, width: int, use_mask: boo
     if proc.returncode != 0:
         tail = proc.stderr.strip().splitlines()[-1:] or ["no output"]
         raise RuntimeError(f"memory probe failed: {tail[0][:200]}")
-    return int(proc.stdout.strip().splitlines()[-1]) / 1024.0  # ru_maxrss is in KiB on Linux
+    return int(proc.stdout.strip().splitlines()[-1]) / 1024.0  # VmHWM is in KiB
 
 
 def _eval_row(row: Row, backend: Any, ctx: dict[str, Any], config: BenchmarkConfig,

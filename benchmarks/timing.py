@@ -67,3 +67,26 @@ def time_call(fn: Callable[[], Any], *, runs: int, warmup: int = 1,
         fn()
         samples.append((time.perf_counter() - t0) * 1000.0)
     return stats_from_samples(samples, warmup=warmup, batch_size=batch_size)
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, runs: int, warmup: int = 1,
+                     batch_size: int = 1) -> dict[str, LatencyStats]:
+    """Time several calls round-robin: run i of each call is taken back to back.
+
+    On a shared machine, load from other processes then hits every call alike, so
+    the ratios between them (model vs end to end, pre/post share) stay meaningful
+    even when the absolute numbers are noisy.
+    """
+    if runs < 1:
+        raise InputError("runs", f"must be >= 1, got {runs}")
+    if warmup < 0:
+        raise InputError("warmup", f"must be >= 0, got {warmup}")
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for i in range(warmup + runs):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            if i >= warmup:
+                samples[name].append((time.perf_counter() - t0) * 1000.0)
+    return {name: stats_from_samples(v, warmup=warmup, batch_size=batch_size)
+            for name, v in samples.items()}
