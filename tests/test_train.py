@@ -239,3 +239,36 @@ def test_train_throughput_benchmark_times_real_steps():
     assert result["runs"] == 2 and result["batch_size"] == 2
     assert 0 < result["min_ms"] <= result["median_ms"]
     assert result["images_per_s"] == pytest.approx(2000.0 / result["median_ms"])
+
+
+def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(shapes, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "interrupted"
+    argv = [sys.executable, "-m", "runtime.cli", "train", "--data", str(shapes), "--out",
+            str(out), "--epochs", "1000", "--max-steps", "1", "--num-workers", "0", "--scales",
+            "64", "--max-size", "64", "--eval-every", "0", "--no-progress", "--batch-size", "2"]
+    argv += [a for k, v in SMALL.items() for a in ("--model-opt", f"{k}={v}")]
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        deadline = time.monotonic() + 120
+        while not (out / "log.jsonl").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert (out / "log.jsonl").exists(), "no epoch finished in time"
+        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130
+    assert "Resume with:" in err and "Traceback" not in err
+    resume_line = err.split("Resume with:")[1].strip().splitlines()[0]
+    assert resume_line.startswith("detr-edge train") and resume_line.endswith("--resume")
+    # The checkpoint on disk is a complete, resumable one.
+    raw = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert raw["epoch"] >= 0 and "optimizer" in raw
