@@ -296,7 +296,7 @@ def _train_for(config: PipelineConfig, data: Path, checkpoint: Path,
         t0 = time.perf_counter()
         last = train(TrainConfig(
             data=str(data), out=str(run_dir), preset="detr-tiny", epochs=epoch,
-            resume=epoch > 1, batch_size=8, lr=2e-4, lr_backbone=2e-4,
+            resume=epoch > 1, batch_size=min(8, config.num_train), lr=2e-4, lr_backbone=2e-4,
             scales=(config.image_size,), max_size=config.image_size, crop=False,
             num_workers=0, eval_every=0, progress=config.progress,
             model_overrides={"num_queries": 10, "dropout": 0.0}))
