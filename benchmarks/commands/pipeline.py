@@ -13,9 +13,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "from the committed demo checkpoint (default 0)")
     parser.add_argument("--checkpoint", default=None,
                         help="start from this checkpoint instead of the demo one")
-    parser.add_argument("--max-images", type=int, default=50,
-                        help="validation images evaluated per backend (default 50)")
-    parser.add_argument("--runs", type=int, default=10, help="timed runs per latency (default 10)")
+    parser.add_argument("--max-images", type=int, default=200,
+                        help="validation images evaluated per backend (default 200 = all)")
+    parser.add_argument("--runs", type=int, default=20, help="timed runs per latency (default 20)")
     parser.add_argument("--no-engines", action="store_true", help="do not build TensorRT engines")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the per-row peak-RSS subprocess")
