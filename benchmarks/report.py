@@ -135,8 +135,11 @@ def write_plot(report: Report, path: Path) -> None:
         if r.status != STATUS_OK or sp is None or r.accuracy is None or sp.model is None:
             continue
         x, y = sp.model["median_ms"], r.accuracy["AP"] * 100
-        ax.scatter([x], [y], s=40)
-        ax.annotate(r.name, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        # A legend, not annotations: rows with equal AP would print labels on top of each other.
+        ax.scatter([x], [y], s=50, label=f"{r.name}: {x:.1f} ms, AP {y:.2f}",
+                   marker={"fp32": "o", "fp16": "s", "int8": "^"}.get(r.precision, "o"))
+    if ax.collections:
+        ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("latency, model alone, batch 1 (ms, median)")
     ax.set_ylabel("COCO AP (x100)")
     ax.set_title("detr-edge: latency vs AP per backend x precision")
