@@ -47,7 +47,9 @@ class PipelineConfig:
     image_size: int = 192  # dataset image side = demo model's training size
     num_train: int = 2000  # training images (generated only when training)
     num_val: int = 200  # validation images
-    max_objects: int = 4  # objects per image (the demo model's dataset)
+    max_objects: int = 4  # objects per image (the demo model's dataset, detr/assets/README.md)
+    size_band_probs: tuple[float, float, float] = (0.0, 0.6, 0.4)  # small/medium/large: demo's
+    max_large: int = 1  # at most one large shape per image (demo's dataset)
     seed: int = 0  # dataset seed
     calib_images: int = 32  # INT8 calibration images (from the train split, never val)
     quant_eval_images: int = 16  # held-out train images the quantizer's AP budget check uses
@@ -148,7 +150,8 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
     num_train = (config.num_train if config.train_minutes > 0
                  else config.calib_images + config.quant_eval_images)
     shapes = ShapesConfig(seed=config.seed, num_train=num_train, num_val=config.num_val,
-                          image_size=config.image_size, max_objects=config.max_objects)
+                          image_size=config.image_size, max_objects=config.max_objects,
+                          size_band_probs=config.size_band_probs, max_large=config.max_large)
     stage("dataset", {"shapes": asdict(shapes)},
           [data / "annotations" / "instances_val.json", data / "annotations" / "instances_train.json"],
           lambda: _quiet(make_shapes_dataset(data, shapes)))
