@@ -156,3 +156,20 @@ def test_bad_config_errors(tmp_path: Path) -> None:
         run_benchmark(BenchmarkConfig(checkpoint="x", data=str(tmp_path), batch_sizes=(0,)))
     with pytest.raises(InputError, match="annotation file"):
         run_benchmark(BenchmarkConfig(checkpoint="x", data=str(tmp_path)))
+
+
+def test_benchmark_command(report, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from runtime.cli import main
+
+    _, _, paths = report
+    out = tmp_path / "cli"
+    code = main(["benchmark", "--checkpoint", str(paths["checkpoint"]), "--data",
+                 str(paths["data"]), "--artifacts", str(paths["artifacts"]), "--runs", "1",
+                 "--warmup", "0", "--max-images", "2", "--no-memory", "--out", str(out)])
+    assert code == 0
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["settings"]["eval_images"] == 2 and doc["settings"]["runs"] == 1
+    assert "| onnxruntime FP32 (cpu) | ok |" in capsys.readouterr().out
+    # A user error is one line and exit code 2, no traceback.
+    assert main(["benchmark", "--checkpoint", "x", "--data", str(tmp_path / "none")]) == 2
+    assert "annotation file" in capsys.readouterr().err
