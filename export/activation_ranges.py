@@ -10,7 +10,6 @@ INT8 calibration.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,14 +17,11 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from runtime.errors import DataError
-
 if TYPE_CHECKING:
     import onnx
 
     from runtime.metadata import ModelMeta
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
 
 @dataclass
@@ -91,17 +87,6 @@ def collect_activation_ranges(model: onnx.ModelProto,
             if prev is None or np.isnan(peak) or (not np.isnan(prev) and peak > prev):
                 ranges.max_abs[name] = peak
     return ranges
-
-
-def list_images(data_dir: str | os.PathLike[str], limit: int | None = None) -> list[Path]:
-    """Image files under ``data_dir`` (recursive, sorted for determinism)."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(root, "calibration data directory not found")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise DataError(root, f"no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    return paths[:limit] if limit else paths
 
 
 def image_feeds(paths: Sequence[Path], meta: ModelMeta, batch_size: int = 1,

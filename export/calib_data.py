@@ -16,10 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.errors import DataError, InputError
+from runtime.errors import InputError
+from runtime.image_io import list_image_files
 from runtime.metadata import ModelMeta
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -30,15 +29,10 @@ class ImageSplit:
     held_out: list[Path]  # images used only to measure sensitivity / AP (never calibrated on)
 
 
-def list_images(data_dir: str | os.PathLike[str]) -> list[Path]:
-    """Image files under ``data_dir`` (recursive), sorted by path."""
-    root = Path(data_dir)
-    if not root.is_dir():
-        raise DataError(root, "calibration data directory not found")
-    paths = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not paths:
-        raise DataError(root, f"no images ({', '.join(IMAGE_SUFFIXES)}) found")
-    return paths
+def list_images(data_dir: str | os.PathLike[str], limit: int | None = None) -> list[Path]:
+    """Image files under ``data_dir`` (recursive, sorted by path), at most ``limit``."""
+    paths = list_image_files(data_dir)
+    return paths[:limit] if limit else paths
 
 
 def select_images(paths: Sequence[Path], count: int, seed: int = 0) -> list[Path]:

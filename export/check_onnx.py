@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from export.qdq import constant_value
 from export.trt_ops import MAX_OPSET, MIN_OPSET, RESTRICTIONS, SOURCE, supported_ops
 
 if TYPE_CHECKING:
@@ -79,20 +80,6 @@ def _constant_names(model: onnx.ModelProto) -> set[str]:
     names = {init.name for init in model.graph.initializer}
     names |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
     return names
-
-
-def _constant_value(model: onnx.ModelProto, name: str) -> np.ndarray | None:
-    from onnx import numpy_helper
-
-    for init in model.graph.initializer:
-        if init.name == name:
-            return numpy_helper.to_array(init)
-    for node in model.graph.node:
-        if node.op_type == "Constant" and node.output[0] == name:
-            for attr in node.attribute:
-                if attr.name == "value":
-                    return numpy_helper.to_array(attr.t)
-    return None
 
 
 def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
@@ -197,14 +184,14 @@ def check_qdq(model: onnx.ModelProto) -> CheckResult:
         if len(node.input) < 3 or not node.input[2]:
             bad.append(f"{label}: no zero point (defaults to uint8)")
             continue
-        zp = _constant_value(model, node.input[2])
+        zp = constant_value(model, node.input[2])
         if zp is None:
             bad.append(f"{label}: zero point is not a constant")
         elif zp.dtype != np.int8:
             bad.append(f"{label}: zero point is {zp.dtype}, TensorRT needs int8")
         elif np.any(zp != 0):
             bad.append(f"{label}: nonzero zero point (asymmetric)")
-        if _constant_value(model, node.input[1]) is None:
+        if constant_value(model, node.input[1]) is None:
             bad.append(f"{label}: scale is not a constant")
     if bad:
         more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
@@ -269,7 +256,8 @@ def check_onnx(path: str | os.PathLike[str], config: CheckConfig | None = None) 
 
     Raises ``ModelFormatError`` when the file is missing, truncated or not ONNX.
     """
-    from export.activation_ranges import image_feeds, list_images, random_feeds
+    from export.activation_ranges import image_feeds, random_feeds
+    from export.calib_data import list_images
     from export.onnx_meta import load_onnx, read_meta
 
     config = config or CheckConfig()

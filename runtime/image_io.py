@@ -161,3 +161,22 @@ def _to_rgb(img: Image.Image, where: str | os.PathLike) -> Image.Image:
         return img.convert("RGB")
     except (ValueError, OSError) as exc:
         raise DataError(where, f"unsupported image mode {mode!r} ({_short(exc)})") from exc
+
+
+# File name endings treated as images when a folder is given (predict, calibration data).
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
+                  ".pgm")
+
+
+def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files under ``folder`` (recursive), sorted by path for determinism.
+
+    Raises ``DataError`` naming the folder when it is missing or holds no image.
+    """
+    root = Path(folder)
+    if not root.is_dir():
+        raise DataError(root, "folder not found")
+    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise DataError(root, f"no images ({', '.join(IMAGE_SUFFIXES)}) found")
+    return paths

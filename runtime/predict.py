@@ -13,9 +13,7 @@ from typing import Any
 from runtime.atomic import atomic_write_text
 from runtime.decode import Detections
 from runtime.errors import InputError
-
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm",
-                  ".pgm")
+from runtime.image_io import list_image_files
 
 
 @dataclass
@@ -46,8 +44,7 @@ def collect_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found.extend(sorted(f for f in p.rglob("*")
-                                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+            found.extend(list_image_files(p))
         elif p.is_file():
             found.append(p)
         else:

@@ -95,5 +95,5 @@ def test_collect_and_ids(tmp_path) -> None:
     with pytest.raises(InputError, match="missing: no such file"):
         collect_images([tmp_path / "missing"])
     (tmp_path / "empty").mkdir()
-    with pytest.raises(InputError, match="no image files found"):
+    with pytest.raises(InputError, match="empty: no images"):
         collect_images([tmp_path / "empty"])
