@@ -25,6 +25,12 @@ _LAZY = {
     "write_meta": "export.onnx_meta",
     "read_meta": "export.onnx_meta",
     "load_onnx": "export.onnx_meta",
+    "quantize_int8": "export.quantize",
+    "QuantizeConfig": "export.quantize",
+    "QuantizeReport": "export.quantize",
+    "inspect_qdq": "export.qdq",
+    "build_engine": "export.engine_builder",
+    "EngineBuildConfig": "export.engine_builder",
 }
 
 __all__ = list(_LAZY)
