@@ -18,6 +18,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="random image width/height in [MIN, MAX] instead of square images")
     parser.add_argument("--max-objects", type=int, default=20,
                         help="at most this many objects per image (default 20)")
+    parser.add_argument("--size-band-probs", type=float, nargs=3, metavar=("SMALL", "MEDIUM", "LARGE"),
+                        default=None, help="probabilities of COCO small/medium/large objects "
+                        "(default 0.35 0.45 0.2)")
+    parser.add_argument("--max-large", type=int, default=None,
+                        help="at most this many large objects per image (default 2)")
     parser.add_argument("--format", choices=["jpg", "png"], default="jpg",
                         help="image file format (default jpg, fixed quality)")
 
@@ -25,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from detr.data.synthetic import ShapesConfig, make_shapes_dataset
 
+    optional = {}
+    if args.size_band_probs is not None:
+        optional["size_band_probs"] = tuple(args.size_band_probs)
+    if args.max_large is not None:
+        optional["max_large"] = args.max_large
     config = ShapesConfig(
         seed=args.seed,
         num_train=args.num_train,
@@ -33,6 +43,7 @@ def run(args: argparse.Namespace) -> int:
         variable_size=tuple(args.variable_size) if args.variable_size else None,
         max_objects=args.max_objects,
         image_format=args.format,
+        **optional,
     )
     try:
         out = make_shapes_dataset(args.out, config)

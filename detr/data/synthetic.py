@@ -97,6 +97,11 @@ class ShapesConfig:
                 raise InputError("categories", f"unknown shape {name!r}; known: {SHAPE_NAMES}")
         if self.image_format not in ("jpg", "png"):
             raise InputError("image_format", f"must be 'jpg' or 'png', got {self.image_format!r}")
+        probs = self.size_band_probs
+        if len(probs) != 3 or min(probs) < 0 or sum(probs) <= 0:
+            raise InputError("size_band_probs", f"need 3 non-negative numbers, got {probs}")
+        if self.max_large < 0:
+            raise InputError("max_large", f"must be >= 0, got {self.max_large}")
 
 
 @dataclass
