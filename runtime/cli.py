@@ -23,6 +23,8 @@ from runtime.errors import DetrEdgeError
 COMMANDS: list[tuple[str, str, str, str]] = [
     ("make-dataset", "detr.commands.make_dataset",
      "write the synthetic COCO-format 'shapes' dataset", "train"),
+    ("pretrain-backbone", "detr.commands.pretrain_backbone",
+     "pretrain a ResNet backbone on the dataset's object crops (no downloads)", "train"),
     ("train", "detr.commands.train", "train DETR with the set loss", "train"),
     ("eval", "detr.commands.evaluate", "COCO AP of a checkpoint on a dataset", "train"),
     ("export-onnx", "export.commands.export_onnx",

@@ -1,0 +1,38 @@
+"""``detr-edge pretrain-backbone``: ResNet classifier on object crops, for DETR's backbone."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, help="dataset root ({split}/ + annotations/)")
+    parser.add_argument("--out", required=True,
+                        help="torchvision ResNet state dict to write (.pth); use it with "
+                        "'train --model-opt backbone_weights=OUT'")
+    parser.add_argument("--backbone", default="resnet18", help="torchvision ResNet (default resnet18)")
+    parser.add_argument("--image-size", type=int, default=128,
+                        help="longer image side before cropping: DETR's training size (default 128)")
+    parser.add_argument("--crop-size", type=int, default=64, help="crop side in pixels (default 64)")
+    parser.add_argument("--epochs", type=int, default=6)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=2e-3, help="AdamW peak lr (cosine decay)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--train-split", default="train")
+    parser.add_argument("--val-split", default="val", help="'' to skip the val accuracy")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+
+def run(args: argparse.Namespace) -> int:
+    from detr.train.pretrain_backbone import PretrainConfig, pretrain_backbone
+
+    config = PretrainConfig(
+        data=args.data, out=args.out, backbone=args.backbone, train_split=args.train_split,
+        val_split=args.val_split or None, image_size=args.image_size, crop_size=args.crop_size,
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+        progress=not args.no_progress,
+    )
+    result = pretrain_backbone(config)
+    val = "" if result.val_accuracy is None else f", val accuracy {result.val_accuracy:.3f}"
+    print(f"backbone weights: {result.out} (train accuracy {result.train_accuracy:.3f}{val})")
+    return 0
