@@ -148,7 +148,7 @@ def load_checkpoint(
     model = build_model_from_config(config, wanted)
     _load_strict(model, state, file, config)
     model.eval()
-    names, label_map = _class_info(raw, hf_config, wanted, fmt)
+    names, label_map = _class_info(raw, hf_config, wanted, fmt, file)
     return LoadedCheckpoint(
         model=model,
         config=config,
@@ -197,18 +197,14 @@ def _read(file: Path) -> dict[str, Any]:
             else "cannot unpickle (truncated or corrupt)"
         )
         raise ModelFormatError(file, f"{what} ({reason})") from exc
-    except (
-        EOFError,
-        RuntimeError,
-        OSError,
-        ValueError,
-        AttributeError,
-        TypeError,
-        KeyError,
-    ) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except Exception as exc:
+        # The restricted unpickler parses untrusted bytes in Python and fails on
+        # garbage with whatever it hits (EOFError, KeyError, IndexError, ...); none
+        # of them can have run code, and all mean the file is not a checkpoint.
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
         raise ModelFormatError(
-            file, f"cannot read checkpoint (truncated or corrupt): {reason}"
+            file, f"cannot read checkpoint (truncated or corrupt): {reason[:300]}"
         ) from exc
     if not isinstance(data, dict):
         raise ModelFormatError(file, f"expected a dict checkpoint, got {type(data).__name__}")
@@ -344,10 +340,22 @@ def _load_strict(model: DETR, state: Mapping[str, Any], file: Path, config: DETR
 
 
 def _class_info(
-    raw: Mapping[str, Any], hf_config: dict[str, Any] | None, num_classes: int, fmt: str
+    raw: Mapping[str, Any], hf_config: dict[str, Any] | None, num_classes: int, fmt: str,
+    file: Path,
 ) -> tuple[list[str], list[int]]:
     if fmt == "detr-edge":
-        return list(raw.get("class_names", [])), [int(i) for i in raw.get("label_map", [])]
+        names, label_map = raw.get("class_names", []), raw.get("label_map", [])
+        # Checked here, naming the file: a mismatch would otherwise surface later as an
+        # invalid export metadata or wrong category ids in evaluation.
+        if not (isinstance(names, list) and len(names) == num_classes
+                and all(isinstance(n, str) for n in names)):
+            raise ModelFormatError(file, f"class_names must be {num_classes} strings (the "
+                                   f"model's class count), got {str(names)[:80]}")
+        if not (isinstance(label_map, list) and len(label_map) == num_classes
+                and all(isinstance(i, int) and not isinstance(i, bool) for i in label_map)):
+            raise ModelFormatError(file, f"label_map must be {num_classes} integer category ids "
+                                   f"(the model's class count), got {str(label_map)[:80]}")
+        return list(names), list(label_map)
     if hf_config is not None and isinstance(hf_config.get("id2label"), dict):
         id2label = {int(k): str(v) for k, v in hf_config["id2label"].items()}
         names = [id2label.get(i, f"class_{i}") for i in range(num_classes)]

@@ -70,22 +70,12 @@ def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
 
 
 def read_gt(ann: Path) -> dict[str, Any]:
-    """The annotation JSON with the fields evaluation needs checked."""
-    try:
-        gt = json.loads(ann.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(ann, f"cannot read COCO annotations: {exc}") from exc
-    if not isinstance(gt, dict):
-        raise DataError(ann, "COCO annotations must be a JSON object")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(gt.get(key), list):
-            raise DataError(ann, f"missing or non-list key {key!r}")
-    if not gt["images"]:
-        raise DataError(ann, "no images")
-    for img in gt["images"]:
-        if not isinstance(img, dict) or "id" not in img or "file_name" not in img:
-            raise DataError(ann, f"image entry {str(img)[:60]} lacks 'id' or 'file_name'")
-    return gt
+    """The annotation JSON, validated like the training data (``detr.data.coco_schema``):
+    evaluation and training accept and reject exactly the same files, with the
+    same messages (unknown category ids, negative box sizes, no images, ...)."""
+    from detr.data.coco_schema import read_coco_json
+
+    return read_coco_json(ann)
 
 
 @torch.no_grad()

@@ -160,10 +160,13 @@ def build_engine(config: EngineBuildConfig) -> Path:
     arguments (before any slow work), ``ModelFormatError`` when the parser or
     builder rejects the model (parser errors name the ONNX nodes).
     """
-    from export.onnx_meta import load_onnx, read_meta
+    from export.onnx_meta import check_graph_matches_meta, load_onnx, read_meta
     from export.trt_compat import check_precision_request, installed_features
 
-    meta = read_meta(load_onnx(config.onnx_path), config.onnx_path)
+    model = load_onnx(config.onnx_path)
+    meta = read_meta(model, config.onnx_path)
+    check_graph_matches_meta(model, meta, config.onnx_path)
+    del model  # TensorRT parses the file itself; do not hold a large graph twice
     profiles = profile_shapes(meta, config.min_batch, config.opt_batch, config.max_batch)
     validate_dla(config.dla_core, config.gpu_fallback)
     if config.workspace_mb is not None and config.workspace_mb <= 0:

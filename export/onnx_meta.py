@@ -53,3 +53,34 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
         raise ModelFormatError(path, "not an ONNX model (empty graph or no opset), "
                                "is the file truncated?")
     return model
+
+
+def check_graph_matches_meta(model: onnx.ModelProto, meta: ModelMeta,
+                             source: str | os.PathLike[str] = "<onnx model>") -> None:
+    """Raise ``ModelFormatError`` when the graph's ``images`` (and ``mask``) inputs
+    disagree with the metadata: fixed input size, fixed or dynamic batch, mask.
+
+    The runtime resizes every image to the metadata's size and TensorRT builds
+    profiles from it, so an edited or mixed-up file would otherwise fail deep
+    inside the builder or feed the graph a canvas of the wrong size.
+    """
+    weights = {init.name for init in model.graph.initializer}
+    inputs = {i.name: i for i in model.graph.input if i.name not in weights}
+    if "images" not in inputs:
+        raise ModelFormatError(source, f"graph has no 'images' input (inputs: {sorted(inputs)})")
+    dims: list[int | str] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
+                             for d in inputs["images"].type.tensor_type.shape.dim]
+    H, W = meta.input_height, meta.input_width
+    if len(dims) != 4 or any(isinstance(got, int) and got != want
+                             for got, want in zip(dims[1:], (3, H, W))):
+        raise ModelFormatError(source, f"graph input 'images' has shape {dims} but the metadata "
+                               f"says [B, 3, {H}, {W}]")
+    graph_batch = dims[0] if isinstance(dims[0], int) else None
+    if graph_batch != meta.batch_size:
+        def describe(b: int | None) -> str:
+            return "dynamic" if b is None else f"fixed {b}"
+        raise ModelFormatError(source, f"graph batch is {describe(graph_batch)} but the metadata "
+                               f"says {describe(meta.batch_size)}")
+    if ("mask" in inputs) != meta.with_mask:
+        raise ModelFormatError(source, f"metadata with_mask={meta.with_mask} but the graph "
+                               f"{'has' if 'mask' in inputs else 'has no'} 'mask' input")

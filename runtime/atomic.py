@@ -3,8 +3,12 @@ never a half-written file.
 
 The data goes to a temporary file in the same directory (same filesystem, so
 ``os.replace`` is an atomic rename), is flushed and fsynced, then renamed over
-the destination. Out-of-disk and permission problems surface as ``InputError``
-naming the destination.
+the destination. Out-of-disk (ENOSPC, EDQUOT, EFBIG) and permission problems
+surface as ``InputError`` naming the destination; the temporary file is removed.
+
+The new file gets the permissions of the file it replaces, or the usual
+``0o666 & ~umask`` of a new file (``mkstemp`` alone would make every output
+owner-only).
 """
 
 from __future__ import annotations
@@ -18,6 +22,29 @@ from pathlib import Path
 from typing import IO, Any
 
 from runtime.errors import InputError
+
+# Errors that mean "the disk (or quota, or RLIMIT_FSIZE) is full", not "bad path".
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
+
+def _read_umask() -> int:
+    # os.umask can only be read by setting it; done once at import, before any
+    # thread could create files with the temporary value.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
+def write_error_problem(exc: OSError) -> str:
+    """The problem part of a one-line message for a failed write of a file."""
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        return "no space left on device (or disk quota exceeded) while writing"
+    if exc.errno == errno.EFBIG:
+        return "file too large for the file system or the process file-size limit"
+    return f"cannot write: {exc.strerror or exc}"
 
 
 @contextlib.contextmanager
@@ -34,20 +61,20 @@ def atomic_write(path: str | os.PathLike[str], mode: str = "wb") -> Iterator[IO[
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
     except OSError as exc:
-        raise InputError(dest, f"cannot write: {exc.strerror or exc}") from exc
+        raise InputError(dest, write_error_problem(exc)) from exc
     try:
         fh: IO[Any] = (os.fdopen(fd, "w", encoding="utf-8") if mode == "w"
                        else os.fdopen(fd, "wb"))
         with fh:
             yield fh
             fh.flush()
+            os.fchmod(fh.fileno(), _new_file_mode(dest))
             os.fsync(fh.fileno())
         os.replace(tmp, dest)
     except OSError as exc:
         _remove_quietly(tmp)
-        if exc.errno == errno.ENOSPC:
-            raise InputError(dest, "no space left on device while writing") from exc
-        raise InputError(dest, f"cannot write: {exc.strerror or exc}") from exc
+        kept = "; the previous file, if any, is unchanged" if exc.errno in DISK_FULL_ERRNOS else ""
+        raise InputError(dest, write_error_problem(exc) + kept) from exc
     except BaseException:
         _remove_quietly(tmp)
         raise
@@ -63,6 +90,14 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     """Write ``text`` (UTF-8) to ``path`` atomically."""
     with atomic_write(path, "w") as fh:
         fh.write(text)
+
+
+def _new_file_mode(dest: Path) -> int:
+    """Permissions for the replacement: those of the old file, else 0o666 & ~umask."""
+    try:
+        return dest.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_UMASK
 
 
 def _remove_quietly(path: str) -> None:

@@ -7,17 +7,28 @@ work on a runtime-only install (no torch). A command whose package cannot be
 imported on this install is still listed, and says which extra to install.
 
 Library errors (:class:`runtime.errors.DetrEdgeError`) become one line on
-stderr and exit code 2; Ctrl-C becomes exit code 130 with no traceback.
+stderr and exit code 2, and so does an ``OSError`` that names a file (e.g. a
+disk that filled up during a write no atomic writer covered). Ctrl-C becomes
+exit code 130 with no traceback. SIGTERM (what ``kill``, schedulers and
+container runtimes send) raises :class:`runtime.errors.Terminated`, a
+``KeyboardInterrupt``, so long runs stop through the same clean path as Ctrl-C
+(checkpoint kept, resume hint printed), then exit with code 143; a second
+SIGTERM kills at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from types import FrameType
 
-from runtime.errors import DetrEdgeError
+from runtime.atomic import DISK_FULL_ERRNOS, write_error_problem
+from runtime.errors import DetrEdgeError, Terminated
 
 # (name, module, one-line help, pip extra needed)
 COMMANDS: list[tuple[str, str, str, str]] = [
@@ -75,16 +86,51 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {args._unavailable}", file=sys.stderr)
         return 2
     try:
-        return int(args._run(args) or 0)
+        with _sigterm_as_interrupt():
+            return int(args._run(args) or 0)
     except DetrEdgeError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except ImportError as exc:
         print(f"{prog}: error: a required package is missing: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        disk_full = exc.errno in DISK_FULL_ERRNOS
+        if exc.filename is None and not disk_full:
+            raise  # names no file: more likely a bug than a user error, keep the traceback
+        problem = write_error_problem(exc) if disk_full else (exc.strerror or str(exc))
+        print(f"{prog}: error: {exc.filename or 'output'}: {problem}", file=sys.stderr)
+        return 2
+    except Terminated:
+        print(f"\n{prog}: terminated (SIGTERM)", file=sys.stderr)
+        return 128 + signal.SIGTERM
     except KeyboardInterrupt:
         print(f"\n{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt() -> Iterator[None]:
+    """While a command runs, SIGTERM raises ``Terminated`` in the main thread.
+
+    Only the first SIGTERM does: the handler restores the default action, so a
+    second one ends the process even if clean-up hangs. Outside the main thread
+    (``main`` called from a worker thread) signals cannot be handled; nothing
+    changes there.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: FrameType | None) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

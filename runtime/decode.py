@@ -68,6 +68,10 @@ def decode(logits: np.ndarray, boxes: np.ndarray, target_sizes: np.ndarray, *,
     cxcywh; target_sizes: [B, 2] (h, w) in pixels of the region the normalised
     boxes refer to. Returns B :class:`Detections` with xyxy pixel boxes (not
     clipped), scores >= ``score_threshold``, sorted by score, at most ``top_k``.
+
+    Slots with a NaN logit or a non-finite box are dropped: a numerically broken
+    model output (e.g. an FP16 overflow) must not reach COCO JSON, where NaN is
+    not valid, or the drawing code. Such a model then simply scores low.
     """
     logits = np.asarray(logits)
     boxes = np.asarray(boxes)
@@ -81,6 +85,9 @@ def decode(logits: np.ndarray, boxes: np.ndarray, target_sizes: np.ndarray, *,
         raise InputError("target_sizes", f"expected shape {(B, 2)}, got {target_sizes.shape}")
     if top_k is not None and top_k < 0:
         raise InputError("top_k", f"must be >= 0, got {top_k}")
+    if not (np.issubdtype(target_sizes.dtype, np.number)
+            and np.all(np.isfinite(target_sizes)) and np.all(target_sizes >= 0)):
+        raise InputError("target_sizes", "must be finite sizes >= 0 in pixels")
 
     prob = softmax(logits)  # [B, Q, K+1]
     real = prob[..., :-1]  # [B, Q, K]
@@ -95,7 +102,10 @@ def decode(logits: np.ndarray, boxes: np.ndarray, target_sizes: np.ndarray, *,
 
     h, w = target_sizes[:, 0].astype(np.float64), target_sizes[:, 1].astype(np.float64)
     scale = np.stack([w, h, w, h], axis=-1)[:, None, :]  # [B, 1, 4]
-    xyxy = box_cxcywh_to_xyxy(boxes.astype(np.float64)) * scale  # [B, Q, 4] pixels
+    with np.errstate(over="ignore", invalid="ignore"):  # inf/NaN boxes are dropped below
+        xyxy = box_cxcywh_to_xyxy(boxes.astype(np.float64)) * scale  # [B, Q, 4] pixels
+        xyxy32 = xyxy.astype(np.float32)  # what is returned: must be finite as float32
+    keep &= ~np.isnan(logits).any(axis=-1) & np.isfinite(xyxy32).all(axis=-1)
 
     out = []
     for b in range(B):
@@ -107,6 +117,6 @@ def decode(logits: np.ndarray, boxes: np.ndarray, target_sizes: np.ndarray, *,
         out.append(Detections(
             scores=np.ascontiguousarray(scores[b, idx], dtype=np.float32),
             labels=np.ascontiguousarray(labels[b, idx], dtype=np.int64),
-            boxes=np.ascontiguousarray(xyxy[b, idx], dtype=np.float32).reshape(-1, 4),
+            boxes=np.ascontiguousarray(xyxy32[b, idx]).reshape(-1, 4),
         ))
     return out

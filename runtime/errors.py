@@ -30,6 +30,11 @@ class InputError(DetrEdgeError):
         self.problem = problem
         super().__init__(f"{self.where}: {problem}")
 
+    def __reduce__(self) -> tuple[type[InputError], tuple[str, str]]:
+        # Pickle as (where, problem): the default would call cls(message) and fail,
+        # and errors must cross process boundaries (DataLoader workers).
+        return type(self), (self.where, self.problem)
+
 
 class ModelFormatError(InputError):
     """A checkpoint, ONNX model or engine file cannot be used (corrupt, truncated,
@@ -47,3 +52,12 @@ class BackendUnavailableError(DetrEdgeError):
 
 class TrainingDivergedError(DetrEdgeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM received while a ``detr-edge`` command ran (see ``runtime.cli``).
+
+    A ``KeyboardInterrupt`` on purpose: every handler that cleans up after
+    Ctrl-C (the training loop's resume hint, quantize's cache note, atomic
+    writes removing their temporary file) runs for SIGTERM too.
+    """

@@ -63,6 +63,9 @@ def _load_path(path: Path) -> Image.Image:
             out = _to_rgb(_exif_upright(img), path)
     except DataError:
         raise
+    except Image.DecompressionBombError as exc:
+        # A tiny file can declare billions of pixels; PIL refuses before allocating.
+        raise DataError(path, f"image too large to decode safely ({_short(exc)})") from exc
     except UnidentifiedImageError as exc:
         raise DataError(path, f"not an image or corrupt ({_short(exc)})") from exc
     except PermissionError as exc:
@@ -71,7 +74,7 @@ def _load_path(path: Path) -> Image.Image:
         if "truncated" in str(exc).lower():
             raise DataError(path, "truncated image") from exc
         raise DataError(path, f"not an image or corrupt ({_short(exc)})") from exc
-    except (ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+    except (ValueError, SyntaxError) as exc:
         # PIL raises SyntaxError / ValueError from some format plugins on broken headers.
         raise DataError(path, f"not an image or corrupt ({_short(exc)})") from exc
     return out

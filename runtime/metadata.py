@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -84,6 +86,9 @@ class ModelMeta:
             raise ModelFormatError(
                 source, f"metadata format version {version!r} is not supported "
                 f"(this detr-edge reads version {FORMAT_VERSION})")
+        problem = _type_problem(raw)
+        if problem:
+            raise ModelFormatError(source, f"detr-edge metadata is malformed: {problem}")
         try:
             decoding = DecodingDefaults(**raw.pop("decoding", {}))
             known = {f.name for f in dataclasses.fields(cls)}
@@ -116,3 +121,65 @@ class ModelMeta:
             problems.append(f"batch_size {self.batch_size} is not positive")
         if problems:
             raise ModelFormatError(source, "invalid detr-edge metadata: " + "; ".join(problems))
+
+
+# JSON types of the metadata fields. The document comes from a model file, which
+# may be corrupt or hostile: a string where a number belongs must be a clear
+# ModelFormatError, not a TypeError deep in preprocessing.
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _is_number(v: Any) -> bool:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(v)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _is_triple(v: Any) -> bool:
+    return isinstance(v, (list, tuple)) and len(v) == 3 and all(_is_number(x) for x in v)
+
+
+_FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "preset": (lambda v: isinstance(v, str), "a string"),
+    "input_height": (_is_int, "an integer"),
+    "input_width": (_is_int, "an integer"),
+    "class_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+                    "a list of strings"),
+    "label_map": (lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+                  "a list of integers"),
+    "mean": (_is_triple, "3 finite numbers"),
+    "std": (_is_triple, "3 finite numbers"),
+    "batch_size": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "with_mask": (lambda v: isinstance(v, bool), "true or false"),
+    "precision": (lambda v: isinstance(v, str), "a string"),
+    "exporter_version": (lambda v: isinstance(v, str), "a string"),
+    "format_version": (_is_int, "an integer"),
+    "extra": (lambda v: isinstance(v, dict), "an object"),
+    "decoding": (lambda v: isinstance(v, dict), "an object"),
+}
+_DECODING_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "score_threshold": (_is_number, "a finite number"),
+    "top_k": (lambda v: v is None or (_is_int(v) and v >= 0), "null or an integer >= 0"),
+    "second_best": (lambda v: isinstance(v, bool), "true or false"),
+}
+
+
+def _type_problem(raw: dict[str, Any]) -> str | None:
+    """The first field of ``raw`` whose JSON type is wrong, described; else None."""
+    for table, doc, prefix in ((_FIELD_TYPES, raw, ""),
+                               (_DECODING_TYPES, raw.get("decoding"), "decoding.")):
+        if not isinstance(doc, dict):
+            continue
+        for name, (ok, wanted) in table.items():
+            if name in doc and not ok(doc[name]):
+                return f"field {prefix}{name} must be {wanted}, got {_short(doc[name])}"
+    return None
+
+
+def _short(value: Any) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= 40 else text[:37] + "..."

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime.atomic import atomic_write_text
+from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.decode import Detections
 from runtime.errors import InputError
 from runtime.image_io import list_image_files
@@ -114,7 +114,7 @@ def predict(config: PredictConfig) -> PredictSummary:
                     name = _unique_name(path, used_names)
                     annotated_dir.mkdir(parents=True, exist_ok=True)
                     target = annotated_dir / name
-                    draw_detections(picture, det).save(target)
+                    _save_image(draw_detections(picture, det), target)
                     annotated.append(target)
             bar.update(len(chunk))
     results_path = config.out_dir / "predictions.json"
@@ -122,6 +122,16 @@ def predict(config: PredictConfig) -> PredictSummary:
     atomic_write_text(config.out_dir / "images.json", json.dumps(images_doc, indent=1))
     return PredictSummary(num_images=len(files), num_detections=len(results),
                           results_path=results_path, annotated=annotated)
+
+
+def _save_image(picture: Any, target: Path) -> None:
+    """Encode in memory, then write atomically: an interrupted run never leaves a
+    half-written annotated image, and a full disk is a one-line error naming it."""
+    import io
+
+    buffer = io.BytesIO()
+    picture.save(buffer, format="JPEG" if target.suffix in (".jpg", ".jpeg") else "PNG")
+    atomic_write_bytes(target, buffer.getvalue())
 
 
 def _unique_name(path: Path, used: set[str]) -> str:

@@ -4,6 +4,7 @@ speed of every backend x precision against the PyTorch FP32 reference."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
@@ -44,5 +45,12 @@ def run(args: argparse.Namespace) -> int:
         height=args.height, width=args.width, batch_sizes=args.batch_sizes, runs=args.runs,
         warmup=args.warmup, max_images=args.max_images or None, split=args.split,
         out=args.out, measure_memory=not args.no_memory, threads=args.threads)
-    run_benchmark(config)
+    try:
+        run_benchmark(config)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (runtime.cli turns it into exit 130/143)
+        # The report is written only after every row ran; nothing to resume from.
+        print(f"\nbenchmark interrupted; the report in {args.out} is written only at the "
+              "end, each file whole or not at all: rerun the same command to measure again",
+              file=sys.stderr)
+        raise
     return 0

@@ -8,6 +8,7 @@ RNG (restored on resume); DataLoader workers get their seeds from it too.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +16,7 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, DistributedSampl
 
 from detr.train.config import TrainConfig
 from detr.train.ddp import DistInfo
-from runtime.errors import DataError, InputError
+from runtime.errors import DataError, DetrEdgeError, InputError
 
 
 def load_train_val(config: TrainConfig) -> tuple[Any, Path]:
@@ -77,7 +78,68 @@ def build_train_loader(dataset: Dataset, config: TrainConfig, info: DistInfo
     sampler: DistributedSampler = DistributedSampler(dataset, num_replicas=info.world_size, rank=info.rank,
                                  shuffle=True, seed=config.seed, drop_last=True)
     batches = BatchSampler(sampler, config.batch_size, drop_last=True)
-    loader = DataLoader(dataset, batch_sampler=batches, collate_fn=collate_fn,
-                        num_workers=config.num_workers,
-                        persistent_workers=False, pin_memory=info.device.type == "cuda")
+    loader = loader_forwarding_errors(dataset, collate_fn, batch_sampler=batches,
+                                      num_workers=config.num_workers, persistent_workers=False,
+                                      pin_memory=info.device.type == "cuda")
     return loader, sampler
+
+
+def loader_forwarding_errors(dataset: Dataset, collate_fn: Callable[[list[Any]], Any] | None,
+                             **options: Any) -> DataLoader:
+    """``DataLoader(dataset, collate_fn=collate_fn, **options)`` in which a
+    ``DetrEdgeError`` of ``dataset[i]`` (a bad image) is raised in the main process
+    as itself, also from worker processes, so the CLI prints its one-line message."""
+    from torch.utils.data import default_collate
+
+    return _ErrorForwardingLoader(_CatchItemErrors(dataset),
+                                  collate_fn=_CollateOrForward(collate_fn or default_collate),
+                                  **options)
+
+
+# A bad image raises DataError inside a DataLoader worker; torch re-raises it in the
+# main process as a RuntimeError holding the worker's traceback, so the CLI could not
+# print its one-line message. The three pieces below carry the error object itself
+# (picklable, see InputError.__reduce__) through the loader as data and raise it
+# again in the main process, with num_workers=0 and > 0 alike.
+class _ItemFailed:
+    """Stands in for a sample or a batch whose loading raised ``error``."""
+
+    def __init__(self, error: DetrEdgeError) -> None:
+        self.error = error
+
+
+class _CatchItemErrors(Dataset):
+    """``dataset[i]``, or ``_ItemFailed`` when it raises a DetrEdgeError."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> Any:
+        try:
+            return self.dataset[index]
+        except DetrEdgeError as exc:
+            return _ItemFailed(exc)
+
+
+class _CollateOrForward:
+    """The collate function, unless a sample failed: then that failure is the batch."""
+
+    def __init__(self, collate: Callable[[list[Any]], Any]) -> None:
+        self.collate = collate
+
+    def __call__(self, samples: list[Any]) -> Any:
+        failed = next((s for s in samples if isinstance(s, _ItemFailed)), None)
+        return failed if failed is not None else self.collate(samples)
+
+
+class _ErrorForwardingLoader(DataLoader):
+    """A DataLoader that raises a forwarded sample error in the main process."""
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        for batch in super().__iter__():
+            if isinstance(batch, _ItemFailed):
+                raise batch.error
+            yield batch

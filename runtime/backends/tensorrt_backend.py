@@ -116,13 +116,15 @@ class TensorRTBackend(Backend):
 
     def __init__(self, path: str | os.PathLike[str], *, cuda_graph: bool = False,
                  device: int = 0, check: bool = True) -> None:
-        trt_mod, cudart = _import_trt()
-        self._cudart = cudart
         self._closed = False
         self._tensors: dict[str, _Tensor] = {}
         self._graphs: dict[int, tuple[Any, Any]] = {}  # batch -> (graph, graph_exec)
         self.path = Path(path)
+        # The file is checked first: a truncated or corrupt engine is the same
+        # error with or without TensorRT installed (and testable without a GPU).
         header, plan = read_engine_file(self.path)
+        trt_mod, cudart = _import_trt()
+        self._cudart = cudart
         self.meta = header.meta
         self.header = header
         _check(cudart.cudaSetDevice(device), "cudaSetDevice")
