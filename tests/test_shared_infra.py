@@ -123,3 +123,17 @@ def test_every_command_module_is_light_and_complete(name: str, module_name: str)
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, f"{name}: {proc.stderr.strip().splitlines()[-1:]}"
+
+
+def test_atomic_write_permissions(tmp_path: Path) -> None:
+    """A new file gets 0o666 & ~umask (mkstemp alone gives 0o600); a replaced file keeps
+    its own permissions."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    atomic_write_text(tmp_path / "new.json", "{}")
+    assert (tmp_path / "new.json").stat().st_mode & 0o777 == 0o666 & ~umask
+    private = tmp_path / "private.pth"
+    private.write_text("old")
+    private.chmod(0o600)
+    atomic_write_text(private, "new")
+    assert private.stat().st_mode & 0o777 == 0o600 and private.read_text() == "new"

@@ -241,18 +241,24 @@ def test_train_throughput_benchmark_times_real_steps():
     assert result["images_per_s"] == pytest.approx(2000.0 / result["median_ms"])
 
 
-def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(shapes, tmp_path):
-    import os
-    import signal
-    import subprocess
+def _train_cli(data, out, epochs: int, resume: bool = False) -> list[str]:
+    """``python -m runtime.cli train`` argv of the small one-step-per-epoch run."""
     import sys
+
+    argv = [sys.executable, "-m", "runtime.cli", "train", "--data", str(data), "--out",
+            str(out), "--epochs", str(epochs), "--max-steps", "1", "--num-workers", "0",
+            "--scales", "64", "--max-size", "64", "--eval-every", "0", "--no-progress",
+            "--batch-size", "2"]
+    argv += [a for k, v in SMALL.items() for a in ("--model-opt", f"{k}={v}")]
+    return argv + (["--resume"] if resume else [])
+
+
+def _stop_after_first_epoch(argv: list[str], out, sig) -> tuple[int, str]:
+    """Start ``argv``, send ``sig`` once an epoch finished; return (exit code, stderr)."""
+    import os
+    import subprocess
     import time
 
-    out = tmp_path / "interrupted"
-    argv = [sys.executable, "-m", "runtime.cli", "train", "--data", str(shapes), "--out",
-            str(out), "--epochs", "1000", "--max-steps", "1", "--num-workers", "0", "--scales",
-            "64", "--max-size", "64", "--eval-every", "0", "--no-progress", "--batch-size", "2"]
-    argv += [a for k, v in SMALL.items() for a in ("--model-opt", f"{k}={v}")]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)
@@ -261,14 +267,54 @@ def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(shapes, tmp_path):
         while not (out / "log.jsonl").exists() and time.monotonic() < deadline:
             time.sleep(0.2)
         assert (out / "log.jsonl").exists(), "no epoch finished in time"
-        proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+        proc.send_signal(sig)
         _, err = proc.communicate(timeout=60)
     finally:
         proc.kill()
-    assert proc.returncode == 130
+    return proc.returncode, err
+
+
+@pytest.mark.parametrize(("sig", "code"), [("SIGINT", 130), ("SIGTERM", 143)],
+                         ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_stops_cleanly_and_prints_the_resume_command(shapes, tmp_path, sig, code):
+    """Ctrl-C (SIGINT) and SIGTERM (kill, schedulers) stop the same clean way."""
+    import signal
+
+    out = tmp_path / "interrupted"
+    returncode, err = _stop_after_first_epoch(_train_cli(shapes, out, 1000), out,
+                                              getattr(signal, sig))
+    assert returncode == code, err
     assert "Resume with:" in err and "Traceback" not in err
+    assert not list(out.glob(".*.tmp")), "a half-written file was left behind"
     resume_line = err.split("Resume with:")[1].strip().splitlines()[0]
     assert resume_line.startswith("detr-edge train") and resume_line.endswith("--resume")
     # The checkpoint on disk is a complete, resumable one.
     raw = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
     assert raw["epoch"] >= 0 and "optimizer" in raw
+
+
+def test_killed_run_resumes_to_the_same_weights(shapes, tmp_path):
+    """SIGKILL (no clean-up at all) mid-run, then --resume: the weights equal those of
+    a run that was never stopped, because checkpoints are written atomically and carry
+    every RNG state."""
+    import os
+    import signal
+    import subprocess
+
+    killed = tmp_path / "killed"
+    returncode, _ = _stop_after_first_epoch(_train_cli(shapes, killed, 1000), killed,
+                                            signal.SIGKILL)
+    assert returncode == -signal.SIGKILL
+    done = int(torch.load(killed / "checkpoint.pth", map_location="cpu",
+                          weights_only=True)["epoch"]) + 1  # complete, loadable checkpoint
+    epochs = done + 1
+    env = dict(os.environ, OMP_NUM_THREADS="1")  # the same threads as the killed run
+    for argv in (_train_cli(shapes, killed, epochs, resume=True),
+                 _train_cli(shapes, tmp_path / "straight", epochs)):
+        proc = subprocess.run(argv, capture_output=True, text=True, env=env, timeout=300,
+                              check=False)
+        assert proc.returncode == 0, proc.stderr
+    a = _weights(killed / "checkpoint.pth")
+    b = _weights(tmp_path / "straight" / "checkpoint.pth")
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"resumed run differs in {different[:5]}"

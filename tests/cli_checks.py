@@ -1,0 +1,52 @@
+"""Shared checks of the CLI error tests (test_cli_errors.py, test_cli_model_errors.py,
+test_disk_full_and_signals.py): what "one clear line, exit code 2" means."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+from runtime.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+BAD_IMAGES = Path(__file__).parent / "data" / "bad" / "images"
+# Small but real DETR (the tiny preset's ResNet-18, a narrow transformer): as in test_train.
+SMALL = {"hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 1,
+         "dim_feedforward": 64, "num_queries": 5}
+
+
+def visible_lines(err: str) -> list[str]:
+    """The stderr lines a terminal keeps: progress bars redraw with '\\r', so only the
+    text after the last '\\r' of each line stays visible; blank lines are dropped."""
+    lines = (line.rsplit("\r", 1)[-1] for line in err.split("\n"))
+    return [line for line in lines if line.strip()]
+
+
+def assert_one_line_error(code: int, err: str, command: str, *patterns: str) -> str:
+    """Exit code 2, exactly one visible stderr line, no traceback, every regex found."""
+    lines = visible_lines(err)
+    assert code == 2, err
+    assert "Traceback" not in err, err
+    assert len(lines) == 1, lines
+    line = lines[0]
+    assert line.startswith(f"detr-edge {command}: error: "), line
+    for pattern in patterns:
+        assert re.search(pattern, line), f"{pattern!r} not in {line!r}"
+    return line
+
+
+def fails(capsys: pytest.CaptureFixture[str], argv: list[str], *patterns: str) -> str:
+    """Run ``detr-edge <argv>`` in-process; check it is a one-line user error."""
+    code = main(argv)
+    return assert_one_line_error(code, capsys.readouterr().err, argv[0], *patterns)
+
+
+def make_dataset(root: Path) -> Path:
+    """A 4 train + 2 val image synthetic COCO dataset of 64 px images under ``root``."""
+    from detr.data.synthetic import ShapesConfig, make_shapes_dataset
+
+    make_shapes_dataset(root, ShapesConfig(seed=1, num_train=4, num_val=2, image_size=64,
+                                           max_objects=2), progress=False)
+    return root
