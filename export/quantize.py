@@ -12,7 +12,9 @@ are fragile), so this keeps accuracy in three ways:
 
 The Q/DQ format is TensorRT's: symmetric INT8, zero point 0, per-tensor
 activations, per-channel weights (``export.qdq.inspect_qdq`` verifies it).
-Quantization itself is ONNX Runtime's ``quantize_static`` (QDQ format). The
+Quantization itself is ONNX Runtime's ``quantize_static`` (QDQ format), laid
+out afterwards so that ONNX Runtime's CPU provider runs it as integer kernels
+(``export.qdq_layout``: one Q/DQ pair per consumer, QLinearAdd). The
 calibration ranges are cached (keyed by model, images and method), so every
 fallback configuration is re-quantized without re-calibrating, and a rerun
 after Ctrl-C resumes from the cache.
@@ -58,6 +60,7 @@ class QuantizeConfig:
     pseudo_top_k: int = 10  # detections per image kept as pseudo ground truth
     seed: int = 0  # image selection / split
     quantize_attention: bool = False  # also quantize activation x activation MatMuls
+    quantize_add: bool = True  # Q/DQ on residual Add outputs too: ORT CPU runs QLinearAdd
     granularity: str = "block"  # fallback unit: block (backbone stage, encoder layer..) | layer
     latency_runs: int = 20  # timed ORT runs per model (median reported)
     warmup_runs: int = 3  # untimed runs first
@@ -152,6 +155,8 @@ def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
+    from export.qdq_layout import apply_cpu_layout
+
     graph = onnx.load(os.fspath(fp32_path), load_external_data=False).graph
     names = [n.name for n in graph.node]
     # ORT reads an empty nodes_to_quantize as "all nodes": exclude the rest explicitly.
@@ -173,7 +178,12 @@ def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
                     nodes_to_exclude=exclude,
                     calibrate_method=method, extra_options=extra,
                     calibration_cache_path=os.fspath(cache_path))
-    return onnx.load(os.fspath(out_path))
+    model = onnx.load(os.fspath(out_path))
+    # Layout for ONNX Runtime's integer kernels with the same meaning for TensorRT
+    # (export.qdq_layout): int8 MaxPool, QLinearAdd, one Q/DQ pair per consumer.
+    if any(apply_cpu_layout(model, config.quantize_add).values()):
+        atomic_write_bytes(out_path, model.SerializeToString())
+    return model
 
 
 def median_latency_ms(path: str | os.PathLike[str], feed: dict[str, np.ndarray], runs: int,

@@ -29,6 +29,7 @@ from torch import nn
 from export.calib_data import iter_feeds, list_images, select_images, split_images
 from export.onnx_meta import read_meta, write_meta
 from export.qdq import block_of, head_nodes, inspect_qdq, quantizable_nodes, scales
+from export.qdq_layout import op_counts, ort_optimized_graph, unfused_weight_ops
 from export.quantize import QuantizeConfig, quantize_int8, report_path
 from export.sensitivity import greedy_fallback, output_error
 from runtime.errors import InputError
@@ -200,6 +201,14 @@ def test_heads_stay_fp32(quantized: tuple, data: dict[str, Path]) -> None:
             assert _const(model, node.input[1]).dtype == np.float32
     assert not inspect_qdq(model).quantized & heads
     assert report.quantized_nodes == 6  # every non-head Conv/MatMul with weights
+
+
+def test_ort_runs_the_int8_nodes_as_integer_kernels(quantized: tuple) -> None:
+    model, _, _ = quantized
+    optimized = ort_optimized_graph(model)
+    assert unfused_weight_ops(optimized) == []
+    counts = op_counts(optimized)
+    assert counts.get("QLinearConv") == 3 and "Conv" not in counts, counts
 
 
 def test_int8_close_to_fp32_on_calibration_images(quantized: tuple,
@@ -419,3 +428,10 @@ def test_real_detr_tiny_graph(tmp_path: Path, data: dict[str, Path]) -> None:
     assert info.problems == [] and not info.quantized & heads
     assert report.quantized_nodes == sum(len(v) for v in blocks.values())
     assert not [line for line in report.check_onnx if line.startswith("FAIL")]
+    # ONNX Runtime runs every INT8 Conv/Gemm as an integer kernel (no DQ + FP32
+    # Conv left, e.g. the convs reading a ResNet block input) and the 8 residual
+    # Adds of the ResNet-18 backbone as QLinearAdd.
+    optimized = ort_optimized_graph(model8)
+    assert unfused_weight_ops(optimized) == []
+    counts = op_counts(optimized)
+    assert counts.get("QLinearConv") == 21 and counts.get("QLinearAdd") == 8, counts
