@@ -50,3 +50,18 @@ def make_dataset(root: Path) -> Path:
     make_shapes_dataset(root, ShapesConfig(seed=1, num_train=4, num_val=2, image_size=64,
                                            max_objects=2), progress=False)
     return root
+
+
+
+def sigint_not_ignored() -> None:
+    """Make children started after this get SIGINT's default action.
+
+    A suite started in the background (``make test &`` from a script) inherits
+    SIGINT as *ignored*, children inherit that through exec, and Python then
+    never raises KeyboardInterrupt, so the Ctrl-C path could not be tested.
+    A Python-level handler in this process is reset to the default on exec.
+    """
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_checks import ROOT, SMALL, assert_one_line_error
+from cli_checks import ROOT, SMALL, assert_one_line_error, sigint_not_ignored
 from tiny_onnx import make_tiny_onnx, tiny_meta
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
@@ -175,6 +175,7 @@ def test_benchmark_interrupted(sig: signal.Signals, code: int, bench_inputs: dic
             str(bench_inputs["checkpoint"]), "--data", str(bench_inputs["data"]), "--height",
             "64", "--width", "64", "--runs", "1000000", "--warmup", "0", "--max-images", "2",
             "--no-memory", "--out", str(out)]
+    sigint_not_ignored()
     with open(log, "w") as stdout:
         proc = subprocess.Popen(argv, stdout=stdout, stderr=subprocess.PIPE, text=True,
                                 env=ENV, cwd=ROOT)

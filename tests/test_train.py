@@ -259,6 +259,9 @@ def _stop_after_first_epoch(argv: list[str], out, sig) -> tuple[int, str]:
     import subprocess
     import time
 
+    from cli_checks import sigint_not_ignored
+
+    sigint_not_ignored()
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=env)

@@ -137,7 +137,8 @@ class ObjectCrops(torch.utils.data.Dataset):
                                                            Image.Resampling.BILINEAR))
         if self.train and self._rng.random() < 0.5:
             crop = crop[:, ::-1]
-        tensor = torch.from_numpy(np.array(crop))  # a writable copy.permute(2, 0, 1).float() / 255.0
+        # np.array copies: the resized PIL pixels are read-only.
+        tensor = torch.from_numpy(np.array(crop)).permute(2, 0, 1).float() / 255.0
         mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
         std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
         return (tensor - mean) / std, label
