@@ -44,7 +44,7 @@ class PipelineConfig:
     runs: int = 20  # timed runs per latency measurement (detr-tiny at 192 px: ~0.1 s each)
     warmup: int = 2  # untimed runs before them
     batch_sizes: tuple[int, ...] = (1,)  # throughput batch sizes (the ONNX graphs are batch 1)
-    image_size: int = 192  # dataset image side = demo model's training size
+    image_size: int = 192  # dataset image side (the model input comes from the checkpoint)
     num_train: int = 2000  # training images (generated only when training)
     num_val: int = 200  # validation images
     max_objects: int = 4  # objects per image (the demo model's dataset, detr/assets/README.md)
@@ -169,7 +169,10 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         stage("model", {"checkpoint": file_digest(source)}, [result.checkpoint],
               lambda: _copy(source, result.checkpoint))
     ckpt_digest = file_digest(result.checkpoint)
-    size = config.image_size
+    # Export and benchmark at the canvas the model was trained for (the demo model saw the
+    # 192 px images resized to 128): a larger canvas would show it objects at other sizes.
+    size = trained_input_size(result.checkpoint, default=config.image_size)
+    log(f"model input: {size}x{size}")
     art = result.artifacts
 
     # 3.-4. ONNX FP32 / FP16 ----------------------------------------------------------------
@@ -217,6 +220,22 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         + f"; total {time.perf_counter() - total0:.1f} s")
     log(f"report: {result.report_dir / 'report.md'} (also report.json, plot.png)")
     return result
+
+
+def trained_input_size(checkpoint: Path, default: int) -> int:
+    """Square input side for a checkpoint: what ``detr-edge eval`` uses for it (its
+    ``train_config`` eval size, else its largest training scale), rounded up to the
+    backbone stride 32; ``default`` for checkpoints without a training record
+    (official / Hugging Face weights)."""
+    import detr
+
+    train_config = detr.load_checkpoint(checkpoint).raw.get("train_config")
+    if not isinstance(train_config, dict):
+        return default
+    size = train_config.get("eval_size") or max(train_config.get("scales") or [0])
+    if not isinstance(size, int) or size <= 0:
+        return default
+    return -(-size // 32) * 32
 
 
 def _bind(fn: Callable[..., str], *args: Any) -> Callable[[], str]:

@@ -11,11 +11,11 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from benchmarks.pipeline import PipelineConfig, StageCache, run_pipeline
+from benchmarks.pipeline import PipelineConfig, StageCache, run_pipeline, trained_input_size
 from runtime.errors import InputError
 
 
-def _tiny_checkpoint(path: Path) -> Path:
+def _tiny_checkpoint(path: Path, extra: dict | None = None) -> Path:
     """A random detr-tiny for the 6 default shape classes (category ids 2..17)."""
     import detr
     from detr.data.synthetic import DEFAULT_CATEGORIES
@@ -24,7 +24,7 @@ def _tiny_checkpoint(path: Path) -> Path:
     config = detr.get_config("detr-tiny", num_queries=10)
     model = detr.build_model_from_config(config, len(DEFAULT_CATEGORIES))
     detr.save_checkpoint(path, model, config, [n for _, n in DEFAULT_CATEGORIES],
-                         [i for i, _ in DEFAULT_CATEGORIES])
+                         [i for i, _ in DEFAULT_CATEGORIES], extra=extra)
     return path
 
 
@@ -75,3 +75,16 @@ def test_pipeline_bad_options(tmp_path: Path) -> None:
         run_pipeline(PipelineConfig(out=str(tmp_path / "r"), checkpoint=str(tmp_path / "no.pth"),
                                     image_size=64, num_val=1, calib_images=1,
                                     quant_eval_images=0, progress=False), log=lambda _: None)
+
+
+def test_model_input_is_the_size_the_checkpoint_was_trained_at(tmp_path: Path) -> None:
+    assert trained_input_size(_tiny_checkpoint(tmp_path / "a.pth"), default=192) == 192
+    trained = {"scales": [96, 128], "eval_size": None}
+    assert trained_input_size(_tiny_checkpoint(tmp_path / "b.pth", {"train_config": trained}),
+                              default=192) == 128
+    odd = {"scales": [100], "eval_size": None}  # rounded up to the backbone stride
+    assert trained_input_size(_tiny_checkpoint(tmp_path / "c.pth", {"train_config": odd}),
+                              default=192) == 128
+    evals = {"scales": [128], "eval_size": 64}
+    assert trained_input_size(_tiny_checkpoint(tmp_path / "d.pth", {"train_config": evals}),
+                              default=192) == 64
