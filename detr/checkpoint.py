@@ -145,6 +145,9 @@ def load_checkpoint(
             f"checkpoint has {stored_classes} classes (class_embed has {stored_classes + 1} "
             f"outputs incl. no-object) but num_classes={wanted} was requested",
         )
+    # The file holds every weight: a backbone_weights path recorded at training time
+    # (pretrain-backbone output, usually not shipped with the checkpoint) is provenance only.
+    config = dataclasses.replace(config, backbone_weights=None)
     model = build_model_from_config(config, wanted)
     _load_strict(model, state, file, config)
     model.eval()

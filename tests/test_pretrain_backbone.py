@@ -92,3 +92,21 @@ def test_command_prints_accuracy_and_maps_errors(shapes, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "missing" in err[0]
     assert np.isfinite(torch.load(out, weights_only=True)["conv1.weight"].sum().item())
+
+
+def test_checkpoint_loads_after_the_backbone_file_is_gone(shapes, tmp_path):
+    """A DETR built from pretrained backbone weights records their path in its config;
+    the checkpoint holds every weight, so loading it must not need that file."""
+    weights = tmp_path / "r18.pth"
+    pretrain_backbone(PretrainConfig(data=str(shapes), out=str(weights), image_size=48,
+                                     crop_size=24, epochs=1, batch_size=8, val_split=None,
+                                     progress=False))
+    config = detr.get_config("detr-tiny", backbone_weights=str(weights), num_queries=5)
+    model = detr.build_model_from_config(config, 6)
+    ckpt = tmp_path / "detr.pth"
+    detr.save_checkpoint(ckpt, model, config, [f"c{i}" for i in range(6)], list(range(1, 7)))
+    weights.unlink()
+    loaded = detr.load_checkpoint(ckpt)
+    assert loaded.config.backbone_weights is None
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, loaded.model.state_dict()[key]), key
