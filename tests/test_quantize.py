@@ -435,3 +435,51 @@ def test_real_detr_tiny_graph(tmp_path: Path, data: dict[str, Path]) -> None:
     assert unfused_weight_ops(optimized) == []
     counts = op_counts(optimized)
     assert counts.get("QLinearConv") == 21 and counts.get("QLinearAdd") == 8, counts
+
+
+def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(data: dict[str, Path],
+                                                    tmp_path: Path) -> None:
+    """SIGINT after calibration: exit 130, says how to resume, no output file; the
+    same command then finishes from the cached calibration ranges."""
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from cli_checks import ROOT, sigint_not_ignored
+
+    out = tmp_path / "m.int8.onnx"
+    cache = tmp_path / "cache"
+    argv = [sys.executable, "-m", "runtime.cli", "quantize", "--onnx", str(data["tiny"]),
+            "--calib-data", str(data["images"]), "--calib-images", "16", "--eval-images", "8",
+            "--threads", "1", "--cache-dir", str(cache), "--out", str(out)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    log = tmp_path / "stderr.txt"
+    sigint_not_ignored()
+    with open(log, "w") as stderr:
+        # Many latency runs keep the command busy after calibration whatever the speed.
+        proc = subprocess.Popen([*argv, "--latency-runs", "1000000"], stdout=subprocess.DEVNULL,
+                                stderr=stderr, env=env, cwd=ROOT)
+        try:
+            deadline = time.monotonic() + 120
+            while not list(cache.glob("*.json")) and time.monotonic() < deadline:
+                assert proc.poll() is None, log.read_text()
+                time.sleep(0.1)
+            assert list(cache.glob("*.json")), "calibration did not finish in time"
+            time.sleep(1.0)  # into the held-out AP / latency runs
+            proc.send_signal(2)  # SIGINT, what Ctrl-C sends
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    err = log.read_text()
+    assert proc.returncode == 130, err
+    assert "quantize interrupted; calibration ranges are cached in" in err
+    assert "rerun the same command to resume" in err and "Traceback" not in err
+    assert not out.exists() and not list(tmp_path.glob(".m.int8.onnx*"))
+    cached = list(cache.glob("detr-edge-calib-*.json"))
+    assert len(cached) == 1
+    stamp = cached[0].stat().st_mtime_ns
+    done = subprocess.run([*argv, "--latency-runs", "2"], capture_output=True, text=True,
+                          env=env, cwd=ROOT, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr
+    assert out.is_file() and cached[0].stat().st_mtime_ns == stamp  # ranges reused
