@@ -31,6 +31,7 @@ from PIL import Image
 
 from runtime.errors import DataError, InputError
 from runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
+from runtime.preprocess import normalize, resize_to_fit
 
 
 @dataclass(frozen=True)
@@ -71,7 +72,7 @@ class PretrainResult:
 class ObjectCrops(torch.utils.data.Dataset):
     """``crops[i] -> (image float [3, S, S] ImageNet-normalised, label int)``.
 
-    One item per non-crowd annotation. ``train=True`` jitters the crop centre
+    One item per object box of the training targets. ``train=True`` jitters the crop centre
     by up to 1/8 of the crop and flips half of the crops horizontally.
     Resized images are cached in memory (``image_size`` is small).
     """
@@ -84,16 +85,21 @@ class ObjectCrops(torch.utils.data.Dataset):
         self.image_size = image_size
         self.crop_size = crop_size
         self.train = train
-        # image id, cx, cy, longer box side (original pixels), label
+        # image id, cx, cy, longer box side (original pixels), label. Boxes come from
+        # the dataset's own targets: crowd regions and degenerate boxes are dropped and
+        # boxes clipped to the image exactly as for DETR training.
         self.items: list[tuple[int, float, float, float, int]] = []
-        for ann in self.dataset.coco.dataset["annotations"]:
-            if ann.get("iscrowd", 0):
-                continue
-            x, y, w, h = ann["bbox"]
-            if w <= 0 or h <= 0:
-                continue
-            label = self.dataset.cat_to_label[ann["category_id"]]
-            self.items.append((ann["image_id"], x + w / 2, y + h / 2, max(w, h), label))
+        for image_id in self.dataset.ids:
+            info = self.dataset.coco.imgs[image_id]
+            if "width" in info and "height" in info:
+                width, height = int(info["width"]), int(info["height"])
+            else:  # optional in COCO files: read it from the image
+                width, height = self.dataset.load_image(image_id).size
+            target = self.dataset.make_target(image_id, width, height)
+            for (x0, y0, x1, y1), label in zip(target["boxes"].tolist(),
+                                               target["labels"].tolist(), strict=True):
+                self.items.append((image_id, (x0 + x1) / 2, (y0 + y1) / 2,
+                                   max(x1 - x0, y1 - y0), label))
         if not self.items:
             raise DataError(self.dataset.ann_file, "no object annotations to pretrain on")
         self._cache: dict[int, tuple[np.ndarray, float]] = {}
@@ -105,10 +111,8 @@ class ObjectCrops(torch.utils.data.Dataset):
 
     def _resized(self, image_id: int) -> tuple[np.ndarray, float]:
         if image_id not in self._cache:
-            image = self.dataset.load_image(image_id)
-            scale = self.image_size / max(image.size)
-            size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-            resized = image.resize(size, Image.Resampling.BILINEAR)
+            resized, scale = resize_to_fit(self.dataset.load_image(image_id), self.image_size,
+                                           self.image_size)
             self._cache[image_id] = (np.asarray(resized, dtype=np.uint8), scale)
         return self._cache[image_id]
 
@@ -137,11 +141,7 @@ class ObjectCrops(torch.utils.data.Dataset):
                                                            Image.Resampling.BILINEAR))
         if self.train and self._rng.random() < 0.5:
             crop = crop[:, ::-1]
-        # np.array copies: the resized PIL pixels are read-only.
-        tensor = torch.from_numpy(np.array(crop)).permute(2, 0, 1).float() / 255.0
-        mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
-        std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
-        return (tensor - mean) / std, label
+        return torch.from_numpy(normalize(crop, IMAGENET_MEAN, IMAGENET_STD)), label
 
 
 def build_classifier(backbone: str, num_classes: int) -> torch.nn.Module:
