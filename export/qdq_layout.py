@@ -35,8 +35,9 @@ from __future__ import annotations
 import collections
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
@@ -67,6 +68,40 @@ def _consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, i
     return uses
 
 
+class _GraphIndex(NamedTuple):
+    """Lookups every pass needs, built once per pass (before it edits the graph)."""
+
+    inits: dict[str, onnx.TensorProto]  # initializer name -> tensor
+    producer: dict[str, onnx.NodeProto]  # tensor -> node that outputs it
+    uses: dict[str, list[tuple[onnx.NodeProto, int]]]  # tensor -> (consumer, input index)
+    outputs: set[str]  # graph output names
+
+    @classmethod
+    def of(cls, graph: onnx.GraphProto) -> _GraphIndex:
+        return cls({i.name: i for i in graph.initializer},
+                   {out: node for node in graph.node for out in node.output},
+                   _consumers(graph), {o.name for o in graph.output})
+
+
+def _copy_initializer(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
+    """``tensor`` under a new ``name``: each new Q/DQ reads its own scale / zero point,
+    since ORT merges Q nodes that share them back into one shared pair."""
+    copy = type(tensor)()
+    copy.CopyFrom(tensor)
+    copy.name = name
+    return copy
+
+
+def _rebuild(graph: onnx.GraphProto, expand: Callable[[onnx.NodeProto], list[onnx.NodeProto]],
+             new_inits: list[onnx.TensorProto]) -> None:
+    """Replace each node by ``expand(node)`` (in order: the graph stays topological
+    when new nodes follow their inputs' producers) and add ``new_inits``."""
+    order = [new for node in graph.node for new in expand(node)]
+    del graph.node[:]
+    graph.node.extend(order)
+    graph.initializer.extend(new_inits)
+
+
 def dedicate_activation_qdq(model: onnx.ModelProto) -> int:
     """Give every consumer of a quantized activation its own ``Q -> DQ`` pair with
     its own scale / zero-point initializers (in place). Returns pairs added.
@@ -79,10 +114,8 @@ def dedicate_activation_qdq(model: onnx.ModelProto) -> int:
     are not initializers are left as they are.
     """
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
+    inits, _, uses, graph_outputs = _GraphIndex.of(graph)
     constants = set(inits) | {n.output[0] for n in graph.node if n.op_type == "Constant"}
-    graph_outputs = {o.name for o in graph.output}
-    uses = _consumers(graph)
     used_names = {n.name for n in graph.node} | set(inits) \
         | {o for n in graph.node for o in n.output}
 
@@ -115,11 +148,8 @@ def dedicate_activation_qdq(model: onnx.ModelProto) -> int:
         for dq, node, index in targets[1:]:  # the first consumer keeps the original pair
             renamed = {}
             for name in qparams:
-                copy = type(inits[name])()
-                copy.CopyFrom(inits[name])
-                copy.name = fresh(f"{name}_dedicated")
-                new_inits.append(copy)
-                renamed[name] = copy.name
+                new_inits.append(_copy_initializer(inits[name], fresh(f"{name}_dedicated")))
+                renamed[name] = new_inits[-1].name
             new_q, new_dq = type(q)(), type(dq)()
             new_q.CopyFrom(q)
             new_dq.CopyFrom(dq)
@@ -138,15 +168,10 @@ def dedicate_activation_qdq(model: onnx.ModelProto) -> int:
     if not added:
         return 0
     # New pairs go right after their Q: before any consumer, so the order stays topological.
-    order = []
-    for node in graph.node:
-        if node.name in dropped and node.op_type == "DequantizeLinear":
-            continue
-        order.append(node)
-        order.extend(added.get(node.name, []) if node.op_type == "QuantizeLinear" else [])
-    del graph.node[:]
-    graph.node.extend(order)
-    graph.initializer.extend(new_inits)
+    _rebuild(graph, lambda node: (
+        [] if node.name in dropped and node.op_type == "DequantizeLinear"
+        else [node, *(added.get(node.name, []) if node.op_type == "QuantizeLinear" else [])]),
+        new_inits)
     return sum(len(nodes) // 2 for nodes in added.values())
 
 
@@ -166,10 +191,7 @@ def quantize_add_before_relu(model: onnx.ModelProto) -> int:
     from onnx import helper
 
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
-    uses = _consumers(graph)
-    graph_outputs = {o.name for o in graph.output}
+    inits, producer, uses, graph_outputs = _GraphIndex.of(graph)
     added: dict[str, list[onnx.NodeProto]] = {}
     new_inits = []
     for add in graph.node:
@@ -192,13 +214,10 @@ def quantize_add_before_relu(model: onnx.ModelProto) -> int:
                or not all(_same_tensor(a, b) for a, b in zip(p, params[0], strict=True))
                for p in params):
             continue  # the Relu output is quantized with different scales: leave it
-        names = []
-        for tensor in params[0]:
-            copy = type(tensor)()
-            copy.CopyFrom(tensor)
-            copy.name = f"{add.output[0]}_add{len(names)}_{tensor.name}"
-            new_inits.append(copy)
-            names.append(copy.name)
+        copies = [_copy_initializer(t, f"{add.output[0]}_add{k}_{t.name}")
+                  for k, t in enumerate(params[0])]
+        new_inits += copies
+        names = [c.name for c in copies]
         q_out, dq_out = f"{add.output[0]}_QuantizeLinear_Output", f"{add.output[0]}_Dequantized"
         nodes = [helper.make_node("QuantizeLinear", [add.output[0], *names], [q_out],
                                   name=f"{add.output[0]}_QuantizeLinear"),
@@ -208,13 +227,8 @@ def quantize_add_before_relu(model: onnx.ModelProto) -> int:
         added[add.name] = nodes
     if not added:
         return 0
-    order = []
-    for node in graph.node:
-        order.append(node)
-        order.extend(added.get(node.name, []) if node.op_type == "Add" else [])
-    del graph.node[:]
-    graph.node.extend(order)
-    graph.initializer.extend(new_inits)
+    _rebuild(graph, lambda node: [node, *(added.get(node.name, [])
+                                          if node.op_type == "Add" else [])], new_inits)
     return len(added)
 
 
@@ -233,10 +247,7 @@ def quantize_maxpool_inputs(model: onnx.ModelProto) -> int:
     from onnx import helper
 
     graph = model.graph
-    inits = {i.name: i for i in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
-    uses = _consumers(graph)
-    graph_outputs = {o.name for o in graph.output}
+    inits, producer, uses, graph_outputs = _GraphIndex.of(graph)
     replaced: dict[str, list[onnx.NodeProto]] = {}
     new_inits = []
     for pool in graph.node:
@@ -251,13 +262,10 @@ def quantize_maxpool_inputs(model: onnx.ModelProto) -> int:
             continue
         nodes: list[onnx.NodeProto] = []
         for k, q in enumerate(qs):
-            names = []
-            for name in (n for n in q.input[1:] if n):
-                copy = type(inits[name])()
-                copy.CopyFrom(inits[name])
-                copy.name = f"{pool.output[0]}_input{k}_{name}"
-                new_inits.append(copy)
-                names.append(copy.name)
+            copies = [_copy_initializer(inits[name], f"{pool.output[0]}_input{k}_{name}")
+                      for name in q.input[1:] if name]
+            new_inits += copies
+            names = [c.name for c in copies]
             tag = f"{pool.output[0]}_input{k}"
             copy_pool = type(pool)()
             copy_pool.CopyFrom(pool)
@@ -273,13 +281,8 @@ def quantize_maxpool_inputs(model: onnx.ModelProto) -> int:
         replaced[pool.name] = nodes
     if not replaced:
         return 0
-    order = []
-    for node in graph.node:
-        order.extend(replaced[node.name] if node.op_type == "MaxPool" and node.name in replaced
-                     else [node])
-    del graph.node[:]
-    graph.node.extend(order)
-    graph.initializer.extend(new_inits)
+    _rebuild(graph, lambda node: (replaced[node.name] if node.op_type == "MaxPool"
+                                  and node.name in replaced else [node]), new_inits)
     return len(replaced)
 
 
