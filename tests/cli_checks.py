@@ -52,7 +52,6 @@ def make_dataset(root: Path) -> Path:
     return root
 
 
-
 def sigint_not_ignored() -> None:
     """Make children started after this get SIGINT's default action.
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cli_checks import make_dataset
 
 import detr
-from detr.data.synthetic import ShapesConfig, make_shapes_dataset
 from detr.train.pretrain_backbone import ObjectCrops, PretrainConfig, pretrain_backbone
 from runtime.errors import InputError
 from runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
@@ -17,10 +17,7 @@ from runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
 
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes")
-    make_shapes_dataset(root, ShapesConfig(seed=5, num_train=6, num_val=3, image_size=96,
-                                           max_objects=3), progress=False)
-    return root
+    return make_dataset(tmp_path_factory.mktemp("shapes"))
 
 
 def test_one_crop_per_object_centred_on_it(shapes):
