@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Detector", "Detections"]
+__all__ = ["Detections", "Detector"]
 
 
 def __getattr__(name: str) -> Any:
