@@ -5,7 +5,8 @@ Stages (each prints a header and its wall time):
 2. model     - the committed demo checkpoint, or ``train_minutes`` of ``detr.train``;
 3. onnx-fp32 - ``export.onnx_export`` (parity-checked against PyTorch);
 4. onnx-fp16 - the same exporter with ``precision='fp16'``;
-5. int8      - ``export.quantize`` (explicit Q/DQ within an AP budget);
+5. int8      - ``export.quantize`` (explicit Q/DQ within an AP budget), in TensorRT's
+               format and (int8-cpu) in ONNX Runtime's uint8 CPU format;
 6. engines   - ``export.engine_builder`` when TensorRT and a GPU are present;
 7. benchmark - ``benchmarks.suite.run_benchmark`` over everything above.
 
@@ -31,6 +32,10 @@ from runtime.errors import DetrEdgeError, InputError
 
 # The committed demo model (trained by detr/assets/README.md's recipe).
 DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "detr" / "assets" / "detr-tiny-shapes.pth"
+
+
+# dataset, model, onnx-fp32, onnx-fp16, int8, int8-cpu, engines, benchmark
+NUM_STAGES = 8
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
 
     def stage(name: str, inputs: dict[str, Any], outputs: list[Path],
               work: Callable[[], str | None]) -> None:
-        log(f"\n=== [{len(result.stage_seconds) + 1}/7] {name} ===")
+        log(f"\n=== [{len(result.stage_seconds) + 1}/{NUM_STAGES}] {name} ===")
         t0 = time.perf_counter()
         if cache.is_fresh(name, inputs, outputs):
             status = "reused (inputs unchanged)"
@@ -183,11 +188,12 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
     fp32_onnx = art / "model_fp32.onnx"
 
     # 5. INT8 -------------------------------------------------------------------------------
-    int8 = art / "model_int8.onnx"
-    stage("int8", {"onnx": file_digest(fp32_onnx), "calib_images": config.calib_images,
-                   "eval_images": config.quant_eval_images,
-                   "dataset": asdict(shapes)}, [int8],
-          lambda: _quantize(fp32_onnx, int8, data, config, log))
+    for target, name in (("tensorrt", "int8"), ("cpu", "int8-cpu")):
+        int8 = art / f"model_{name.replace('-', '_')}.onnx"
+        stage(name, {"onnx": file_digest(fp32_onnx), "calib_images": config.calib_images,
+                     "eval_images": config.quant_eval_images, "target": target,
+                     "dataset": asdict(shapes)}, [int8],
+              _bind(_quantize, fp32_onnx, int8, data, config, log, target))
 
     # 6. TensorRT engines -------------------------------------------------------------------
     stage("engines", {"onnx": [file_digest(p) for p in sorted(art.glob("*.onnx"))]},
@@ -208,7 +214,7 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         result.report = run_benchmark(bench, log=log)
         return "ran"
 
-    log("\n=== [7/7] benchmark ===")
+    log(f"\n=== [{NUM_STAGES}/{NUM_STAGES}] benchmark ===")
     t0 = time.perf_counter()
     _bench()  # always re-measured: timings are the point of the run
     result.stage_seconds["benchmark"] = time.perf_counter() - t0
@@ -269,13 +275,13 @@ def _export(checkpoint: Path, out: Path, size: int, precision: str, data: Path,
 
 
 def _quantize(fp32: Path, out: Path, data: Path, config: PipelineConfig,
-              log: Callable[[str], None]) -> str:
+              log: Callable[[str], None], target: str) -> str:
     from export.quantize import QuantizeConfig, quantize_int8
 
     # Calibrate (and pick the Q/DQ fallback) on train images; the benchmark evaluates val.
     _, report = quantize_int8(fp32, str(data / "train"), QuantizeConfig(
         out_path=str(out), calib_images=config.calib_images, eval_images=config.quant_eval_images,
-        latency_runs=3, warmup_runs=1, progress=config.progress))
+        latency_runs=3, warmup_runs=1, progress=config.progress, target=target))
     fmt = getattr(report, "format", None)
     if callable(fmt):
         log(fmt())
@@ -284,15 +290,20 @@ def _quantize(fp32: Path, out: Path, data: Path, config: PipelineConfig,
 
 
 def _engines(art: Path, data: Path, config: PipelineConfig, log: Callable[[str], None]) -> str:
-    from benchmarks.suite import tensorrt_unavailable_reason
+    from benchmarks.artifacts import tensorrt_unavailable_reason
 
     reason = tensorrt_unavailable_reason() if config.build_engines else "disabled (--no-engines)"
     if reason:
         log(f"TensorRT engines skipped: {reason}")
         return f"skipped: {reason}"
+    from benchmarks.artifacts import row_precision
     from export.engine_builder import EngineBuildConfig, build_engine
+    from export.onnx_meta import load_onnx, read_meta
 
     for onnx_path in sorted(art.glob("model_*.onnx")):
+        if row_precision(read_meta(load_onnx(onnx_path), onnx_path)) == "int8-cpu":
+            log(f"no engine for {onnx_path.name}: the cpu Q/DQ format is not a TensorRT input")
+            continue
         engine = onnx_path.with_suffix(".engine")
         try:
             build_engine(EngineBuildConfig(onnx_path=str(onnx_path), out_path=str(engine),

@@ -1,19 +1,26 @@
-"""DETR-R50 speed, side by side in one process: PyTorch eager FP32 vs ONNX Runtime
-FP32 vs ONNX Runtime INT8 (Q/DQ), end to end at 800x1066, batch 1, random weights.
+"""DETR-R50 speed, side by side: PyTorch eager FP32 vs ONNX Runtime FP32 vs ONNX
+Runtime INT8 (TensorRT Q/DQ format and the cpu format), end to end at 800x1066,
+batch 1, random weights.
 
 ``python -m benchmarks.r50_speed [--runs N] [--threads T] [--no-int8]``
 
 End to end = ``runtime.preprocess`` of an 800x1066 image file + the model +
-``runtime.decode``; the model-alone latency is reported too. The paths are
-timed round-robin (run i of each path back to back) so that load from other
-processes on a shared machine affects them alike. Weights are random
-(no downloads here): speed does not depend on the weight values, except that
-INT8 calibration ranges come from a few synthetic images. Prints the ratios
-ORT FP32 / PyTorch FP32 (target <= 0.45) and ORT INT8 / ORT FP32 (target <= 0.35).
+``runtime.decode``; the model-alone latency is reported too. Each path runs in
+its own worker process, as a deployment would run it. In one process, the
+thread pools of PyTorch (OpenMP) and of every ONNX Runtime session compete:
+measured that way PyTorch was ~18% slower than alone, which flattered ONNX
+Runtime. The workers are timed round-robin (run i of each path back to back,
+with a pause between paths so spinning threads go idle), so load from other
+processes on a shared machine affects all paths alike. Weights are random (no
+downloads here): speed does not depend on the weight values, except that INT8
+calibration ranges come from a few synthetic images. Prints the ratios ORT FP32
+/ PyTorch FP32 (target <= 0.45) and ORT INT8 / ORT FP32 (target <= 0.35), and
+the FP32 compute floor (``benchmarks.compute_floor``): the time the graph's
+multiply-adds need at this machine's measured FP32 MatMul peak.
 
 Note: the exporter refuses canvases that are not multiples of 32 (export.onnx_export
 validates for TensorRT); here the graph is traced directly at 800x1066 since ONNX
-Runtime needs no such alignment, so all three paths see exactly the same input.
+Runtime needs no such alignment, so all paths see exactly the same input.
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ from typing import Any
 
 TARGET_ORT_OVER_TORCH = 0.45
 TARGET_INT8_OVER_FP32 = 0.35
+NUM_CLASSES = 91  # COCO's class ids, like the official DETR-R50
 
 
 @dataclass(frozen=True)
@@ -40,94 +48,160 @@ class R50SpeedConfig:
     runs: int = 5  # timed runs per path (R50 at this size is seconds per run on 2 cores)
     warmup: int = 1  # untimed runs first
     threads: int | None = None  # CPU threads for torch and ORT (None = torch's setting)
-    int8: bool = True  # also quantize and time INT8
+    int8: bool = True  # also quantize and time INT8 (both Q/DQ formats)
     calib_images: int = 4  # synthetic images for INT8 calibration ranges
     work_dir: str | None = None  # ONNX files go here (None = a temporary folder)
     seed: int = 0  # random weights / input
+    pause_s: float = 0.25  # idle time between paths (lets spinning worker threads sleep)
+    floor: bool = True  # also measure the FP32 compute floor
+    preset: str = "detr-r50"  # model preset (tests use detr-tiny on a small canvas)
 
 
-def _e2e(backend_infer: Any, image: Path, meta: Any) -> Any:
+def _meta(preset: str, H: int, W: int) -> Any:
+    from runtime.metadata import ModelMeta
+
+    return ModelMeta(preset=preset, input_height=H, input_width=W,
+                     class_names=[f"class{i}" for i in range(NUM_CLASSES)],
+                     label_map=list(range(1, NUM_CLASSES + 1)))
+
+
+def _torch_model(preset: str, seed: int) -> Any:
+    import torch
+
+    import detr
+
+    torch.manual_seed(seed)  # the same random weights in the exporter and the worker
+    return detr.build_model(preset, NUM_CLASSES).eval()
+
+
+def _worker(conn: Any, path: str | None, image: str, preset: str, H: int, W: int,
+            threads: int, seed: int) -> None:
+    """One measured path in its own process: ``path`` is an ONNX file, or None for
+    PyTorch eager. Answers "run" with (model ms, end-to-end ms), "outputs" with
+    the model outputs, None = exit."""
     from benchmarks.accuracy import decode_clipped
     from runtime.preprocess import preprocess
 
-    def call() -> None:
-        batch = preprocess([image], meta)
-        logits, boxes = backend_infer(batch.images, batch.mask)
-        decode_clipped(logits, boxes, batch, meta)
-    return call
+    meta = _meta(preset, H, W)
+    if path is None:
+        import torch
+
+        from benchmarks.torch_reference import TorchReference
+
+        torch.set_num_threads(threads)
+        backend: Any = TorchReference(_torch_model(preset, seed))
+    else:
+        from runtime.detector import open_backend
+
+        backend = open_backend(path, "onnxruntime", providers="cpu", intra_op_threads=threads)
+    batch = preprocess([Path(image)], meta)
+    conn.send("ready")
+    while (msg := conn.recv()) is not None:
+        if msg == "outputs":
+            conn.send(backend.infer(batch.images, batch.mask))
+            continue
+        t0 = time.perf_counter()
+        backend.infer(batch.images, batch.mask)
+        t1 = time.perf_counter()
+        b = preprocess([Path(image)], meta)
+        logits, boxes = backend.infer(b.images, b.mask)
+        decode_clipped(logits, boxes, b, meta)
+        t2 = time.perf_counter()
+        conn.send(((t1 - t0) * 1e3, (t2 - t1) * 1e3))
+    backend.close()
+
+
+def _prepare(config: R50SpeedConfig, work: Path, threads: int, log: Any) -> dict[str, str | None]:
+    """Export (and quantize) into ``work`` unless already there; ``{path name: ONNX or None}``."""
+    from export.onnx_export import trace_to_onnx
+    from export.onnx_meta import write_meta
+    from runtime.atomic import atomic_write_bytes
+
+    H, W = config.height, config.width
+    stem = config.preset.replace("-", "_")
+    fp32 = work / f"{stem}_fp32.onnx"
+    if not fp32.is_file():
+        log(f"exporting {config.preset} at {H}x{W} (random weights) -> {fp32}")
+        graph = trace_to_onnx(_torch_model(config.preset, config.seed), H, W, 1, False)
+        write_meta(graph, _meta(config.preset, H, W))
+        atomic_write_bytes(fp32, graph.SerializeToString())
+    paths: dict[str, str | None] = {"pytorch_fp32": None, "ort_fp32": str(fp32)}
+    if not config.int8:
+        return paths
+    from detr.data.synthetic import ShapesConfig, make_shapes_dataset
+    from export.quantize import QuantizeConfig, quantize_int8
+
+    calib = work / "calib"
+    if not (calib / "train").is_dir():
+        make_shapes_dataset(calib, ShapesConfig(num_train=config.calib_images, num_val=0,
+                                                image_size=max(H, W) // 2), progress=False)
+    for name, target in (("ort_int8", "tensorrt"), ("ort_int8_cpu", "cpu")):
+        out = work / f"{stem}_{name[4:]}.onnx"
+        if not out.is_file():
+            log(f"quantizing to INT8, {target} Q/DQ format ({config.calib_images} "
+                f"calibration images) -> {out}")
+            quantize_int8(fp32, str(calib / "train"), QuantizeConfig(
+                out_path=str(out), calib_images=config.calib_images, eval_images=0,
+                latency_runs=0, threads=threads, progress=False, target=target))
+        paths[name] = str(out)
+    return paths
 
 
 def run_r50_speed(config: R50SpeedConfig, log: Any = print) -> dict[str, Any]:
     """Measure and return ``{'paths': {name: {'e2e': stats, 'model': stats}}, 'ratios': ...}``."""
+    import multiprocessing
+
     import numpy as np
-    import torch
     from PIL import Image
     from tqdm import tqdm
 
-    import detr
     from benchmarks.accuracy import decode_clipped
     from benchmarks.env_info import collect_env_info
     from benchmarks.timing import stats_from_samples, time_call
-    from benchmarks.torch_reference import TorchReference
-    from export.onnx_export import trace_to_onnx
-    from export.onnx_meta import write_meta
-    from runtime.atomic import atomic_write_bytes
-    from runtime.detector import open_backend
-    from runtime.metadata import ModelMeta
     from runtime.preprocess import preprocess
 
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    threads = config.threads or torch.get_num_threads()
-    torch.manual_seed(config.seed)
+    threads = config.threads
+    if not threads:
+        import torch
+
+        threads = torch.get_num_threads()
     H, W = config.height, config.width
     work = Path(config.work_dir or tempfile.mkdtemp(prefix="detr-r50-speed-"))
     work.mkdir(parents=True, exist_ok=True)
-    model = detr.build_model("detr-r50", 91).eval()
-    meta = ModelMeta(preset="detr-r50", input_height=H, input_width=W,
-                     class_names=[f"class{i}" for i in range(91)], label_map=list(range(1, 92)))
-    rng = np.random.default_rng(config.seed)
     image = work / "input.jpg"
+    rng = np.random.default_rng(config.seed)
     Image.fromarray(rng.integers(0, 255, (H, W, 3), dtype=np.uint8)).save(image, quality=90)
+    models = _prepare(config, work, threads, log)
 
-    fp32 = work / "detr_r50_fp32.onnx"
-    if not fp32.is_file():
-        log(f"exporting DETR-R50 at {H}x{W} (random weights) -> {fp32}")
-        graph = trace_to_onnx(model, H, W, 1, False)
-        write_meta(graph, meta)
-        atomic_write_bytes(fp32, graph.SerializeToString())
-    backends: dict[str, Any] = {"pytorch_fp32": TorchReference(model)}
-    backends["ort_fp32"] = open_backend(fp32, "onnxruntime", providers="cpu",
-                                        intra_op_threads=threads)
-    if config.int8:
-        int8 = work / "detr_r50_int8.onnx"
-        if not int8.is_file():
-            from detr.data.synthetic import ShapesConfig, make_shapes_dataset
-            from export.quantize import QuantizeConfig, quantize_int8
-
-            calib = work / "calib"
-            make_shapes_dataset(calib, ShapesConfig(num_train=config.calib_images, num_val=0,
-                                                    image_size=max(H, W) // 2), progress=False)
-            log(f"quantizing to INT8 ({config.calib_images} calibration images) -> {int8}")
-            quantize_int8(fp32, str(calib / "train"), QuantizeConfig(
-                out_path=str(int8), calib_images=config.calib_images, eval_images=0,
-                latency_runs=0, threads=threads, progress=False))
-        backends["ort_int8"] = open_backend(int8, "onnxruntime", providers="cpu",
-                                            intra_op_threads=threads)
-
-    # Round-robin: run i of every path is taken back to back, so load from other
-    # processes on a shared machine hits all paths alike and the RATIOS stay meaningful.
-    batch = preprocess([image], meta)
-    samples: dict[str, dict[str, list[float]]] = {n: {"model": [], "e2e": []} for n in backends}
-    e2e_calls = {n: _e2e(b.infer, image, meta) for n, b in backends.items()}
-    for i in tqdm(range(config.warmup + config.runs), desc="R50 round-robin runs"):
-        for name, backend in backends.items():
-            for kind, fn in (("model", lambda b=backend: b.infer(batch.images, batch.mask)),
-                             ("e2e", e2e_calls[name])):
-                t0 = time.perf_counter()
-                fn()
+    # spawn: a fresh interpreter per path (no inherited thread pools or torch state).
+    ctx = multiprocessing.get_context("spawn")
+    workers: dict[str, tuple[Any, Any]] = {}
+    try:
+        for name, path in models.items():
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, path, str(image), config.preset,
+                                                     H, W, threads, config.seed), daemon=True)
+            proc.start()
+            if parent.recv() != "ready":
+                raise RuntimeError(f"{name} worker failed to start")
+            workers[name] = (proc, parent)
+        samples: dict[str, dict[str, list[float]]] = {n: {"model": [], "e2e": []}
+                                                       for n in workers}
+        for i in tqdm(range(config.warmup + config.runs), desc="round-robin runs"):
+            for name, (_, conn) in workers.items():
+                time.sleep(config.pause_s)
+                conn.send("run")
+                model_ms, e2e_ms = conn.recv()
                 if i >= config.warmup:
-                    samples[name][kind].append((time.perf_counter() - t0) * 1000.0)
+                    samples[name]["model"].append(model_ms)
+                    samples[name]["e2e"].append(e2e_ms)
+        workers["ort_fp32"][1].send("outputs")
+        logits, boxes = workers["ort_fp32"][1].recv()
+    finally:
+        for proc, conn in workers.values():
+            if proc.is_alive():
+                conn.send(None)
+            proc.join(timeout=30)
     paths: dict[str, Any] = {}
     for name, kinds in samples.items():
         paths[name] = {k: stats_from_samples(v, warmup=config.warmup, batch_size=1).to_dict()
@@ -135,11 +209,10 @@ def run_r50_speed(config: R50SpeedConfig, log: Any = print) -> dict[str, Any]:
         log(f"  {name}: e2e p50 {paths[name]['e2e']['median_ms']:.0f} ms, "
             f"model p50 {paths[name]['model']['median_ms']:.0f} ms")
     # Pre/post cost measured on their own (they are milliseconds; 20 runs are cheap).
-    logits, boxes = backends["ort_fp32"].infer(batch.images, batch.mask)
+    meta = _meta(config.preset, H, W)
+    batch = preprocess([image], meta)
     pre = time_call(lambda: preprocess([image], meta), runs=20, warmup=2)
     post = time_call(lambda: decode_clipped(logits, boxes, batch, meta), runs=20, warmup=2)
-    for backend in backends.values():
-        backend.close()
 
     def ratio(a: str, b: str, kind: str) -> float | None:
         if a not in paths or b not in paths:
@@ -153,10 +226,24 @@ def run_r50_speed(config: R50SpeedConfig, log: Any = print) -> dict[str, Any]:
             "ort_fp32_e2e / pytorch_fp32_e2e": ratio("ort_fp32", "pytorch_fp32", "e2e"),
             "ort_int8_e2e / ort_fp32_e2e": ratio("ort_int8", "ort_fp32", "e2e"),
             "ort_int8_model / ort_fp32_model": ratio("ort_int8", "ort_fp32", "model"),
+            "ort_int8_cpu_e2e / ort_fp32_e2e": ratio("ort_int8_cpu", "ort_fp32", "e2e"),
+            "ort_int8_cpu_model / ort_fp32_model": ratio("ort_int8_cpu", "ort_fp32", "model"),
             "pre_post_fraction_ort_fp32": (pre.median_ms + post.median_ms)
             / paths["ort_fp32"]["e2e"]["median_ms"],
         },
     }
+    if config.floor:
+        from benchmarks.compute_floor import compute_floor
+
+        floor = compute_floor(str(models["ort_fp32"]), threads).to_dict()
+        # The ORT FP32 time the 0.45 target allows, and the FP32 rate it would take.
+        allowed = TARGET_ORT_OVER_TORCH * paths["pytorch_fp32"]["e2e"]["median_ms"] \
+            - pre.median_ms - post.median_ms
+        floor["target_model_ms"] = allowed
+        floor["target_gflops"] = 2.0 * floor["macs"] / (allowed * 1e6) if allowed > 0 else None
+        floor["ort_fp32_gflops"] = 2.0 * floor["macs"] / (
+            paths["ort_fp32"]["model"]["median_ms"] * 1e6)
+        result["compute_floor"] = floor
     return result
 
 
@@ -164,11 +251,11 @@ def format_result(result: dict[str, Any]) -> str:
     """Human-readable summary with the targets."""
     r = result["ratios"]
     env = result["env"]
-    lines = [(f"DETR-R50 {result['config']['height']}x{result['config']['width']} batch 1, "
+    lines = [(f"{result['config']['preset']} {result['config']['height']}x{result['config']['width']} batch 1, "
              f"{result['threads']} CPU threads on {env['cpu_model']} ({env['cpu_cores']} cores), "
              f"median of {result['config']['runs']} runs:")]
     for name, p in result["paths"].items():
-        lines.append(f"  {name:13s} e2e p50 {p['e2e']['median_ms']:8.1f} ms (p90 "
+        lines.append(f"  {name:14s} e2e p50 {p['e2e']['median_ms']:8.1f} ms (p90 "
                      f"{p['e2e']['p90_ms']:.1f})   model p50 {p['model']['median_ms']:8.1f} ms")
 
     def show(key: str, target: float | None) -> str:
@@ -183,7 +270,18 @@ def format_result(result: dict[str, Any]) -> str:
     lines += [show("ort_fp32_e2e / pytorch_fp32_e2e", TARGET_ORT_OVER_TORCH),
               show("ort_int8_e2e / ort_fp32_e2e", TARGET_INT8_OVER_FP32),
               show("ort_int8_model / ort_fp32_model", None),
+              show("ort_int8_cpu_e2e / ort_fp32_e2e", TARGET_INT8_OVER_FP32),
+              show("ort_int8_cpu_model / ort_fp32_model", None),
               show("pre_post_fraction_ort_fp32", 0.03)]
+    f = result.get("compute_floor")
+    if f:
+        lines.append(f"  FP32 compute: {f['macs'] / 1e9:.1f} G multiply-adds "
+                     f"({f['conv_macs'] / 1e9:.1f} G in Conv); MatMul peak here "
+                     f"{f['peak_gflops']:.0f} GFLOP/s -> floor {f['floor_ms']:.0f} ms")
+        lines.append(f"  ORT FP32 runs the graph at {f['ort_fp32_gflops']:.0f} GFLOP/s; the 0.45 "
+                     f"target allows {f['target_model_ms']:.0f} ms for the model, i.e. "
+                     + (f"{f['target_gflops']:.0f} GFLOP/s ({f['target_gflops'] / f['peak_gflops']:.2f}"
+                        "x the MatMul peak)" if f["target_gflops"] else "no time at all"))
     return "\n".join(lines)
 
 
@@ -196,12 +294,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=800)
     parser.add_argument("--width", type=int, default=1066)
     parser.add_argument("--no-int8", action="store_true")
+    parser.add_argument("--no-floor", action="store_true",
+                        help="skip the FP32 compute-floor measurement")
     parser.add_argument("--work-dir", default=None, help="keep the ONNX files here (reused)")
     parser.add_argument("--json", default=None, help="also write the result as JSON here")
     args = parser.parse_args(argv)
     config = R50SpeedConfig(height=args.height, width=args.width, runs=args.runs,
                             warmup=args.warmup, threads=args.threads, int8=not args.no_int8,
-                            work_dir=args.work_dir)
+                            work_dir=args.work_dir, floor=not args.no_floor)
     result = run_r50_speed(config)
     print(format_result(result))
     if args.json:

@@ -138,7 +138,7 @@ def write_plot(report: Report, path: Path) -> None:
         x, y = sp.model["median_ms"], r.accuracy["AP"] * 100
         # A legend, not annotations: rows with equal AP would print labels on top of each other.
         ax.scatter([x], [y], s=50, label=f"{r.name}: {x:.1f} ms, AP {y:.2f}",
-                   marker={"fp32": "o", "fp16": "s", "int8": "^"}.get(r.precision, "o"))
+                   marker={"fp32": "o", "fp16": "s", "int8": "^", "int8-cpu": "v"}.get(r.precision, "o"))
     if ax.collections:
         ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("latency, model alone, batch 1 (ms, median)")

@@ -22,6 +22,7 @@ ROW_KEYS: tuple[tuple[str, str, str], ...] = (
     ("onnxruntime", "fp32", "cpu"),
     ("onnxruntime", "fp16", "cpu"),
     ("onnxruntime", "int8", "cpu"),
+    ("onnxruntime", "int8-cpu", "cpu"),  # ONNX Runtime's uint8 Q/DQ format (quantize --target cpu)
     ("tensorrt", "fp32", "cuda"),
     ("tensorrt", "fp16", "cuda"),
     ("tensorrt", "int8", "cuda"),
@@ -59,7 +60,7 @@ class Row:
     """Everything measured for one backend x precision."""
 
     backend: str  # "pytorch" | "onnxruntime" | "tensorrt"
-    precision: str  # "fp32" | "fp16" | "int8"
+    precision: str  # "fp32" | "fp16" | "int8" | "int8-cpu" (uint8 Q/DQ, not a TensorRT input)
     device: str  # "cpu" | "cuda"
     status: Status = STATUS_SKIPPED
     reason: str = ""  # why skipped / what failed; empty when ok

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.artifacts import find_artifacts, tensorrt_unavailable_reason
 from benchmarks.rows import STATUS_EVAL_FAILED, STATUS_OK, Row, SpeedResult, all_rows
 from runtime.errors import BackendUnavailableError, DetrEdgeError, InputError
 
@@ -43,6 +44,7 @@ _BUILD_HINT = {
     ("onnxruntime", "fp32"): "export-onnx --precision fp32",
     ("onnxruntime", "fp16"): "export-onnx --precision fp16",
     ("onnxruntime", "int8"): "quantize",
+    ("onnxruntime", "int8-cpu"): "quantize --target cpu",
     ("tensorrt", "fp32"): "build-engine",
     ("tensorrt", "fp16"): "build-engine",
     ("tensorrt", "int8"): "build-engine",
@@ -55,6 +57,7 @@ _BUILD_HINT = {
 TARGETS: dict[str, tuple[str, float]] = {
     "ort_fp16_AP_delta_vs_torch_fp32 (AP points)": ("abs", 0.1),
     "ort_int8_AP_delta_vs_torch_fp32 (AP points)": ("abs", 0.5),
+    "ort_int8-cpu_AP_delta_vs_torch_fp32 (AP points)": ("abs", 0.5),
 }
 
 
@@ -88,42 +91,6 @@ class BenchmarkConfig:
             raise InputError("--max-images", f"must be >= 1, got {self.max_images}")
         if (self.height is None) != (self.width is None):
             raise InputError("--height/--width", "give both or neither")
-
-
-def find_artifacts(folder: str | None) -> dict[tuple[str, str], Path]:
-    """``{(backend, precision): path}`` for the ONNX models and engines in ``folder``
-    (precision read from each file's detr-edge metadata, not its name)."""
-    found: dict[tuple[str, str], Path] = {}
-    if folder is None:
-        return found
-    root = Path(folder)
-    if not root.is_dir():
-        raise InputError(root, "artifacts folder not found")
-    from export.onnx_meta import load_onnx, read_meta
-    from runtime.engine_file import is_engine_file, read_engine_header
-
-    for path in sorted(root.glob("*.onnx")):
-        meta = read_meta(load_onnx(path), path)
-        found.setdefault(("onnxruntime", meta.precision), path)
-    for path in sorted(root.glob("*.engine")):
-        if is_engine_file(path):
-            found.setdefault(("tensorrt", read_engine_header(path).meta.precision), path)
-    return found
-
-
-def tensorrt_unavailable_reason() -> str | None:
-    """Why TensorRT rows cannot run here, or None when they can."""
-    try:
-        import tensorrt
-    except ImportError:
-        return "TensorRT not installed"
-    if getattr(tensorrt, "__version__", None) is None:
-        return "TensorRT not installed (only type stubs present)"
-    import torch
-
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
-    return None
 
 
 def _open_backend(row: Row, path: Path, loaded: Any, use_mask: bool,
@@ -375,15 +342,18 @@ def headline_figures(rows: list[Row]) -> dict[str, Any]:
 
     torch32, ort32, ort16, ort8 = (get("pytorch", "fp32"), get("onnxruntime", "fp32"),
                                    get("onnxruntime", "fp16"), get("onnxruntime", "int8"))
+    ort8cpu = get("onnxruntime", "int8-cpu")
     sp = ort32.speed_at(1) if ort32 else None
     figs: dict[str, Any] = {
         "ort_fp32_e2e_over_torch_fp32_e2e (batch 1)": ratio(e2e(ort32), e2e(torch32)),
         "ort_int8_model_over_ort_fp32_model (batch 1)": ratio(model(ort8), model(ort32)),
         "ort_int8_e2e_over_ort_fp32_e2e (batch 1)": ratio(e2e(ort8), e2e(ort32)),
+        "ort_int8-cpu_model_over_ort_fp32_model (batch 1)": ratio(model(ort8cpu), model(ort32)),
+        "ort_int8-cpu_e2e_over_ort_fp32_e2e (batch 1)": ratio(e2e(ort8cpu), e2e(ort32)),
         "pre_post_fraction_of_e2e (ORT FP32, batch 1)":
             round(sp.pre_post_fraction, 4) if sp and sp.pre_post_fraction is not None else None,
     }
-    for name, r in (("fp16", ort16), ("int8", ort8)):
+    for name, r in (("fp16", ort16), ("int8", ort8), ("int8-cpu", ort8cpu)):
         d = r.delta_vs_reference if r else None
         figs[f"ort_{name}_AP_delta_vs_torch_fp32 (AP points)"] = (
             round(d["AP"] * 100, 3) if d else None)

@@ -166,6 +166,10 @@ def build_engine(config: EngineBuildConfig) -> Path:
     model = load_onnx(config.onnx_path)
     meta = read_meta(model, config.onnx_path)
     check_graph_matches_meta(model, meta, config.onnx_path)
+    if meta.precision == "int8" and (meta.extra.get("int8") or {}).get("target") == "cpu":
+        raise ModelFormatError(config.onnx_path, "INT8 model in the cpu Q/DQ format (uint8 "
+                               "activations) is not a TensorRT input; quantize it with "
+                               "`detr-edge quantize --target tensorrt`")
     del model  # TensorRT parses the file itself; do not hold a large graph twice
     profiles = profile_shapes(meta, config.min_batch, config.opt_batch, config.max_batch)
     validate_dla(config.dla_core, config.gpu_fallback)

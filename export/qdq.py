@@ -175,9 +175,11 @@ def _expected_axis(node: onnx.NodeProto, weight_rank: int) -> int:
     return weight_rank - 1  # MatMul: [..., K, N], output channels last
 
 
-def inspect_qdq(model: onnx.ModelProto) -> QDQInfo:
-    """Check every Q/DQ node: int8 zero point of 0, positive constant scale,
-    per-tensor activations, per-channel weights on the output-channel axis."""
+def inspect_qdq(model: onnx.ModelProto, target: str = "tensorrt") -> QDQInfo:
+    """Check every Q/DQ node: positive constant scale, per-tensor activations,
+    per-channel weights on the output-channel axis, and zero points: int8 0
+    everywhere for ``target="tensorrt"``; for ``target="cpu"`` (ONNX Runtime's
+    uint8 format, ``export.qdq_format``) int8 0 on weights, uint8 on activations."""
     info = QDQInfo()
     dq_of = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     for node in model.graph.node:
@@ -189,15 +191,19 @@ def inspect_qdq(model: onnx.ModelProto) -> QDQInfo:
         scale = constant_value(model, node.input[1])
         zero = constant_value(model, node.input[2]) if len(node.input) > 2 and node.input[2] \
             else None
+        data = constant_value(model, node.input[0]) if node.op_type == "DequantizeLinear" \
+            else None
         if zero is None:
             info.problems.append(f"{label}: no constant zero point")
+        elif target == "cpu" and data is None:
+            if zero.dtype != np.uint8:
+                info.problems.append(f"{label}: activation zero point is {zero.dtype}, "
+                                     "the cpu format uses uint8")
         elif zero.dtype != np.int8 or np.any(zero != 0):
             info.problems.append(f"{label}: zero point {zero.dtype} {zero.ravel()[:3]} "
                                  "is not int8 0")
         if scale is None or not np.all(scale > 0):
             info.problems.append(f"{label}: scale is not a positive constant")
-        data = constant_value(model, node.input[0]) if node.op_type == "DequantizeLinear" \
-            else None
         if data is None and scale is not None and scale.size != 1:
             info.problems.append(f"{label}: activation scale is per-channel ({scale.size})")
     for node in model.graph.node:

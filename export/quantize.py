@@ -10,11 +10,12 @@ are fragile), so this keeps accuracy in three ways:
 - sensitive blocks fall back to FP32 until the AP drop on held-out images is
   within the budget (``export.sensitivity``).
 
-The Q/DQ format is TensorRT's: symmetric INT8, zero point 0, per-tensor
-activations, per-channel weights (``export.qdq.inspect_qdq`` verifies it).
-Quantization itself is ONNX Runtime's ``quantize_static`` (QDQ format), laid
-out afterwards so that ONNX Runtime's CPU provider runs it as integer kernels
-(``export.qdq_layout``: one Q/DQ pair per consumer, QLinearAdd). The
+The Q/DQ format (``export.qdq_format``) is TensorRT's by default: symmetric
+INT8, zero point 0, per-tensor activations, per-channel weights
+(``export.qdq.inspect_qdq`` verifies it), laid out so that ONNX Runtime's CPU
+provider runs it as integer kernels (``export.qdq_layout``). ``target="cpu"``
+writes ONNX Runtime's own uint8-activation format instead: faster on a CPU,
+not a TensorRT input. Quantization itself is ONNX Runtime's ``quantize_static``. The
 calibration ranges are cached (keyed by model, images and method), so every
 fallback configuration is re-quantized without re-calibrating, and a rerun
 after Ctrl-C resumes from the cache.
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from export.qdq_format import TARGETS, quantize_nodes
 from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.errors import InputError, ModelFormatError
 from runtime.metadata import ModelMeta
@@ -61,6 +63,7 @@ class QuantizeConfig:
     seed: int = 0  # image selection / split
     quantize_attention: bool = False  # also quantize activation x activation MatMuls
     quantize_add: bool = True  # Q/DQ on residual Add outputs too: ORT CPU runs QLinearAdd
+    target: str = "tensorrt"  # Q/DQ format: tensorrt (symmetric int8) | cpu (ORT uint8)
     granularity: str = "block"  # fallback unit: block (backbone stage, encoder layer..) | layer
     latency_runs: int = 20  # timed ORT runs per model (median reported)
     warmup_runs: int = 3  # untimed runs first
@@ -76,6 +79,8 @@ class QuantizeConfig:
         if 0 < self.ap_budget < 1e-3 or self.ap_budget > 100:
             raise InputError("--ap-budget", f"{self.ap_budget} is in COCO points (0..100), "
                              "e.g. 0.5 for half an AP point")
+        if self.target not in TARGETS:
+            raise InputError("--target", f"unknown target {self.target!r} ({'|'.join(TARGETS)})")
         if self.granularity not in ("block", "layer"):
             raise InputError("--granularity", f"unknown {self.granularity!r} (block|layer)")
         if self.calib_images <= 0 or self.eval_images < 0 or self.latency_runs < 0:
@@ -86,6 +91,7 @@ class QuantizeConfig:
 class QuantizeReport:
     source: str  # FP32 ONNX
     output: str | None  # INT8 ONNX written (None = not written)
+    target: str  # Q/DQ format: tensorrt | cpu (export.qdq_format)
     method: str
     num_calib_images: int
     num_eval_images: int
@@ -110,7 +116,8 @@ class QuantizeReport:
         def ap(v: float | None) -> str:
             return "n/a" if v is None else f"{v:6.2f}"
 
-        lines = [f"quantize {self.source} -> {self.output or '(not written)'}",
+        lines = [(f"quantize {self.source} -> {self.output or '(not written)'} "
+                  f"({self.target} Q/DQ format)"),
                  (f"  method {self.method}, {self.num_calib_images} calibration / "
                   f"{self.num_eval_images} held-out images, ground truth: {self.ground_truth}"),
                  f"  {'model':<6} {'AP':>7} {'latency ms':>11}"]
@@ -143,47 +150,11 @@ class _Reader:
 
 def _cache_key(model: onnx.ModelProto, images: Sequence[Path], config: QuantizeConfig) -> str:
     h = hashlib.sha256(model.SerializeToString(deterministic=True))
+    # The cpu target calibrates more tensors (ReLU/Add outputs): its own cache.
     h.update(json.dumps([config.method, config.percentile, config.quantize_attention,
-                         [str(p) for p in images]]).encode())
+                         [str(p) for p in images]] + (["cpu"] if config.target == "cpu" else [])
+                        ).encode())
     return h.hexdigest()[:16]
-
-
-def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
-                   nodes: Sequence[str], reader: Any, cache_path: str | os.PathLike[str],
-                   config: QuantizeConfig) -> onnx.ModelProto:
-    """ORT ``quantize_static`` of exactly ``nodes`` into TensorRT's Q/DQ format."""
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from export.qdq_layout import apply_cpu_layout
-
-    graph = onnx.load(os.fspath(fp32_path), load_external_data=False).graph
-    names = [n.name for n in graph.node]
-    # ORT reads an empty nodes_to_quantize as "all nodes": exclude the rest explicitly.
-    exclude = sorted(set(names) - set(nodes))
-    method = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
-              "percentile": CalibrationMethod.Percentile}[config.method]
-    extra = {
-        "ActivationSymmetric": True,  # zero point 0: TensorRT only does symmetric INT8
-        "WeightSymmetric": True,
-        "QuantizeBias": False,  # TensorRT wants FP32 bias, not an int32 Q/DQ bias
-        "MatMulConstBOnly": not config.quantize_attention,
-        "QDQOpTypePerChannelSupportToAxis": {"MatMul": 1},  # [K, N] weights: N = out channels
-        "CalibPercentile": config.percentile,
-    }
-    quantize_static(os.fspath(fp32_path), os.fspath(out_path), reader,
-                    quant_format=QuantFormat.QDQ, op_types_to_quantize=["Conv", "MatMul", "Gemm"],
-                    per_channel=True, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, nodes_to_quantize=list(nodes),
-                    nodes_to_exclude=exclude,
-                    calibrate_method=method, extra_options=extra,
-                    calibration_cache_path=os.fspath(cache_path))
-    model = onnx.load(os.fspath(out_path))
-    # Layout for ONNX Runtime's integer kernels with the same meaning for TensorRT
-    # (export.qdq_layout): int8 MaxPool, QLinearAdd, one Q/DQ pair per consumer.
-    if any(apply_cpu_layout(model, config.quantize_add).values()):
-        atomic_write_bytes(out_path, model.SerializeToString())
-    return model
 
 
 def median_latency_ms(path: str | os.PathLike[str], feed: dict[str, np.ndarray], runs: int,
@@ -281,19 +252,21 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
         import onnx
 
         final = onnx.load(os.fspath(made[frozenset(report.fallback_blocks)]))
-    info = inspect_qdq(final)
+    info = inspect_qdq(final, config.target)
     if info.problems:
-        raise ModelFormatError(onnx_path, "INT8 model is not TensorRT-compatible: "
-                               + "; ".join(info.problems[:3]))
+        raise ModelFormatError(onnx_path, f"INT8 model is not in the {config.target} Q/DQ "
+                               "format: " + "; ".join(info.problems[:3]))
     quantized_heads = sorted(info.quantized & heads)
     if quantized_heads:
         raise ModelFormatError(onnx_path, f"output heads were quantized: {quantized_heads}")
     report.quantized_nodes = len(info.quantized)
     int8_meta = meta.replace(precision="int8", extra={**meta.extra, "int8": {
-        "method": config.method, "fallback_blocks": report.fallback_blocks,
+        "method": config.method, "target": config.target,
+        "fallback_blocks": report.fallback_blocks,
         "fp32_ap": report.fp32_ap, "int8_ap": report.int8_ap, "source": Path(onnx_path).name}})
     write_meta(final, int8_meta)
-    report.check_onnx = _check(final)
+    report.check_onnx = _check(final) if config.target == "tensorrt" else [
+        "SKIP check-onnx: the cpu format (uint8 activations) is for ONNX Runtime, not TensorRT"]
     if any(line.startswith("FAIL") for line in report.check_onnx):
         raise ModelFormatError(onnx_path, "INT8 model fails check-onnx: "
                                + "; ".join(x for x in report.check_onnx if x.startswith("FAIL")))
@@ -347,7 +320,7 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, split: Any,
 
     full = build([])  # calibrates (or reads the cache) and quantizes everything
     report = QuantizeReport(
-        source=str(onnx_path), output=None, method=config.method,
+        source=str(onnx_path), output=None, target=config.target, method=config.method,
         num_calib_images=len(split.calib), num_eval_images=len(split.held_out),
         ground_truth="none", quantized_nodes=0, candidate_nodes=num_candidates,
         fallback_blocks=[], fallback_nodes=sorted(heads), fp32_ap=None, int8_ap=None,

@@ -60,7 +60,9 @@ def _load_path(path: Path) -> Image.Image:
             # load() forces the full decode here, inside the try, so a truncated
             # file fails now with its name instead of later inside a transform.
             img.load()
-            out = _to_rgb(_exif_upright(img), path)
+            upright = _exif_upright(img)
+            # exif_transpose already returns a new image: copy only when it did not.
+            out = _to_rgb(upright, path, copy=upright is img)
     except DataError:
         raise
     except Image.DecompressionBombError as exc:
@@ -133,10 +135,12 @@ def _composite_on_black(img: Image.Image) -> Image.Image:
     return Image.fromarray(rgb.astype(np.uint8))
 
 
-def _to_rgb(img: Image.Image, where: str | os.PathLike) -> Image.Image:
+def _to_rgb(img: Image.Image, where: str | os.PathLike, copy: bool = True) -> Image.Image:
+    """``img`` as RGB; an RGB image is copied (detached from the caller's or the
+    open file's image) unless ``copy`` is False."""
     mode = img.mode
     if mode == "RGB":
-        return img.copy()
+        return img.copy() if copy else img
     if mode in ("I;16", "I;16B", "I;16L", "I;16N"):
         gray = _scale_to_u8(np.asarray(img, dtype=np.float64) / 65535.0)
         return Image.fromarray(gray).convert("RGB")

@@ -226,7 +226,7 @@ def test_zero_budget_falls_back_until_no_ap_is_lost(data: dict[str, Path],
 def test_quantizing_no_nodes_leaves_the_model_fp32(data: dict[str, Path], tmp_path: Path) -> None:
     # ORT treats an empty nodes_to_quantize as "everything"; every block in FP32
     # must really give a model without Q/DQ.
-    from export.quantize import quantize_nodes
+    from export.qdq_format import quantize_nodes
 
     meta = read_meta(onnx.load(str(data["tiny"])))
     feeds = iter_feeds(list_images(data["images"])[:4], meta)

@@ -36,6 +36,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-quantize-add", action="store_true",
                         help="no Q/DQ on residual Add outputs (Q/DQ on the Add inputs only, "
                         "the classic TensorRT ResNet layout); ONNX Runtime CPU then adds in FP32")
+    parser.add_argument("--target", choices=("tensorrt", "cpu"), default="tensorrt",
+                        help="Q/DQ format. tensorrt (default): symmetric int8, a TensorRT input "
+                        "that also runs on ONNX Runtime. cpu: ONNX Runtime's uint8-activation "
+                        "format, faster on CPUs (ReLUs fold into the zero point) but not a "
+                        "TensorRT input")
     parser.add_argument("--seed", type=int, default=0, help="image selection seed (default 0)")
     parser.add_argument("--latency-runs", type=int, default=20,
                         help="timed ONNX Runtime CPU runs per model (default 20)")
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
         out_path=args.out, calib_images=args.calib_images, method=args.method,
         percentile=args.percentile, ap_budget=args.ap_budget, eval_images=args.eval_images,
         eval_ann=args.eval_ann, pseudo_gt=args.pseudo_gt, seed=args.seed, quantize_attention=args.quantize_attention,
-        quantize_add=not args.no_quantize_add,
+        quantize_add=not args.no_quantize_add, target=args.target,
         granularity=args.granularity, latency_runs=args.latency_runs, threads=args.threads,
         cache_dir=args.cache_dir, progress=sys.stderr.isatty())
     _, report = quantize_int8(args.onnx, args.calib_data, config)
