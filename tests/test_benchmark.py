@@ -43,9 +43,10 @@ def make_tiny_setup(root: Path, int8: bool = True) -> dict[str, Path]:
     if int8:
         from export.quantize import QuantizeConfig, quantize_int8
 
-        quantize_int8(art / "m_fp32.onnx", str(data / "train"), QuantizeConfig(
-            out_path=str(art / "m_int8.onnx"), calib_images=3, eval_images=0, latency_runs=0,
-            progress=False))
+        for target, name in (("tensorrt", "m_int8.onnx"), ("cpu", "m_int8_cpu.onnx")):
+            quantize_int8(art / "m_fp32.onnx", str(data / "train"), QuantizeConfig(
+                out_path=str(art / name), calib_images=3, eval_images=0, latency_runs=0,
+                progress=False, target=target))
     return {"data": data, "checkpoint": ckpt, "artifacts": art}
 
 
@@ -77,7 +78,7 @@ def test_row_set_complete_with_reasons(report) -> None:
     rep, _, _ = report
     by_key = {(r.backend, r.precision): r for r in rep.rows}
     for key in [("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "fp16"),
-                ("onnxruntime", "int8")]:
+                ("onnxruntime", "int8"), ("onnxruntime", "int8-cpu")]:
         assert by_key[key].status == STATUS_OK, (key, by_key[key].reason)
     for r in rep.rows:
         if r.status != STATUS_OK:
@@ -96,6 +97,7 @@ def test_parity_is_measured_not_assumed(report) -> None:
     assert 0 < fp32["logits_max_abs"] < 1e-3 and 0 <= fp32["boxes_max_abs"] < 1e-3
     assert fp16["logits_max_abs"] > fp32["logits_max_abs"]
     assert rep.row("onnxruntime", "int8").parity["logits_max_abs"] > fp32["logits_max_abs"]
+    assert rep.row("onnxruntime", "int8-cpu").parity["logits_max_abs"] > fp32["logits_max_abs"]
     if fp32["matched_fraction"] is not None:
         assert fp32["matched_fraction"] > 0.9
     for r in rep.rows:

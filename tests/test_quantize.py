@@ -21,16 +21,15 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("pycocotools")
 
-from tiny_detr_like import SIZE, export_tiny_detr_like, write_images
+from tiny_detr_like import export_detr_tiny, export_tiny_detr_like, write_images
 
 from export.calib_data import iter_feeds, list_images, select_images, split_images
-from export.onnx_meta import read_meta, write_meta
+from export.onnx_meta import read_meta
 from export.qdq import block_of, head_nodes, inspect_qdq, quantizable_nodes, scales
 from export.qdq_layout import op_counts, ort_optimized_graph, unfused_weight_ops
 from export.quantize import QuantizeConfig, quantize_int8, report_path
 from export.sensitivity import greedy_fallback, output_error
 from runtime.errors import InputError
-from runtime.metadata import ModelMeta
 
 
 @pytest.fixture(scope="module")
@@ -306,17 +305,9 @@ def test_refuses_non_fp32_model(quantized: tuple, tmp_path: Path,
 def test_real_detr_tiny_graph(tmp_path: Path, data: dict[str, Path]) -> None:
     """The real DETR-tiny graph from export-onnx's tracer (random init, 64 px):
     heads found, every block named, TensorRT-format Q/DQ, check-onnx passes."""
-    from detr.detr import build_model
-    from export.onnx_export import trace_to_onnx
     from export.qdq import ensure_node_names, group_blocks
 
-    torch.manual_seed(0)
-    model = build_model("detr-tiny", 3, num_queries=10).eval()
-    graph = trace_to_onnx(model, SIZE, SIZE, batch_size=1, with_mask=False)
-    write_meta(graph, ModelMeta(preset="detr-tiny", input_height=SIZE, input_width=SIZE,
-                                class_names=["a", "b", "c"], label_map=[1, 3, 7]))
-    path = tmp_path / "detr_tiny.onnx"
-    onnx.save(graph, str(path))
+    path = export_detr_tiny(tmp_path / "detr_tiny.onnx")
 
     named = ensure_node_names(onnx.load(str(path)))
     heads = head_nodes(named)

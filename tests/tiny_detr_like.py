@@ -93,6 +93,21 @@ def export_tiny_detr_like(path: Path, outlier: bool = False, seed: int = 0) -> P
     return path
 
 
+def export_detr_tiny(path: Path, seed: int = 0) -> Path:
+    """The real DETR-tiny graph (ResNet-18 body, random init) from export-onnx's
+    tracer at SIZE x SIZE, with detr-edge metadata."""
+    from detr.detr import build_model
+    from export.onnx_export import trace_to_onnx
+
+    torch.manual_seed(seed)
+    model = build_model("detr-tiny", 3, num_queries=10).eval()
+    graph = trace_to_onnx(model, SIZE, SIZE, batch_size=1, with_mask=False)
+    write_meta(graph, ModelMeta(preset="detr-tiny", input_height=SIZE, input_width=SIZE,
+                                class_names=["a", "b", "c"], label_map=[1, 3, 7]))
+    onnx.save(graph, str(path))
+    return path
+
+
 def write_images(folder: Path, count: int = 24, seed: int = 0) -> Path:
     from PIL import Image, ImageDraw
 
