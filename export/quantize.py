@@ -152,7 +152,7 @@ def _cache_key(model: onnx.ModelProto, images: Sequence[Path], config: QuantizeC
     h = hashlib.sha256(model.SerializeToString(deterministic=True))
     # The cpu target calibrates more tensors (ReLU/Add outputs): its own cache.
     h.update(json.dumps([config.method, config.percentile, config.quantize_attention,
-                         [str(p) for p in images]] + (["cpu"] if config.target == "cpu" else [])
+                         [str(p) for p in images]] + (["cpu-s2d"] if config.target == "cpu" else [])
                         ).encode())
     return h.hexdigest()[:16]
 
