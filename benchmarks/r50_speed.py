@@ -77,8 +77,9 @@ def _torch_model(preset: str, seed: int) -> Any:
 def _worker(conn: Any, path: str | None, image: str, preset: str, H: int, W: int,
             threads: int, seed: int) -> None:
     """One measured path in its own process: ``path`` is an ONNX file, or None for
-    PyTorch eager. Answers "run" with (model ms, end-to-end ms), "outputs" with
-    the model outputs, None = exit."""
+    PyTorch eager. Answers "run" with ``{kind: ms}`` for kinds model (the backend
+    on a ready batch), e2e (preprocess + backend + decode, one more run) and
+    pre / post (the two ends of that e2e run); None = exit."""
     from benchmarks.accuracy import decode_clipped
     from runtime.preprocess import preprocess
 
@@ -96,18 +97,18 @@ def _worker(conn: Any, path: str | None, image: str, preset: str, H: int, W: int
         backend = open_backend(path, "onnxruntime", providers="cpu", intra_op_threads=threads)
     batch = preprocess([Path(image)], meta)
     conn.send("ready")
-    while (msg := conn.recv()) is not None:
-        if msg == "outputs":
-            conn.send(backend.infer(batch.images, batch.mask))
-            continue
+    while conn.recv() is not None:
         t0 = time.perf_counter()
         backend.infer(batch.images, batch.mask)
         t1 = time.perf_counter()
         b = preprocess([Path(image)], meta)
-        logits, boxes = backend.infer(b.images, b.mask)
-        decode_clipped(logits, boxes, b, meta)
         t2 = time.perf_counter()
-        conn.send(((t1 - t0) * 1e3, (t2 - t1) * 1e3))
+        logits, boxes = backend.infer(b.images, b.mask)
+        t3 = time.perf_counter()
+        decode_clipped(logits, boxes, b, meta)
+        t4 = time.perf_counter()
+        conn.send({"model": (t1 - t0) * 1e3, "e2e": (t4 - t1) * 1e3, "pre": (t2 - t1) * 1e3,
+                   "post": (t4 - t3) * 1e3})
     backend.close()
 
 
@@ -155,10 +156,8 @@ def run_r50_speed(config: R50SpeedConfig, log: Any = print) -> dict[str, Any]:
     from PIL import Image
     from tqdm import tqdm
 
-    from benchmarks.accuracy import decode_clipped
     from benchmarks.env_info import collect_env_info
-    from benchmarks.timing import stats_from_samples, time_call
-    from runtime.preprocess import preprocess
+    from benchmarks.timing import stats_from_samples
 
     threads = config.threads
     if not threads:
@@ -191,18 +190,16 @@ def run_r50_speed(config: R50SpeedConfig, log: Any = print) -> dict[str, Any]:
             if parent.recv() != "ready":
                 raise RuntimeError(f"{name} worker failed to start")
             workers[name] = (proc, parent)
-        samples: dict[str, dict[str, list[float]]] = {n: {"model": [], "e2e": []}
-                                                       for n in workers}
+        samples: dict[str, dict[str, list[float]]] = {
+            n: {"model": [], "e2e": [], "pre": [], "post": []} for n in workers}
         for i in tqdm(range(config.warmup + config.runs), desc="round-robin runs"):
             for name, (_, conn) in workers.items():
                 time.sleep(config.pause_s)
                 conn.send("run")
-                model_ms, e2e_ms = conn.recv()
+                times = conn.recv()
                 if i >= config.warmup:
-                    samples[name]["model"].append(model_ms)
-                    samples[name]["e2e"].append(e2e_ms)
-        workers["ort_fp32"][1].send("outputs")
-        logits, boxes = workers["ort_fp32"][1].recv()
+                    for kind, ms in times.items():
+                        samples[name][kind].append(ms)
     finally:
         for proc, conn in workers.values():
             if proc.is_alive():
@@ -211,32 +208,41 @@ def run_r50_speed(config: R50SpeedConfig, log: Any = print) -> dict[str, Any]:
     paths: dict[str, Any] = {}
     for name, kinds in samples.items():
         paths[name] = {k: stats_from_samples(v, warmup=config.warmup, batch_size=1).to_dict()
-                       for k, v in kinds.items()}
+                       for k, v in kinds.items() if k in ("model", "e2e")}
         log(f"  {name}: e2e p50 {paths[name]['e2e']['median_ms']:.0f} ms, "
             f"model p50 {paths[name]['model']['median_ms']:.0f} ms")
-    # Pre/post cost measured on their own (they are milliseconds; 20 runs are cheap).
-    meta = _meta(config.preset, H, W)
-    batch = preprocess([image], meta)
-    pre = time_call(lambda: preprocess([image], meta), runs=20, warmup=2)
-    post = time_call(lambda: decode_clipped(logits, boxes, batch, meta), runs=20, warmup=2)
+    # Pre/post: medians over every worker's end-to-end runs (the same work in each).
+    pre_ms = float(np.median([t for k in samples.values() for t in k["pre"]]))
+    post_ms = float(np.median([t for k in samples.values() for t in k["post"]]))
 
     def ratio(a: str, b: str, kind: str) -> float | None:
         if a not in paths or b not in paths:
             return None
         return paths[a][kind]["median_ms"] / paths[b][kind]["median_ms"]
 
+    def paired(a: str, b: str, kind: str) -> float | None:
+        """Median over rounds of (a / b) within each round: on a shared machine the
+        load drifts between rounds, and both runs of one round see the same load."""
+        if a not in samples or b not in samples:
+            return None
+        return float(np.median(np.array(samples[a][kind]) / np.array(samples[b][kind])))
+
+    pairs = {"ort_fp32_e2e / pytorch_fp32_e2e": ("ort_fp32", "pytorch_fp32", "e2e"),
+             "ort_int8_e2e / ort_fp32_e2e": ("ort_int8", "ort_fp32", "e2e"),
+             "ort_int8_model / ort_fp32_model": ("ort_int8", "ort_fp32", "model"),
+             "ort_int8_cpu_e2e / ort_fp32_e2e": ("ort_int8_cpu", "ort_fp32", "e2e"),
+             "ort_int8_cpu_model / ort_fp32_model": ("ort_int8_cpu", "ort_fp32", "model")}
+
     result = {
         "config": asdict(config), "threads": threads, "env": collect_env_info().to_dict(),
-        "paths": paths, "pre_ms": pre.median_ms, "post_ms": post.median_ms,
+        "paths": paths, "pre_ms": pre_ms, "post_ms": post_ms,
         "ratios": {
-            "ort_fp32_e2e / pytorch_fp32_e2e": ratio("ort_fp32", "pytorch_fp32", "e2e"),
-            "ort_int8_e2e / ort_fp32_e2e": ratio("ort_int8", "ort_fp32", "e2e"),
-            "ort_int8_model / ort_fp32_model": ratio("ort_int8", "ort_fp32", "model"),
-            "ort_int8_cpu_e2e / ort_fp32_e2e": ratio("ort_int8_cpu", "ort_fp32", "e2e"),
-            "ort_int8_cpu_model / ort_fp32_model": ratio("ort_int8_cpu", "ort_fp32", "model"),
-            "pre_post_fraction_ort_fp32": (pre.median_ms + post.median_ms)
+            **{key: ratio(*args) for key, args in pairs.items()},
+            "pre_post_fraction_ort_fp32": (pre_ms + post_ms)
             / paths["ort_fp32"]["e2e"]["median_ms"],
         },
+        "paired_ratios": {key: paired(*args) for key, args in pairs.items()},
+        "samples_ms": samples,  # {path: {kind: [ms per round]}}
     }
     if config.floor:
         from benchmarks.compute_floor import compute_floor
@@ -244,7 +250,7 @@ def run_r50_speed(config: R50SpeedConfig, log: Any = print) -> dict[str, Any]:
         floor = compute_floor(str(models["ort_fp32"]), threads).to_dict()
         # The ORT FP32 time the 0.45 target allows, and the FP32 rate it would take.
         allowed = TARGET_ORT_OVER_TORCH * paths["pytorch_fp32"]["e2e"]["median_ms"] \
-            - pre.median_ms - post.median_ms
+            - pre_ms - post_ms
         floor["target_model_ms"] = allowed
         floor["target_gflops"] = 2.0 * floor["macs"] / (allowed * 1e6) if allowed > 0 else None
         floor["ort_fp32_gflops"] = 2.0 * floor["macs"] / (
@@ -270,9 +276,12 @@ def format_result(result: dict[str, Any]) -> str:
             return f"  {key}: not measured"
         verdict = "" if target is None else (" (meets" if v <= target else " (MISSES") + \
             f" target <= {target})"
-        return f"  {key}: {v:.3f}{verdict}"
+        p = result.get("paired_ratios", {}).get(key)
+        both = f" (paired per round: {p:.3f})" if p is not None else ""
+        return f"  {key}: {v:.3f}{both}{verdict}"
+    lines.append("  ratios: of the medians (paired: median of the ratios within each round)")
     lines.append(f"  preprocess {result['pre_ms']:.1f} ms + decode {result['post_ms']:.2f} ms "
-                 "(medians of 20)")
+                 "(medians over the end-to-end runs)")
     lines += [show("ort_fp32_e2e / pytorch_fp32_e2e", TARGET_ORT_OVER_TORCH),
               show("ort_int8_e2e / ort_fp32_e2e", TARGET_INT8_OVER_FP32),
               show("ort_int8_model / ort_fp32_model", None),

@@ -64,11 +64,17 @@ def test_r50_speed_runs_every_path_in_its_own_worker(tmp_path: Path) -> None:
     for stats in paths.values():
         for kind in ("model", "e2e"):
             assert stats[kind]["runs"] == 2 and stats[kind]["median_ms"] > 0
+    assert 0 < result["pre_ms"] < paths["ort_fp32"]["e2e"]["median_ms"]
+    assert 0 < result["post_ms"] < paths["ort_fp32"]["e2e"]["median_ms"]
     ratios = result["ratios"]
     assert ratios["ort_int8_cpu_e2e / ort_fp32_e2e"] == pytest.approx(
         paths["ort_int8_cpu"]["e2e"]["median_ms"] / paths["ort_fp32"]["e2e"]["median_ms"])
     assert ratios["ort_fp32_e2e / pytorch_fp32_e2e"] == pytest.approx(
         paths["ort_fp32"]["e2e"]["median_ms"] / paths["pytorch_fp32"]["e2e"]["median_ms"])
+    paired = result["paired_ratios"]["ort_int8_e2e / ort_fp32_e2e"]
+    rounds = result["samples_ms"]
+    per_round = [a / b for a, b in zip(rounds["ort_int8"]["e2e"], rounds["ort_fp32"]["e2e"])]
+    assert paired == pytest.approx(float(np.median(per_round)))
     floor = result["compute_floor"]
     assert (floor["macs"], floor["conv_macs"]) == count_macs(tmp_path / "detr_tiny_fp32.onnx")
     text = format_result(result)
