@@ -251,6 +251,23 @@ def check_overflow(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]
                        f"on {where}{note}")
 
 
+def _with_target_hint(model: onnx.ModelProto, result: CheckResult) -> CheckResult:
+    """A failed Q/DQ check on a ``quantize --target cpu`` model says what to do."""
+    from export.onnx_meta import read_meta
+    from runtime.errors import DetrEdgeError
+
+    if result.status != FAIL:
+        return result
+    try:
+        meta = read_meta(model)
+    except DetrEdgeError:  # a foreign ONNX without detr-edge metadata: no hint
+        return result
+    if meta.precision == "int8" and (meta.extra.get("int8") or {}).get("target") == "cpu":
+        result.detail = ("quantized with --target cpu (ONNX Runtime's uint8 format); for "
+                         "TensorRT run `detr-edge quantize --target tensorrt`: " + result.detail)
+    return result
+
+
 def check_onnx(path: str | os.PathLike[str], config: CheckConfig | None = None) -> CheckReport:
     """Run every check on the ONNX file at ``path``.
 
@@ -271,7 +288,7 @@ def check_onnx(path: str | os.PathLike[str], config: CheckConfig | None = None) 
         check_pad(model),
         check_static_shapes(model),
         check_int64(model),
-        check_qdq(model),
+        _with_target_hint(model, check_qdq(model)),
     ]
     if config.overflow_scan:
         if config.calib_data:

@@ -111,6 +111,15 @@ def test_engine_builder_refuses_the_cpu_format(cpu_int8: dict, tmp_path: Path) -
     assert not (tmp_path / "m.engine").exists()
 
 
+def test_check_onnx_fails_the_cpu_format_and_says_why(cpu_int8: dict) -> None:
+    from export.check_onnx import CheckConfig, check_onnx
+
+    report = check_onnx(cpu_int8["out"], CheckConfig(overflow_scan=False))
+    qdq = next(r for r in report.results if r.name == "Q/DQ symmetric")
+    assert qdq.status == "FAIL" and not report.ok
+    assert qdq.detail.startswith("quantized with --target cpu") and "needs int8" in qdq.detail
+
+
 def test_conv_stage_is_the_resnet_body_only(tmp_path: Path) -> None:
     """ReLU/Add/MaxPool fed by quantized convs are quantized; transformer ReLUs and
     residual Adds (next to float LayerNorm/attention) are not."""
