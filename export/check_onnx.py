@@ -16,6 +16,7 @@ it compute the right thing?" with one PASS/FAIL/INFO line per check:
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -263,8 +264,9 @@ def _with_target_hint(model: onnx.ModelProto, result: CheckResult) -> CheckResul
     except DetrEdgeError:  # a foreign ONNX without detr-edge metadata: no hint
         return result
     if meta.precision == "int8" and (meta.extra.get("int8") or {}).get("target") == "cpu":
-        result.detail = ("quantized with --target cpu (ONNX Runtime's uint8 format); for "
-                         "TensorRT run `detr-edge quantize --target tensorrt`: " + result.detail)
+        return dataclasses.replace(result, detail=(
+            "quantized with --target cpu (ONNX Runtime's uint8 format); for TensorRT run "
+            "`detr-edge quantize --target tensorrt`: " + result.detail))
     return result
 
 
