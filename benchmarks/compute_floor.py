@@ -12,7 +12,6 @@ except with a different algorithm (Winograd, FFT).
 from __future__ import annotations
 
 import os
-import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -65,6 +64,8 @@ def matmul_peak_gflops(threads: int, n: int = 2048, runs: int = 5) -> float:
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
+    from benchmarks.timing import time_call
+
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["c"])], "peak",
         [helper.make_tensor_value_info("a", TensorProto.FLOAT, [n, n]),
@@ -78,13 +79,8 @@ def matmul_peak_gflops(threads: int, n: int = 2048, runs: int = 5) -> float:
     rng = np.random.default_rng(0)
     feed = {"a": rng.standard_normal((n, n), dtype=np.float32),
             "b": rng.standard_normal((n, n), dtype=np.float32)}
-    session.run(None, feed)
-    best = float("inf")
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        best = min(best, time.perf_counter() - start)
-    return 2.0 * n ** 3 / best / 1e9
+    best_ms = time_call(lambda: session.run(None, feed), runs=runs, warmup=1).min_ms
+    return 2.0 * n ** 3 / (best_ms * 1e6)
 
 
 def compute_floor(model_path: str | os.PathLike[str], threads: int) -> ComputeFloor:

@@ -255,6 +255,7 @@ def check_overflow(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]
 def _with_target_hint(model: onnx.ModelProto, result: CheckResult) -> CheckResult:
     """A failed Q/DQ check on a ``quantize --target cpu`` model says what to do."""
     from export.onnx_meta import read_meta
+    from export.qdq_format import int8_target
     from runtime.errors import DetrEdgeError
 
     if result.status != FAIL:
@@ -263,7 +264,7 @@ def _with_target_hint(model: onnx.ModelProto, result: CheckResult) -> CheckResul
         meta = read_meta(model)
     except DetrEdgeError:  # a foreign ONNX without detr-edge metadata: no hint
         return result
-    if meta.precision == "int8" and (meta.extra.get("int8") or {}).get("target") == "cpu":
+    if int8_target(meta) == "cpu":
         return dataclasses.replace(result, detail=(
             "quantized with --target cpu (ONNX Runtime's uint8 format); for TensorRT run "
             "`detr-edge quantize --target tensorrt`: " + result.detail))

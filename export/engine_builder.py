@@ -161,12 +161,13 @@ def build_engine(config: EngineBuildConfig) -> Path:
     builder rejects the model (parser errors name the ONNX nodes).
     """
     from export.onnx_meta import check_graph_matches_meta, load_onnx, read_meta
+    from export.qdq_format import int8_target
     from export.trt_compat import check_precision_request, installed_features
 
     model = load_onnx(config.onnx_path)
     meta = read_meta(model, config.onnx_path)
     check_graph_matches_meta(model, meta, config.onnx_path)
-    if meta.precision == "int8" and (meta.extra.get("int8") or {}).get("target") == "cpu":
+    if int8_target(meta) == "cpu":
         raise ModelFormatError(config.onnx_path, "INT8 model in the cpu Q/DQ format (uint8 "
                                "activations) is not a TensorRT input; quantize it with "
                                "`detr-edge quantize --target tensorrt`")

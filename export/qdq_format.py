@@ -33,11 +33,20 @@ if TYPE_CHECKING:
     import onnx
 
     from export.quantize import QuantizeConfig
+    from runtime.metadata import ModelMeta
 
 TARGETS = ("tensorrt", "cpu")
 # Ops the cpu format quantizes after a quantized Conv (integer on ORT CPU: the ReLU is
 # folded into the zero point, Add becomes QLinearAdd, MaxPool runs on uint8).
 CONV_STAGE_OPS = ("Relu", "Add", "MaxPool")
+
+
+def int8_target(meta: ModelMeta) -> str | None:
+    """The Q/DQ format an INT8 model's metadata records ("tensorrt" when it predates
+    the cpu format); None for FP32/FP16 models."""
+    if meta.precision != "int8":
+        return None
+    return str((meta.extra.get("int8") or {}).get("target", "tensorrt"))
 
 
 def conv_stage_nodes(model: onnx.ModelProto, convs: set[str]) -> list[str]:
@@ -81,7 +90,8 @@ def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
     if cpu:
         from export.stem_s2d import stem_to_space_to_depth
 
-        convs = {n.name for n in model.graph.node if n.op_type == "Conv" and n.name in set(nodes)}
+        wanted = set(nodes)
+        convs = {n.name for n in model.graph.node if n.op_type == "Conv" and n.name in wanted}
         chosen += conv_stage_nodes(model, convs)
         if stem_to_space_to_depth(model):  # exact; the stem keeps its node name
             source = Path(out_path).with_suffix(".s2d.onnx")
