@@ -22,28 +22,19 @@ import numpy as np
 from benchmarks.rows import AP_KEYS
 from runtime.decode import Detections, decode
 from runtime.metadata import ModelMeta
-from runtime.preprocess import Batch
+from runtime.preprocess import Batch, box_reference_sizes
 
 MATCH_IOU = 0.9  # a detection "matches" when IoU >= this and the class is the same
 
 
-def target_sizes(batch: Batch, meta: ModelMeta) -> np.ndarray:
-    """[B, 2] (h, w) in ORIGINAL pixels that the normalised boxes refer to.
-
-    With a mask input the boxes are relative to the valid region (= the resized
-    original), so the original size; without it they are relative to the whole
-    canvas, whose size in original pixels is canvas / scale.
-    """
-    if meta.with_mask:
-        return batch.orig_sizes.astype(np.float64)
-    canvas = np.array([meta.input_height, meta.input_width], dtype=np.float64)
-    return canvas[None, :] / batch.scales[:, None]
-
-
 def decode_clipped(logits: np.ndarray, boxes: np.ndarray, batch: Batch,
-                   meta: ModelMeta, second_best: bool = False) -> list[Detections]:
-    """``runtime.decode`` into original pixels, boxes clipped to the image."""
-    dets = decode(logits, boxes, target_sizes(batch, meta), second_best=second_best)
+                   meta: ModelMeta, second_best: bool = True) -> list[Detections]:
+    """``runtime.decode`` into original pixels, boxes clipped to the image.
+
+    ``second_best`` defaults to the official PostProcess (every slot keeps its
+    best real class), the decoding COCO AP is reported with."""
+    sizes = box_reference_sizes(batch, meta.with_mask)
+    dets = decode(logits, boxes, sizes, second_best=second_best)
     for det, (h, w) in zip(dets, batch.orig_sizes):
         det.boxes[:, 0::2] = np.clip(det.boxes[:, 0::2], 0, w)
         det.boxes[:, 1::2] = np.clip(det.boxes[:, 1::2], 0, h)

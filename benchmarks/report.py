@@ -26,6 +26,8 @@ class Report:
     memory_method: str  # how peak_rss_mb was measured
     figures: dict[str, Any] = field(default_factory=dict)  # headline ratios, see suite
     paths: dict[str, str] = field(default_factory=dict)  # report.md / .json / plot.png
+    # The model as trained: name, accuracy (AP_KEYS), eval_images, protocol, training_resize.
+    reference: dict[str, Any] = field(default_factory=dict)
 
     def row(self, backend: str, precision: str) -> Row:
         return next(r for r in self.rows if r.backend == backend and r.precision == precision)
@@ -33,7 +35,7 @@ class Report:
     def to_dict(self) -> dict[str, Any]:
         return {"rows": [r.to_dict() for r in self.rows], "env": self.env,
                 "settings": self.settings, "memory_method": self.memory_method,
-                "figures": self.figures}
+                "figures": self.figures, "reference": self.reference}
 
 
 def _fmt(value: float | None, scale: float = 1.0, digits: int = 1, signed: bool = False) -> str:
@@ -44,6 +46,43 @@ def _fmt(value: float | None, scale: float = 1.0, digits: int = 1, signed: bool 
     return f"{value * scale:+.{digits}f}" if signed else f"{value * scale:.{digits}f}"
 
 
+def _accuracy_lines(report: Report) -> list[str]:
+    """The accuracy table: the reference (model as trained) first, then every row with
+    its AP delta vs the reference and vs PyTorch FP32 on the same canvas."""
+    ref, s = report.reference, report.settings
+    protocol = ref.get("protocol", {})
+    form = f"{s.get('height')}x{s.get('width')} canvas, {'mask' if s.get('with_mask') else 'no mask'}"
+    if s.get("resize"):
+        form += f", resize rule {s['resize'][0]}/{s['resize'][1]}"
+    lines = ["## Accuracy (COCO AP x100)\n",
+             (f"Reference = {ref.get('name', 'PyTorch FP32')}: {protocol.get('resize', '-')}; "
+              f"{protocol.get('decoding', '-')}; {ref.get('eval_images', '-')} original images. "
+              f"Rows: {form}; decoding {s.get('decoding', '-')}. dAP = row - reference "
+              "(all that deployment costs); dAP canvas = row - PyTorch FP32 on the rows' "
+              "canvas (precision loss alone).\n"),
+             "| backend | status | " + " | ".join(AP_KEYS) + " | dAP | dAP50 | dAP canvas"
+             " | logits max/mean err | boxes max/mean err | matched@IoU0.9 |",
+             "|---|---|" + "---|" * (len(AP_KEYS) + 6)]
+    if ref.get("accuracy"):
+        acc = ref["accuracy"]
+        lines.append(f"| {ref.get('name')} | reference | "
+                     + " | ".join(_fmt(acc.get(k), 100) for k in AP_KEYS) + " | | | | | | |")
+    for r in report.rows:
+        acc, d, dc, p = r.accuracy or {}, r.delta_vs_trained or {}, r.delta_vs_canvas or {}, \
+            r.parity or {}
+        logits_digits = 2 if (p.get("logits_max_abs") or 0) > 0.01 else 6
+        matched = p.get("matched_fraction")
+        lines.append(
+            f"| {r.name} | {r.status} | " + " | ".join(_fmt(acc.get(k), 100) for k in AP_KEYS)
+            + f" | {_fmt(d.get('AP'), 100, 2, True)} | {_fmt(d.get('AP50'), 100, 2, True)}"
+            f" | {_fmt(dc.get('AP'), 100, 2, True)}"
+            f" | {_fmt(p.get('logits_max_abs'), 1, logits_digits)}"
+            f"/{_fmt(p.get('logits_mean_abs'), 1, 6)}"
+            f" | {_fmt(p.get('boxes_max_abs'), 1, 6)}/{_fmt(p.get('boxes_mean_abs'), 1, 6)}"
+            f" | {_fmt(matched, 100, 1)}{'%' if matched is not None else ''} |")
+    return lines
+
+
 def to_markdown(report: Report) -> str:
     """Markdown: accuracy table, speed table, status table, environment, figures."""
     s = report.settings
@@ -51,26 +90,7 @@ def to_markdown(report: Report) -> str:
              (f"Model `{s.get('checkpoint')}` ({s.get('preset')}), input {s.get('height')}x"
              f"{s.get('width')}, {s.get('eval_images')} eval images from `{s.get('data')}`; "
              f"latency = median of {s.get('runs')} runs after {s.get('warmup')} warm-up.\n"),
-             "## Accuracy (COCO AP x100; delta vs PyTorch FP32)\n",
-             "| backend | status | " + " | ".join(AP_KEYS) + " | dAP | dAP50 | logits max/mean err"
-             " | boxes max/mean err | matched@IoU0.9 |",
-             "|---|---|" + "---|" * (len(AP_KEYS) + 5)]
-    for r in report.rows:
-        acc = r.accuracy or {}
-        d = r.delta_vs_reference or {}
-        p = r.parity or {}
-        if (r.backend, r.precision) == ("pytorch", "fp32") and r.accuracy is not None:
-            lines.append(f"| {r.name} | {r.status} | "
-                         + " | ".join(_fmt(acc.get(k), 100) for k in AP_KEYS)
-                         + " | reference | | | | |")
-            continue
-        lines.append(
-            f"| {r.name} | {r.status} | " + " | ".join(_fmt(acc.get(k), 100) for k in AP_KEYS)
-            + f" | {_fmt(d.get('AP'), 100, 2, True)} | {_fmt(d.get('AP50'), 100, 2, True)}"
-            f" | {_fmt(p.get('logits_max_abs'), 1, 2 if (p.get('logits_max_abs') or 0) > 0.01 else 6)}"
-            f"/{_fmt(p.get('logits_mean_abs'), 1, 6)}"
-            f" | {_fmt(p.get('boxes_max_abs'), 1, 6)}/{_fmt(p.get('boxes_mean_abs'), 1, 6)}"
-            f" | {_fmt(p.get('matched_fraction'), 100, 1)}{'%' if p.get('matched_fraction') is not None else ''} |")
+             *_accuracy_lines(report)]
     lines += ["", "## Speed (ms per call; model alone and end to end incl. pre/post)\n",
               ("| backend | batch | model p50 | p90 | p99 | e2e p50 | p90 | p99 | pre | post"
               " | pre+post % | images/s (e2e) | size MB | peak RSS MB |"),
@@ -95,7 +115,7 @@ def to_markdown(report: Report) -> str:
     lines += [f"| {r.name} | {r.status} | {r.reason or '-'} |" for r in report.rows]
     if report.figures:
         lines += ["", "## Figures\n"]
-        from benchmarks.suite import TARGETS
+        from benchmarks.figures import TARGETS
 
         for k, v in report.figures.items():
             target = TARGETS.get(k)

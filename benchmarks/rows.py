@@ -67,7 +67,12 @@ class Row:
     artifact: str | None = None  # path of the model file both accuracy and speed used
     artifact_bytes: int | None = None
     accuracy: dict[str, float] | None = None  # AP_KEYS -> value in [0, 1] (COCO, -1 = no GT)
-    delta_vs_reference: dict[str, float] | None = None  # AP_KEYS -> row - PyTorch FP32
+    # AP_KEYS -> row - the model as trained (PyTorch FP32, official protocol, original
+    # images; Report.reference): everything deployment costs, canvas and precision.
+    delta_vs_trained: dict[str, float] | None = None
+    # AP_KEYS -> row - PyTorch FP32 on the same canvas and input form (mask or not) as
+    # the artifacts: the precision/runtime loss alone.
+    delta_vs_canvas: dict[str, float] | None = None
     parity: dict[str, float | None] | None = None  # see benchmarks.accuracy.parity_metrics
     speed: list[SpeedResult] = field(default_factory=list)
     peak_rss_mb: float | None = None  # see Report.memory_method

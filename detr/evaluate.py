@@ -1,10 +1,15 @@
 """COCO AP of a DETR model on a COCO-format split, through the deployment path.
 
 Images go through exactly what the edge runtime does (``runtime.image_io``
-loading, ``runtime.preprocess`` keep-ratio resize into an ``H x W`` canvas,
-normalisation, zero padding); the model runs with the padding mask, so its
-normalised boxes refer to each image's valid region, and ``runtime.decode``
-maps them to the ORIGINAL image pixels (``target_sizes`` = original sizes).
+loading, ``runtime.preprocess`` resize, normalisation, zero padding); the model
+runs with the padding mask, so its normalised boxes refer to each image's valid
+region, and ``runtime.decode`` maps them to the ORIGINAL image pixels.
+
+The official protocol is the default: each image resized by the checkpoint's
+training rule (shorter side S, longer <= M, ``detr.training_resize``), batches
+padded to their largest image with the mask, the official PostProcess
+(``second_best``). ``size`` instead fits every image into a fixed canvas, the
+way a fixed-size export sees it.
 Metrics come from ``detr.coco_eval`` (pycocotools), detections are written as
 COCO results with the dataset's original category ids.
 """
@@ -31,16 +36,23 @@ class EvalConfig:
 
     data: str  # dataset root: {split}/ images + annotations/instances_{split}.json
     split: str = "val"  # split name
-    size: tuple[int, int] = (800, 1333)  # canvas (H, W) images are fitted into (paper: 800/1333)
-    second_best: bool = False  # keep no-object slots with their best real class (+~2 AP)
+    # (shorter side, longer-side cap) of the training resize rule, per image; None = size,
+    # or the paper's 800 / 1333 when size is None too.
+    resize: tuple[int, int] | None = None
+    size: tuple[int, int] | None = None  # fixed canvas (H, W) to fit images into instead
+    second_best: bool = True  # official PostProcess (paper's AP); False drops no-object slots
     batch_size: int = 4  # images per forward pass
     max_images: int | None = None  # evaluate only the first N images (quick checks)
     device: str = "auto"  # "auto" = cuda if available else cpu
     progress: bool = True  # tqdm bar
 
     def validate(self) -> None:
-        if len(self.size) != 2 or min(self.size) <= 0:
+        if self.size is not None and (len(self.size) != 2 or min(self.size) <= 0):
             raise InputError("--size", f"expected two positive numbers H W, got {self.size}")
+        if self.resize is not None and (len(self.resize) != 2 or min(self.resize) <= 0):
+            raise InputError("--resize", f"expected two positive numbers S M, got {self.resize}")
+        if self.size is not None and self.resize is not None:
+            raise InputError("--size/--resize", "give a fixed canvas or a resize rule, not both")
         if self.batch_size <= 0:
             raise InputError("--batch-size", f"must be > 0, got {self.batch_size}")
         if self.max_images is not None and self.max_images <= 0:
@@ -55,6 +67,36 @@ class EvalResult:
     detections: list[dict[str, Any]]  # [{'image_id','category_id','bbox':[x,y,w,h],'score'}]
     num_images: int
     files: dict[str, str] = field(default_factory=dict)  # name -> path written
+    protocol: dict[str, Any] = field(default_factory=dict)  # resize + decoding used
+
+
+def eval_meta(config: EvalConfig, class_names: list[str], label_map: list[int],
+              preset: str = "") -> Any:
+    """The ``ModelMeta`` that makes ``runtime.preprocess`` do ``config``'s resize:
+    the rule on an M x M canvas (every rule size fits), or the fixed canvas."""
+    from detr.training_resize import PAPER
+    from runtime.metadata import ModelMeta
+
+    common = {"preset": preset or "detr", "class_names": list(class_names),
+              "label_map": list(label_map), "with_mask": True, "batch_size": None}
+    if config.size is not None:
+        return ModelMeta(input_height=config.size[0], input_width=config.size[1], **common)
+    shorter, longest = config.resize or (PAPER.shorter, PAPER.max_size)
+    side = max(shorter, longest)
+    return ModelMeta(input_height=side, input_width=side, resize_shorter=shorter,
+                     resize_max=longest, **common)
+
+
+def protocol_of(config: EvalConfig) -> dict[str, Any]:
+    """What a report says about how AP was measured."""
+    from runtime.decode import decoding_protocol
+
+    if config.size is not None:
+        resize = f"fit into a fixed {config.size[0]}x{config.size[1]} canvas, mask"
+    else:
+        shorter, longest = config.resize or (800, 1333)
+        resize = f"training rule per image: shorter side {shorter}, longer <= {longest}, mask"
+    return {"resize": resize, "decoding": decoding_protocol(config.second_best)}
 
 
 def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
@@ -99,7 +141,6 @@ def evaluate(
     from detr.coco_eval import coco_metrics, detections_to_coco_results
     from detr.train.ddp import resolve_device
     from runtime.decode import decode
-    from runtime.metadata import ModelMeta
     from runtime.preprocess import preprocess
 
     config.validate()
@@ -121,9 +162,7 @@ def evaluate(
     was_training = model.training
     model.eval()
     model.to(device)
-    H, W = config.size  # canvas
-    meta = ModelMeta(preset=preset or "detr", input_height=H, input_width=W,
-                     class_names=list(class_names), label_map=list(label_map), with_mask=True)
+    meta = eval_meta(config, list(class_names), list(label_map), preset)
     image_ids: list[int] = []
     detections: list[Any] = []
     bar = tqdm(total=len(images), desc=f"eval {config.split}", disable=not config.progress,
@@ -131,7 +170,9 @@ def evaluate(
     try:
         for start in range(0, len(images), config.batch_size):
             chunk = images[start:start + config.batch_size]
-            batch = preprocess([img_dir / str(img["file_name"]) for img in chunk], meta)
+            # The rule's batches are padded to their largest image, as DETR's NestedTensor.
+            batch = preprocess([img_dir / str(img["file_name"]) for img in chunk], meta,
+                               pad_to_batch=config.size is None)
             outputs = model(torch.from_numpy(batch.images).to(device),
                             mask=torch.from_numpy(batch.mask).to(device))
             logits = outputs["pred_logits"].float().cpu().numpy()  # [B, Q, K+1]
@@ -155,7 +196,7 @@ def evaluate(
     # Only the evaluated images count (--max-images); the others would be misses.
     metrics = coco_metrics(gt, results, image_ids=image_ids)
     return EvalResult(metrics={k: float(metrics[k]) for k in METRIC_KEYS},
-                      detections=results, num_images=len(image_ids))
+                      detections=results, num_images=len(image_ids), protocol=protocol_of(config))
 
 
 def evaluate_model(model: nn.Module, config: EvalConfig, **kwargs: Any) -> EvalResult:
@@ -166,11 +207,20 @@ def evaluate_model(model: nn.Module, config: EvalConfig, **kwargs: Any) -> EvalR
 def evaluate_checkpoint(checkpoint: str | Path, config: EvalConfig,
                         out: str | Path | None = None) -> EvalResult:
     """Load a checkpoint (``detr.load_checkpoint``: own, official or HF), evaluate
-    it, and write ``out/detections.json`` + ``out/metrics.json`` if ``out``."""
+    it, and write ``out/detections.json`` + ``out/metrics.json`` if ``out``.
+
+    Neither ``config.size`` nor ``config.resize`` given: the checkpoint's own
+    training resize rule (``detr.training_resize.from_checkpoint``)."""
+    import dataclasses
+
     import detr
+    from detr.training_resize import from_checkpoint
     from runtime.atomic import atomic_write_text
 
     loaded = detr.load_checkpoint(checkpoint)
+    if config.size is None and config.resize is None:
+        rule = from_checkpoint(loaded.raw)
+        config = dataclasses.replace(config, resize=(rule.shorter, rule.max_size))
     preset = str(loaded.raw.get("preset", "")) if isinstance(loaded.raw, dict) else ""
     result = evaluate(loaded.model, config, label_map=loaded.label_map or None,
                       class_names=loaded.class_names or None, preset=preset)
@@ -179,20 +229,10 @@ def evaluate_checkpoint(checkpoint: str | Path, config: EvalConfig,
         det_path, met_path = out / "detections.json", out / "metrics.json"
         atomic_write_text(det_path, json.dumps(result.detections))
         summary = {"checkpoint": str(checkpoint), "data": config.data, "split": config.split,
-                   "size": list(config.size), "second_best": config.second_best,
+                   "size": list(config.size) if config.size else None,
+                   "resize": list(config.resize) if config.resize else None,
+                   "second_best": config.second_best, "protocol": result.protocol,
                    "num_images": result.num_images, **result.metrics}
         atomic_write_text(met_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
         result.files = {"detections": str(det_path), "metrics": str(met_path)}
     return result
-
-
-def default_eval_size(raw_checkpoint: dict[str, Any]) -> tuple[int, int]:
-    """Canvas for a checkpoint: the size it was trained at (``train_config``:
-    ``eval_size`` or the largest scale, square canvas), else the paper's 800 x 1333."""
-    cfg = raw_checkpoint.get("train_config") if isinstance(raw_checkpoint, dict) else None
-    if isinstance(cfg, dict):
-        size = cfg.get("eval_size") or (max(cfg["scales"]) if cfg.get("scales") else None)
-        if size:
-            return int(size), int(size)
-    return 800, 1333
-

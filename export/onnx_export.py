@@ -15,6 +15,7 @@ same preprocessed tensors -> atomic write of the model and the JSON report.
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import os
@@ -44,7 +45,9 @@ class ExportConfig:
     width: int = 800  # fixed input canvas width (pixels)
     batch_size: int = 1  # fixed batch size baked into the graph (ignored with dynamic_batch)
     dynamic_batch: bool = False  # batch axis left symbolic ('batch')
-    with_mask: bool = False  # add the 'mask' input [B,H,W] bool for padded mixed-size batches
+    # 'mask' input [B,H,W] bool (True = padding). None = as the checkpoint was trained:
+    # with the mask when its training batches were padded (detr.training_resize).
+    with_mask: bool | None = None
     opset: int = 17  # >= 17 so LayerNorm is one LayerNormalization node
     precision: str = "fp32"  # "fp32" | "fp16"
     calib_data: str | None = None  # images for parity (and FP16 ranges); None = random inputs
@@ -200,17 +203,17 @@ def export_detr(model: torch.nn.Module, meta: ModelMeta, config: ExportConfig) -
 
     config.validate()
     batch = None if config.dynamic_batch else config.batch_size
+    with_mask = bool(config.with_mask)
     meta = meta.replace(input_height=config.height, input_width=config.width, batch_size=batch,
-                        with_mask=config.with_mask, precision="fp32",
+                        with_mask=with_mask, precision="fp32",
                         exporter_version=detr_edge_version(),
                         extra={**meta.extra, "opset": config.opset,
                                "exporter": "torch.onnx TorchScript (dynamo=False) + onnxslim"})
     meta.validate("export metadata")
-    graph = trace_to_onnx(model, config.height, config.width, batch, config.with_mask,
-                          config.opset)
+    graph = trace_to_onnx(model, config.height, config.width, batch, with_mask, config.opset)
     write_meta(graph, meta)
     cases = build_cases(meta, config.calib_data, config.calib_images)
-    forward = torch_forward(model, config.with_mask)
+    forward = torch_forward(model, with_mask)
     parity = parity_report(forward, graph, cases, "fp32", FP32_TOLERANCE)
     result = ExportResult(config.out, meta, parity)
     if config.precision == "fp16":
@@ -229,17 +232,30 @@ def export_detr(model: torch.nn.Module, meta: ModelMeta, config: ExportConfig) -
 
 
 def export_onnx(config: ExportConfig) -> ExportResult:
-    """Load ``config.checkpoint`` with ``detr.load_checkpoint`` and export it."""
+    """Load ``config.checkpoint`` with ``detr.load_checkpoint`` and export it.
+
+    The checkpoint's training resize rule (``detr.training_resize``) decides the
+    default mask input (padded training -> mask) and, for a mask export, is
+    recorded in the metadata so the runtime resizes each image as training did
+    (inside the canvas). A maskless export fits each image to the whole canvas,
+    as a model that never saw padding expects.
+    """
     from detr import load_checkpoint
+    from detr.training_resize import from_checkpoint
 
     config.validate()
     if not os.path.isfile(config.checkpoint):
         raise InputError(config.checkpoint, "checkpoint not found")
     loaded = load_checkpoint(config.checkpoint)
     raw = loaded.raw if isinstance(loaded.raw, dict) else {}
+    rule = from_checkpoint(loaded.raw)
+    if config.with_mask is None:
+        config = dataclasses.replace(config, with_mask=rule.padded)
     preset = str(raw.get("preset") or getattr(loaded.config, "name", None) or "custom")
     meta = ModelMeta(preset=preset, input_height=config.height, input_width=config.width,
                      class_names=list(loaded.class_names), label_map=list(loaded.label_map),
-                     extra={"checkpoint": os.path.basename(config.checkpoint)})
+                     resize_shorter=rule.shorter if config.with_mask else None,
+                     resize_max=rule.max_size if config.with_mask else None,
+                     extra={"checkpoint": os.path.basename(config.checkpoint),
+                            "training_resize": rule.to_dict()})
     return export_detr(loaded.model.eval(), meta, config)
-

@@ -39,6 +39,7 @@ import numpy as np
 
 from export.qdq_format import TARGETS, quantize_nodes
 from runtime.atomic import atomic_write_bytes, atomic_write_text
+from runtime.decode import decoding_protocol
 from runtime.errors import InputError, ModelFormatError
 from runtime.metadata import ModelMeta
 
@@ -60,6 +61,7 @@ class QuantizeConfig:
     #                              else FP32 pseudo ground truth (AP = agreement with FP32)
     pseudo_gt: bool = False  # ignore annotations: score INT8 against FP32 pseudo ground truth
     pseudo_top_k: int = 10  # detections per image kept as pseudo ground truth
+    second_best: bool = True  # AP with the official PostProcess; False drops no-object slots
     seed: int = 0  # image selection / split
     quantize_attention: bool = False  # also quantize activation x activation MatMuls
     quantize_add: bool = True  # Q/DQ on residual Add outputs too: ORT CPU runs QLinearAdd
@@ -108,6 +110,7 @@ class QuantizeReport:
     search: list[dict[str, Any]] = field(default_factory=list)  # fallback, ap per step
     latency_ms: dict[str, float] = field(default_factory=dict)  # fp32/int8 median ORT CPU ms
     check_onnx: list[str] = field(default_factory=list)  # check-onnx result lines
+    decoding: str = ""  # how AP was counted (runtime.decode.decoding_protocol)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -119,7 +122,8 @@ class QuantizeReport:
         lines = [(f"quantize {self.source} -> {self.output or '(not written)'} "
                   f"({self.target} Q/DQ format)"),
                  (f"  method {self.method}, {self.num_calib_images} calibration / "
-                  f"{self.num_eval_images} held-out images, ground truth: {self.ground_truth}"),
+                  f"{self.num_eval_images} held-out images, ground truth: {self.ground_truth}"
+                  f"{', AP decoding: ' + self.decoding if self.decoding else ''}"),
                  f"  {'model':<6} {'AP':>7} {'latency ms':>11}"]
         for name, value in (("fp32", self.fp32_ap), ("int8", self.int8_ap)):
             ms = self.latency_ms.get(name, float("nan"))
@@ -329,8 +333,9 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, split: Any,
         ann = None if config.pseudo_gt else (
             config.eval_ann or find_annotations(split.held_out[0].parent))
         evaluator = HeldOutEvaluator(fp32_path, split.held_out, ann, config.pseudo_top_k,
-                                     config.threads)
+                                     config.threads, second_best=config.second_best)
         report.ground_truth = evaluator.ground_truth
+        report.decoding = decoding_protocol(config.second_best)
         fp32_ap = evaluator.ap(fp32_path)
         first = evaluator.ap(full)
         order: list[str] = []

@@ -137,11 +137,12 @@ class HeldOutEvaluator:
 
     def __init__(self, fp32_path: str | os.PathLike[str], images: Sequence[Path],
                  annotations: str | os.PathLike[str] | None = None, pseudo_top_k: int = 10,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, second_best: bool = True) -> None:
         from runtime.detector import Detector
         from runtime.preprocess import preprocess
 
         self.threads = threads
+        self.second_best = second_best  # official PostProcess, as the paper's AP
         self._coco: Any = None
         with Detector(fp32_path, backend="onnxruntime", providers="cpu",
                       backend_options={"intra_op_threads": threads}) as det:
@@ -182,7 +183,7 @@ class HeldOutEvaluator:
         dets: list[Any] = []
         with self._detector(path) as det:
             for batch in self.batches:
-                dets.extend(det.detect(batch))
+                dets.extend(det.detect(batch, second_best=self.second_best))
         return dets
 
     def _load_gt(self, annotations: str | os.PathLike[str]) -> dict[str, Any]:

@@ -21,6 +21,15 @@ import numpy as np
 
 from runtime.errors import InputError
 
+# Names of the two decodings, for reports and metrics files.
+OFFICIAL_POSTPROCESS = "official PostProcess (every slot keeps its best real class)"
+DROP_NO_OBJECT = "drop no-object slots"
+
+
+def decoding_protocol(second_best: bool) -> str:
+    """The report name of a decoding: COCO AP is counted with the official one."""
+    return OFFICIAL_POSTPROCESS if second_best else DROP_NO_OBJECT
+
 
 @dataclass
 class Detections:

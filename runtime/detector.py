@@ -24,7 +24,7 @@ from runtime.engine_file import is_engine_file
 from runtime.errors import InputError
 from runtime.image_io import ImageSource
 from runtime.metadata import ModelMeta
-from runtime.preprocess import Batch, preprocess
+from runtime.preprocess import Batch, box_reference_sizes, preprocess
 
 DEFAULT_DYNAMIC_BATCH = 8  # images per inference call for a dynamic-batch model
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -163,15 +163,7 @@ class Detector:
             mask = np.concatenate([mask, np.ones((extra, *mask.shape[1:]), dtype=bool)])
         logits, boxes = self.backend.infer(images, mask)
         logits, boxes = logits[:n], boxes[:n]
-        if self.meta.with_mask:
-            # Boxes are relative to the valid region, which is the resized original image.
-            target = batch.orig_sizes.astype(np.float64)
-        else:
-            # Boxes are relative to the whole canvas; canvas / scale is its size in
-            # original pixels.
-            canvas = np.array([self.meta.input_height, self.meta.input_width], np.float64)
-            target = canvas[None, :] / batch.scales[:, None]
-        dets = decode(logits, boxes, target, **options)
+        dets = decode(logits, boxes, box_reference_sizes(batch, self.meta.with_mask), **options)
         for det, (h, w) in zip(dets, batch.orig_sizes):
             np.clip(det.boxes[:, 0::2], 0, w, out=det.boxes[:, 0::2])
             np.clip(det.boxes[:, 1::2], 0, h, out=det.boxes[:, 1::2])

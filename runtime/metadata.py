@@ -32,7 +32,9 @@ class DecodingDefaults:
 
     score_threshold: float = 0.0  # keep every slot; COCO AP wants low-score boxes too
     top_k: int | None = None  # None = keep all queries that pass the threshold
-    second_best: bool = False  # DETR paper's trick for slots whose top class is no-object
+    # False: slots whose top class is no-object are dropped (predict's default). AP is
+    # always computed with True, the official PostProcess (eval, benchmark, quantize).
+    second_best: bool = False
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,11 @@ class ModelMeta:
     batch_size: int | None = 1  # None = dynamic batch axis
     with_mask: bool = False  # graph has a ``mask`` input [B,H,W], True = padding
     precision: str = "fp32"  # "fp32" | "fp16" | "int8" (decided at the ONNX level)
+    # The training resize rule reproduced inside the canvas (runtime.preprocess.target_size):
+    # shorter side resize_shorter, longer side <= resize_max. None (files written before
+    # these fields existed, maskless exports) = fit the whole canvas.
+    resize_shorter: int | None = None
+    resize_max: int | None = None
     decoding: DecodingDefaults = field(default_factory=DecodingDefaults)
     exporter_version: str = ""  # detr-edge version that wrote the file
     format_version: int = FORMAT_VERSION
@@ -117,6 +124,10 @@ class ModelMeta:
             problems.append("mean/std must be 3 numbers with std > 0")
         if self.precision not in ("fp32", "fp16", "int8"):
             problems.append(f"unknown precision {self.precision!r}")
+        for name in ("resize_shorter", "resize_max"):
+            value = getattr(self, name)
+            if value is not None and value <= 0:
+                problems.append(f"{name} {value} is not positive")
         if self.batch_size is not None and self.batch_size <= 0:
             problems.append(f"batch_size {self.batch_size} is not positive")
         if problems:
@@ -155,6 +166,8 @@ _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "std": (_is_triple, "3 finite numbers"),
     "batch_size": (lambda v: v is None or _is_int(v), "an integer or null"),
     "with_mask": (lambda v: isinstance(v, bool), "true or false"),
+    "resize_shorter": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "resize_max": (lambda v: v is None or _is_int(v), "an integer or null"),
     "precision": (lambda v: isinstance(v, str), "a string"),
     "exporter_version": (lambda v: isinstance(v, str), "a string"),
     "format_version": (_is_int, "an integer"),

@@ -4,10 +4,16 @@ Used by the runtime (``Detector``, ``predict``), evaluation and benchmarks so
 that every path feeds the model the same pixels. numpy and pillow only.
 
 Steps per image: RGB (``runtime.image_io.load_image``), keep-ratio resize with
-PIL bilinear so the image fits ``(input_height, input_width)``, placed at the
-top-left of the canvas, normalised with the model's mean/std (0..1 scale),
-zeros elsewhere. Zero after normalisation is what DETR's ``NestedTensor``
-padding holds, so the exported graph sees the same padding as in training.
+PIL bilinear, placed at the top-left of the canvas, normalised with the model's
+mean/std (0..1 scale), zeros elsewhere. Zero after normalisation is what DETR's
+``NestedTensor`` padding holds, so the exported graph sees the same padding as
+in training.
+
+The resize size: with ``meta.resize_shorter`` set (the model's training resize
+rule, DETR's eval transform: shorter side = S, longer side <= ``resize_max``),
+each image gets the size training would give it, and is shrunk further only if
+that does not fit the canvas; without it (older models), the largest
+keep-ratio size that fits ``(input_height, input_width)``.
 """
 
 from __future__ import annotations
@@ -64,6 +70,40 @@ def fit_size(orig_h: int, orig_w: int, max_h: int, max_w: int) -> tuple[int, int
     return new_h, new_w, scale
 
 
+def shorter_side_size(orig_h: int, orig_w: int, shorter: int,
+                      max_size: int | None = None) -> tuple[int, int]:
+    """DETR's resize rule: ``(new_h, new_w)`` with the shorter side ``shorter``,
+    reduced so the longer side stays <= ``max_size`` (aspect ratio kept).
+
+    The one implementation of the rule: training's ``RandomResize``
+    (``detr.data.transforms``) and the runtime both call it, so evaluation
+    reproduces training sizes to the pixel (same rounding as the official code).
+    """
+    if orig_h <= 0 or orig_w <= 0:
+        raise InputError("<image>", f"empty image of size {orig_h}x{orig_w}")
+    size = shorter
+    if max_size is not None:
+        short, long = float(min(orig_w, orig_h)), float(max(orig_w, orig_h))
+        if long / short * size > max_size:
+            size = round(max_size * short / long)
+    if orig_w <= orig_h:
+        return max(1, int(size * orig_h / orig_w)), max(1, size)
+    return max(1, size), max(1, int(size * orig_w / orig_h))
+
+
+def target_size(orig_h: int, orig_w: int, meta: ModelMeta) -> tuple[int, int, float]:
+    """``(new_h, new_w, scale)`` of an ``orig_h x orig_w`` image for ``meta``: the
+    training resize rule when ``meta.resize_shorter`` is set, shrunk to fit the
+    canvas if needed; else the largest keep-ratio fit of the canvas."""
+    H, W = meta.input_height, meta.input_width  # canvas
+    if meta.resize_shorter is None:
+        return fit_size(orig_h, orig_w, H, W)
+    new_h, new_w = shorter_side_size(orig_h, orig_w, meta.resize_shorter, meta.resize_max)
+    if new_h > H or new_w > W:  # the rule's size does not fit this canvas
+        return fit_size(orig_h, orig_w, H, W)
+    return new_h, new_w, min(new_h, new_w) / min(orig_h, orig_w)
+
+
 def resize_to_fit(image: Image.Image, max_h: int, max_w: int) -> tuple[Image.Image, float]:
     """Keep-ratio bilinear resize of ``image`` so it fits ``max_h x max_w``.
 
@@ -71,9 +111,14 @@ def resize_to_fit(image: Image.Image, max_h: int, max_w: int) -> tuple[Image.Ima
     image already of the fitted size is returned unchanged (no resampling).
     """
     new_h, new_w, scale = fit_size(image.height, image.width, max_h, max_w)
+    return resize_to(image, new_h, new_w), scale
+
+
+def resize_to(image: Image.Image, new_h: int, new_w: int) -> Image.Image:
+    """PIL bilinear resize to ``new_h x new_w`` (unchanged when already that size)."""
     if (new_h, new_w) == (image.height, image.width):
-        return image, scale
-    return image.resize((new_w, new_h), Image.Resampling.BILINEAR), scale
+        return image
+    return image.resize((new_w, new_h), Image.Resampling.BILINEAR)
 
 
 @functools.lru_cache(maxsize=16)
@@ -111,18 +156,25 @@ def normalize(image: Image.Image | np.ndarray, mean: Sequence[float], std: Seque
     return out
 
 
-def preprocess(images: ImageSource | Sequence[ImageSource], meta: ModelMeta) -> Batch:
+def preprocess(images: ImageSource | Sequence[ImageSource], meta: ModelMeta, *,
+               pad_to_batch: bool = False) -> Batch:
     """Load, resize, normalise and pad ``images`` into one :class:`Batch`.
 
     ``images`` is one image or a sequence of paths / PIL images / numpy arrays
     (any size, grayscale, RGBA, 16-bit...; see ``runtime.image_io``). The
-    canvas is ``(meta.input_height, meta.input_width)``.
+    canvas is ``(meta.input_height, meta.input_width)``; with ``pad_to_batch``
+    it shrinks to the largest resized image of the batch (DETR's
+    ``NestedTensor`` batching, for PyTorch evaluation; a fixed-size graph needs
+    the full canvas).
     """
     if isinstance(images, (str, Image.Image, np.ndarray)) or hasattr(images, "__fspath__"):
         images = [images]  # type: ignore[list-item]
-    sources = list(images)  # type: ignore[arg-type]
+    loaded = [load_image(src) for src in images]  # type: ignore[union-attr]
+    sizes = [target_size(rgb.height, rgb.width, meta) for rgb in loaded]
     H, W = meta.input_height, meta.input_width  # canvas
-    B = len(sources)
+    if pad_to_batch and sizes:
+        H, W = max(s[0] for s in sizes), max(s[1] for s in sizes)
+    B = len(loaded)
     batch = Batch(
         images=np.zeros((B, 3, H, W), dtype=np.float32),
         mask=np.ones((B, H, W), dtype=bool),
@@ -130,13 +182,25 @@ def preprocess(images: ImageSource | Sequence[ImageSource], meta: ModelMeta) -> 
         valid_sizes=np.zeros((B, 2), dtype=np.int64),
         orig_sizes=np.zeros((B, 2), dtype=np.int64),
     )
-    for i, src in enumerate(sources):
-        rgb = load_image(src)
+    for i, (rgb, (h, w, scale)) in enumerate(zip(loaded, sizes)):
         batch.orig_sizes[i] = (rgb.height, rgb.width)
-        resized, scale = resize_to_fit(rgb, H, W)
-        h, w = resized.height, resized.width
+        resized = resize_to(rgb, h, w)
         normalize(resized, meta.mean, meta.std, out=batch.images[i, :, :h, :w])
         batch.mask[i, :h, :w] = False
         batch.scales[i] = scale
         batch.valid_sizes[i] = (h, w)
     return batch
+
+
+def box_reference_sizes(batch: Batch, with_mask: bool) -> np.ndarray:
+    """float64 [B, 2] (h, w) in ORIGINAL pixels that a model's normalised boxes refer to.
+
+    With a mask input the boxes are relative to the valid region (= the resized
+    original image), so the original size; without it they are relative to the
+    whole canvas, whose size in original pixels is canvas * original / resized,
+    per axis (the two sides of a resize round differently).
+    """
+    if with_mask:
+        return batch.orig_sizes.astype(np.float64)
+    canvas = np.array(batch.images.shape[-2:], dtype=np.float64)  # (H, W)
+    return canvas[None, :] * batch.orig_sizes / np.maximum(batch.valid_sizes, 1)

@@ -69,11 +69,15 @@ def test_boxes_in_original_pixels_with_original_category_ids(shapes, size):
 
 def test_second_best_keeps_slots_whose_top_class_is_no_object(shapes):
     model = _constant_model(label=1, no_object_logit=8.0)
-    config = EvalConfig(data=str(shapes), size=(64, 64), progress=False)
+    config = EvalConfig(data=str(shapes), size=(64, 64), progress=False, second_best=False)
     plain = evaluate(model, config)
     assert plain.detections == [] and all(v == 0.0 for v in plain.metrics.values())
+    assert plain.protocol["decoding"] == "drop no-object slots"
     config.second_best = True
     kept = evaluate(model, config)
+    assert kept.protocol["decoding"].startswith("official PostProcess")
+    # The official PostProcess is the default.
+    assert EvalConfig(data=str(shapes)).second_best is True
     assert len(kept.detections) == 5 * SMALL["num_queries"]
     assert {d["category_id"] for d in kept.detections} == {LABEL_MAP[1]}
     # Score = softmax probability of the best real class, below the no-object one.
@@ -97,9 +101,11 @@ def test_eval_command_writes_files(shapes, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(ckpt), "--data", str(shapes), "--size", "80", "80",
                  "--out", str(out), "--max-images", "3"]) == 0
     text = capsys.readouterr().out
-    assert "3 images, canvas 80x80" in text and "AP50:" in text
+    assert "3 images; resize: fit into a fixed 80x80 canvas" in text and "AP50:" in text
+    assert "decoding: official PostProcess" in text
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["num_images"] == 3 and set(METRIC_KEYS) <= set(metrics)
+    assert metrics["protocol"]["decoding"].startswith("official PostProcess")
     dets = json.loads((out / "detections.json").read_text())
     assert len({d["image_id"] for d in dets}) == 3
     assert {d["category_id"] for d in dets} == {LABEL_MAP[2]}

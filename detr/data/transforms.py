@@ -27,6 +27,7 @@ from torch import Tensor
 from detr.box_ops import box_xyxy_to_cxcywh
 from runtime.errors import InputError
 from runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
+from runtime.preprocess import shorter_side_size
 
 Target = dict[str, Any]
 # Paper defaults.
@@ -81,14 +82,9 @@ def hflip(image: Image.Image, target: Target) -> tuple[Image.Image, Target]:
 
 def _size_with_max(w: int, h: int, size: int, max_size: int | None) -> tuple[int, int]:
     """Output ``(h, w)`` with the shorter side ``size``, shrunk so the longer side
-    stays <= ``max_size`` (aspect ratio kept)."""
-    if max_size is not None:
-        short, long = float(min(w, h)), float(max(w, h))
-        if long / short * size > max_size:
-            size = round(max_size * short / long)
-    if w <= h:
-        return int(size * h / w), size
-    return size, int(size * w / h)
+    stays <= ``max_size`` (aspect ratio kept). The rule lives in
+    ``runtime.preprocess`` so evaluation and deployment resize exactly alike."""
+    return shorter_side_size(h, w, size, max_size)
 
 
 def resize(image: Image.Image, target: Target | None, size: int | tuple[int, int],

@@ -28,6 +28,8 @@ from torch import nn
 
 from detr.train.config import TrainConfig
 from detr.train.ddp import DistInfo, barrier, cleanup_distributed, init_distributed
+from detr.training_resize import CHECKPOINT_KEY as TRAINING_RESIZE_KEY
+from detr.training_resize import TrainingResize, from_train_config
 from runtime.atomic import atomic_write_text
 from runtime.errors import InputError, ModelFormatError, TrainingDivergedError
 
@@ -132,6 +134,8 @@ def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
              f"(to {config.epochs} epochs)")
 
     loader, sampler = build_train_loader(train_set, config, info)
+    # How this run resizes and pads, stored in every checkpoint so eval and export follow it.
+    resize_rule = from_train_config(config.to_dict(), image_sizes(train_set))
     completed = start_epoch
     epoch = start_epoch
     try:
@@ -161,7 +165,8 @@ def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
                 if info.is_main:
                     try:
                         entry.update({f"val_{k}": v for k, v in
-                                      _evaluate(model_without_ddp, val_root, config).items()})
+                                      _evaluate(model_without_ddp, val_root, config,
+                                                resize_rule).items()})
                     except ImportError as exc:  # evaluation extras missing: say so, go on
                         entry["val_skipped"] = f"evaluation unavailable: {exc}"
                         _say(info, f"epoch {epoch}: {entry['val_skipped']}")
@@ -175,6 +180,7 @@ def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
                     "epoch": epoch,
                     "rng_state": rng_states,
                     "train_config": config.to_dict(),
+                    TRAINING_RESIZE_KEY: resize_rule.to_dict(),
                 }
                 if scaler is not None:
                     extra["grad_scaler"] = scaler.state_dict()
@@ -261,15 +267,26 @@ def _load_init_weights(model: nn.Module, path: str, info: DistInfo) -> None:
          f"(class_embed re-initialised{f', {len(skipped)} mismatched skipped' if skipped else ''})")
 
 
-def _evaluate(model: nn.Module, val_root: Path, config: TrainConfig) -> dict[str, float]:
+def _evaluate(model: nn.Module, val_root: Path, config: TrainConfig,
+              rule: TrainingResize) -> dict[str, float]:
+    """Val AP under the official protocol: the run's own resize rule per image, the
+    padding mask, the official PostProcess (what ``detr-edge eval`` reports)."""
     from detr.evaluate import EvalConfig, evaluate_model
 
-    # Square canvas: the synthetic images are square; other data should pass --eval-size
-    # equal to its training shorter side (images are fitted keeping their ratio).
-    size = config.eval_size or (max(config.scales) if config.scales else 800)
     result = evaluate_model(model, EvalConfig(data=str(val_root), split=config.val_split,
-                                              size=(size, size), progress=False))
+                                              resize=(rule.shorter, rule.max_size),
+                                              progress=False))
     return result.metrics
+
+
+def image_sizes(dataset: Any) -> list[tuple[int, int]] | None:
+    """(h, w) of every image of a ``CocoDetection`` from its annotations; None when
+    the annotations do not give every size (COCO's width/height are optional here)."""
+    coco = getattr(dataset, "coco", None)
+    try:
+        return [(int(im["height"]), int(im["width"])) for im in coco.imgs.values()]
+    except (AttributeError, KeyError, TypeError, ValueError):
+        return None
 
 
 def _gather_rng(info: DistInfo, state: dict[str, Any]) -> list[dict[str, Any]]:

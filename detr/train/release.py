@@ -35,6 +35,8 @@ def release_checkpoint(src: str | Path, dst: str | Path, *, fp16: bool = True,
         model = model.half()  # floating params and buffers only
     extra: dict[str, Any] = {"epoch": raw["epoch"], "train_config": raw["train_config"],
                              "weights_dtype": "float16" if fp16 else "float32"}
+    if "training_resize" in raw:  # how it was trained: eval and export follow it
+        extra["training_resize"] = raw["training_resize"]
     if metrics:
         extra["metrics"] = dict(metrics)
     detr.save_checkpoint(dst, model, config_from_dict(raw["config"]), loaded.class_names,

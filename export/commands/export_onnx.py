@@ -13,8 +13,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     batch = parser.add_mutually_exclusive_group()
     batch.add_argument("--batch", type=int, default=1, help="fixed batch size (default 1)")
     batch.add_argument("--dynamic-batch", action="store_true", help="symbolic batch axis")
-    parser.add_argument("--with-mask", action="store_true",
-                        help="add the 'mask' input [B,H,W] bool (True = padding)")
+    mask = parser.add_mutually_exclusive_group()
+    mask.add_argument("--with-mask", dest="with_mask", action="store_const", const=True,
+                      default=None, help="add the 'mask' input [B,H,W] bool (True = padding); "
+                      "default: as the checkpoint was trained (mask if its batches were padded)")
+    mask.add_argument("--no-mask", dest="with_mask", action="store_const", const=False,
+                      help="no mask input: each image is fitted to the whole canvas")
     parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--calib-data", default=None, metavar="DIR",
