@@ -58,7 +58,7 @@ class BenchmarkConfig:
     checkpoint: str  # detr-edge / official / HF checkpoint (the PyTorch reference)
     data: str  # dataset root: {split}/ images + annotations/instances_{split}.json
     artifacts: str | None = None  # folder with *.onnx / *.engine files (None = reference only)
-    height: int | None = None  # canvas; None = from the artifacts' metadata (else 320)
+    height: int | None = None  # canvas; None = the artifacts' (else the training rule's)
     width: int | None = None
     batch_sizes: tuple[int, ...] = (1,)  # throughput is measured at each of these
     runs: int = 10  # timed runs per measurement (after warm-up)
@@ -158,8 +158,9 @@ def _canvas_meta(config: BenchmarkConfig, metas: dict[Any, ModelMeta], loaded: A
     if first is not None:
         H, W, use_mask = first.input_height, first.input_width, first.with_mask
         resize = (first.resize_shorter, first.resize_max)
-    else:
-        H, W, use_mask = 320, 320, rule.padded
+    else:  # the eval canvas of the training rule
+        H = W = rule.canvas
+        use_mask = rule.padded
         resize = (rule.shorter, rule.max_size) if rule.padded else (None, None)
     if config.height is not None and config.width is not None:
         H, W = config.height, config.width

@@ -6,10 +6,14 @@ runs with the padding mask, so its normalised boxes refer to each image's valid
 region, and ``runtime.decode`` maps them to the ORIGINAL image pixels.
 
 The official protocol is the default: each image resized by the checkpoint's
-training rule (shorter side S, longer <= M, ``detr.training_resize``), batches
-padded to their largest image with the mask, the official PostProcess
-(``second_best``). ``size`` instead fits every image into a fixed canvas, the
-way a fixed-size export sees it.
+training rule (shorter side S, longer <= M, ``detr.training_resize``), padded
+with the mask, the official PostProcess (``second_best``). The padding fills a
+fixed M x M canvas (rounded up to the backbone stride 32) rather than each
+batch's largest image as official ``main.py`` does: the AP then does not depend
+on ``batch_size`` or on which images share a batch, and an export at that canvas
+computes exactly the same thing. A model trained with padded batches saw every
+amount of padding. ``size`` instead fits every image into a fixed canvas, the
+way an export at another canvas sees it.
 Metrics come from ``detr.coco_eval`` (pycocotools), detections are written as
 COCO results with the dataset's original category ids.
 """
@@ -74,7 +78,7 @@ def eval_meta(config: EvalConfig, class_names: list[str], label_map: list[int],
               preset: str = "") -> Any:
     """The ``ModelMeta`` that makes ``runtime.preprocess`` do ``config``'s resize:
     the rule on an M x M canvas (every rule size fits), or the fixed canvas."""
-    from detr.training_resize import PAPER
+    from detr.training_resize import PAPER, rule_canvas
     from runtime.metadata import ModelMeta
 
     common = {"preset": preset or "detr", "class_names": list(class_names),
@@ -82,20 +86,23 @@ def eval_meta(config: EvalConfig, class_names: list[str], label_map: list[int],
     if config.size is not None:
         return ModelMeta(input_height=config.size[0], input_width=config.size[1], **common)
     shorter, longest = config.resize or (PAPER.shorter, PAPER.max_size)
-    side = max(shorter, longest)
+    side = rule_canvas(shorter, longest)
     return ModelMeta(input_height=side, input_width=side, resize_shorter=shorter,
                      resize_max=longest, **common)
 
 
 def protocol_of(config: EvalConfig) -> dict[str, Any]:
     """What a report says about how AP was measured."""
+    from detr.training_resize import rule_canvas
     from runtime.decode import decoding_protocol
 
     if config.size is not None:
         resize = f"fit into a fixed {config.size[0]}x{config.size[1]} canvas, mask"
     else:
         shorter, longest = config.resize or (800, 1333)
-        resize = f"training rule per image: shorter side {shorter}, longer <= {longest}, mask"
+        side = rule_canvas(shorter, longest)
+        resize = (f"training rule per image: shorter side {shorter}, longer <= {longest}, "
+                  f"mask, {side}x{side} canvas")
     return {"resize": resize, "decoding": decoding_protocol(config.second_best)}
 
 
@@ -170,9 +177,7 @@ def evaluate(
     try:
         for start in range(0, len(images), config.batch_size):
             chunk = images[start:start + config.batch_size]
-            # The rule's batches are padded to their largest image, as DETR's NestedTensor.
-            batch = preprocess([img_dir / str(img["file_name"]) for img in chunk], meta,
-                               pad_to_batch=config.size is None)
+            batch = preprocess([img_dir / str(img["file_name"]) for img in chunk], meta)
             outputs = model(torch.from_numpy(batch.images).to(device),
                             mask=torch.from_numpy(batch.mask).to(device))
             logits = outputs["pred_logits"].float().cpu().numpy()  # [B, Q, K+1]

@@ -45,9 +45,20 @@ class TrainingResize:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    @property
+    def canvas(self) -> int:
+        """The eval canvas side (:func:`rule_canvas`)."""
+        return rule_canvas(self.shorter, self.max_size)
+
     def describe(self) -> str:
         return (f"shorter side {self.shorter}, longer <= {self.max_size}, "
                 f"{'padded (mask)' if self.padded else 'never padded'} [{self.source}]")
+
+
+def rule_canvas(shorter: int, max_size: int) -> int:
+    """Side of the square canvas every image resized by the rule fits in, rounded up to
+    the backbone stride 32 (what ``export-onnx`` accepts): the eval canvas."""
+    return -(-max(shorter, max_size) // 32) * 32
 
 
 PAPER = TrainingResize(PAPER_SHORTER, PAPER_MAX_SIZE, padded=True, source="paper")

@@ -156,24 +156,18 @@ def normalize(image: Image.Image | np.ndarray, mean: Sequence[float], std: Seque
     return out
 
 
-def preprocess(images: ImageSource | Sequence[ImageSource], meta: ModelMeta, *,
-               pad_to_batch: bool = False) -> Batch:
+def preprocess(images: ImageSource | Sequence[ImageSource], meta: ModelMeta) -> Batch:
     """Load, resize, normalise and pad ``images`` into one :class:`Batch`.
 
     ``images`` is one image or a sequence of paths / PIL images / numpy arrays
     (any size, grayscale, RGBA, 16-bit...; see ``runtime.image_io``). The
-    canvas is ``(meta.input_height, meta.input_width)``; with ``pad_to_batch``
-    it shrinks to the largest resized image of the batch (DETR's
-    ``NestedTensor`` batching, for PyTorch evaluation; a fixed-size graph needs
-    the full canvas).
+    canvas is ``(meta.input_height, meta.input_width)``.
     """
     if isinstance(images, (str, Image.Image, np.ndarray)) or hasattr(images, "__fspath__"):
         images = [images]  # type: ignore[list-item]
     loaded = [load_image(src) for src in images]  # type: ignore[union-attr]
     sizes = [target_size(rgb.height, rgb.width, meta) for rgb in loaded]
     H, W = meta.input_height, meta.input_width  # canvas
-    if pad_to_batch and sizes:
-        H, W = max(s[0] for s in sizes), max(s[1] for s in sizes)
     B = len(loaded)
     batch = Batch(
         images=np.zeros((B, 3, H, W), dtype=np.float32),

@@ -159,7 +159,8 @@ def bench_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     torch.manual_seed(0)
     model = detr.build_model_from_config(config, len(cats))
     detr.save_checkpoint(root / "tiny.pth", model, config, [c["name"] for c in cats],
-                         [c["id"] for c in cats])
+                         [c["id"] for c in cats],
+                         extra={"training_resize": {"shorter": 64, "max_size": 64, "padded": False}})
     return {"data": root / "data", "checkpoint": root / "tiny.pth"}
 
 

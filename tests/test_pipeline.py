@@ -24,7 +24,9 @@ def _tiny_checkpoint(path: Path, extra: dict | None = None) -> Path:
     config = detr.get_config("detr-tiny", num_queries=10)
     model = detr.build_model_from_config(config, len(DEFAULT_CATEGORIES))
     detr.save_checkpoint(path, model, config, [n for _, n in DEFAULT_CATEGORIES],
-                         [i for i, _ in DEFAULT_CATEGORIES], extra=extra)
+                         [i for i, _ in DEFAULT_CATEGORIES],
+                         extra={"training_resize": {"shorter": 64, "max_size": 64, "padded": False},
+                                **(extra or {})})
     return path
 
 
