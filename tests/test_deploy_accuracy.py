@@ -14,8 +14,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from benchmarks.accuracy import coco_ap, matched_counts  # noqa: E402
-from detr.evaluate import EvalConfig, evaluate_checkpoint  # noqa: E402
+from benchmarks.accuracy import coco_ap, matched_counts
+from detr.evaluate import EvalConfig, evaluate_checkpoint
+from runtime.decode import Detections
 
 DEMO = Path(__file__).resolve().parent.parent / "detr" / "assets" / "detr-tiny-shapes.pth"
 RULE = {"shorter": 128, "max_size": 192, "padded": True}  # as recorded by training
@@ -70,6 +71,11 @@ def test_default_export_runtime_matches_eval(padded_setup):
         meta = det.meta
         dets = det.detect(paths, second_best=True)
     assert meta.with_mask and (meta.resize_shorter, meta.resize_max) == (128, 192)
+    from runtime.preprocess import preprocess
+
+    valid = preprocess(paths, meta).valid_sizes  # the rule, not a fit of the 192 canvas
+    assert valid.min(axis=1).max() == 128 and valid.max() <= 192
+    assert preprocess(paths, meta.replace(resize_shorter=None)).valid_sizes.max(axis=1).min() == 192
     ap = coco_ap(gt, [im["id"] for im in gt["images"]], dets, meta.label_map)
     assert abs(ap["AP"] - ref.metrics["AP"]) <= 0.005, (ap, ref.metrics)
     assert abs(ap["AP50"] - ref.metrics["AP50"]) <= 0.005, (ap, ref.metrics)
@@ -82,8 +88,6 @@ def test_default_export_runtime_matches_eval(padded_setup):
         mine = [d for d in by_image[im["id"]] if d["score"] >= 0.3]
         if not mine:
             continue
-        from runtime.decode import Detections
-
         boxes = np.array([[x, y, x + w, y + h] for x, y, w, h in (d["bbox"] for d in mine)])
         labels = np.array([meta.label_map.index(d["category_id"]) for d in mine])
         ref_det = Detections(np.array([d["score"] for d in mine]), labels, boxes)
@@ -92,6 +96,7 @@ def test_default_export_runtime_matches_eval(padded_setup):
     assert total > 0 and matched / total >= 0.9, (matched, total)
 
 
+@pytest.mark.slow
 def test_benchmark_reference_is_eval(padded_setup, tmp_path):
     from benchmarks.suite import BenchmarkConfig, run_benchmark
 
@@ -114,3 +119,34 @@ def test_benchmark_reference_is_eval(padded_setup, tmp_path):
     doc = json.loads((tmp_path / "bench" / "report.json").read_text())
     assert doc["reference"]["accuracy"] == ref.metrics
     assert "delta_vs_trained" in doc["rows"][2] and "delta_vs_canvas" in doc["rows"][2]
+
+
+@pytest.mark.slow
+def test_cli_defaults_follow_training(padded_setup, tmp_path, capsys):
+    from export.onnx_meta import load_onnx, read_meta
+    from runtime.cli import main
+
+    ckpt, data = str(padded_setup["checkpoint"]), str(padded_setup["data"])
+    assert main(["eval", "--checkpoint", ckpt, "--data", data, "--max-images", "2"]) == 0
+    out = capsys.readouterr().out
+    assert "shorter side 128, longer <= 192, mask, 192x192 canvas" in out
+    assert "decoding: official PostProcess" in out
+    assert main(["eval", "--checkpoint", ckpt, "--data", data, "--max-images", "2",
+                 "--drop-no-object"]) == 0
+    assert "decoding: drop no-object slots" in capsys.readouterr().out
+    assert main(["eval", "--checkpoint", ckpt, "--data", data, "--max-images", "2",
+                 "--second-best"]) == 0  # the old flag is accepted: the default now
+    assert "decoding: official PostProcess" in capsys.readouterr().out
+
+    # The demo model never saw padding: its default export has no mask input, fits the canvas.
+    demo = tmp_path / "demo.onnx"
+    assert main(["export-onnx", "--checkpoint", str(DEMO), "--out", str(demo),
+                 "--height", "128", "--width", "128"]) == 0
+    meta = read_meta(load_onnx(demo), demo)
+    assert not meta.with_mask and meta.resize_shorter is None
+    assert meta.extra["training_resize"]["padded"] is False
+    # --no-mask overrides a padded checkpoint's default.
+    plain = tmp_path / "plain.onnx"
+    assert main(["export-onnx", "--checkpoint", ckpt, "--out", str(plain), "--height", "128",
+                 "--width", "128", "--no-mask"]) == 0
+    assert not read_meta(load_onnx(plain), plain).with_mask
