@@ -178,3 +178,26 @@ def test_benchmark_command(report, tmp_path: Path, capsys: pytest.CaptureFixture
     # A user error is one line and exit code 2, no traceback.
     assert main(["benchmark", "--checkpoint", "x", "--data", str(tmp_path / "none")]) == 2
     assert "annotation file" in capsys.readouterr().err
+
+
+def test_reference_is_the_model_as_trained(report) -> None:
+    """The reference is ``eval``'s figure (official protocol); every row shows its delta
+    against it and against PyTorch FP32 on the artifacts' canvas."""
+    from detr.evaluate import EvalConfig, evaluate_checkpoint
+
+    rep, out, paths = report
+    ref = evaluate_checkpoint(paths["checkpoint"], EvalConfig(data=str(paths["data"]),
+                                                              max_images=3, progress=False))
+    assert rep.reference["accuracy"] == ref.metrics and rep.reference["eval_images"] == 3
+    assert rep.reference["protocol"]["decoding"].startswith("official PostProcess")
+    assert rep.settings["decoding"].startswith("official PostProcess")
+    # Square 64 px images of a model trained at 64 without padding: the artifacts'
+    # canvas and form are the trained ones, so the PyTorch rows agree exactly.
+    torch_row = rep.row("pytorch", "fp32")
+    assert torch_row.delta_vs_trained["AP"] == pytest.approx(0.0, abs=1e-9)
+    for row in rep.rows:
+        if row.status == STATUS_OK:
+            assert row.delta_vs_trained is not None and row.delta_vs_canvas is not None
+    text = (out / "report.md").read_text()
+    assert "Reference = PyTorch FP32 (cpu) as trained" in text and "dAP canvas" in text
+    assert json.loads((out / "report.json").read_text())["reference"]["accuracy"] == ref.metrics
