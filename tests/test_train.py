@@ -183,6 +183,9 @@ def test_release_checkpoint_fp16_loads_as_fp32(tmp_path, one_step_run):
     assert all(p.dtype == torch.float32 for p in small.model.parameters())
     assert "optimizer" not in small.raw and small.raw["metrics"] == {"AP50": 0.5}
     assert small.label_map == full.label_map and small.class_names == full.class_names
+    # How it was trained travels with the release: scales (64, 56) pad every batch.
+    assert small.raw["training_resize"] == full.raw["training_resize"] == {
+        "shorter": 64, "max_size": 64, "padded": True, "source": "recorded"}
     # FP16 rounding only: relative error 2^-11 of weights well below 1.
     assert 0 < max_abs_weight_error(full.model, small.model) < 1e-2
 
@@ -220,12 +223,18 @@ def test_train_command_end_to_end(shapes, tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["train", "--data", str(shapes), "--out", str(out), "--epochs", "1", "--max-steps",
             "1", "--num-workers", "0", "--scales", "64", "--max-size", "64", "--eval-every", "1",
+            "--no-crop",
             "--no-progress", "--batch-size", "2"] + \
         [a for k, v in SMALL.items() for a in ("--model-opt", f"{k}={v}")]
     assert main(argv) == 0
     text = capsys.readouterr().out
     assert "trained 1 epochs" in text and "val_AP50=" in text
     assert (out / "checkpoint.pth").is_file() and (out / "log.jsonl").is_file()
+    from detr.training_resize import TrainingResize, from_checkpoint
+
+    # One scale, no crop, square 64 px images: recorded as never padded.
+    raw = torch.load(out / "checkpoint.pth", map_location="cpu", weights_only=True)
+    assert from_checkpoint(raw) == TrainingResize(64, 64, padded=False, source="recorded")
     # Bad input: one line on stderr, exit code 2.
     assert main(["train", "--data", str(tmp_path / "missing"), "--out", str(out / "b")]) == 2
     assert "is not a directory" in capsys.readouterr().err
