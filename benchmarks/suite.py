@@ -222,6 +222,29 @@ def _run_row(row: Row, path: Path | None, ctx: SuiteContext, config: BenchmarkCo
             backend.close()
 
 
+def _artifact_metas(artifacts: dict[tuple[str, str], Path]) -> dict[Any, ModelMeta]:
+    """The metadata of every ONNX artifact, by (backend, precision)."""
+    from export.onnx_meta import load_onnx, read_meta
+
+    return {key: read_meta(load_onnx(path), path) for key, path in artifacts.items()
+            if key[0] == "onnxruntime"}
+
+
+def _settings(config: BenchmarkConfig, ctx: SuiteContext) -> dict[str, Any]:
+    """What the report states about how the rows were measured."""
+    from runtime.decode import decoding_protocol
+
+    meta = ctx.meta
+    return {"checkpoint": config.checkpoint, "preset": meta.preset, "data": config.data,
+            "split": config.split, "height": meta.input_height, "width": meta.input_width,
+            "with_mask": meta.with_mask,
+            "resize": [meta.resize_shorter, meta.resize_max] if meta.resize_shorter else None,
+            "decoding": decoding_protocol(config.second_best), "eval_images": len(ctx.paths),
+            "batch_sizes": list(config.batch_sizes), "runs": config.runs,
+            "warmup": config.warmup, "artifacts": config.artifacts,
+            "cpu_threads": ctx.threads, "config": asdict(config)}
+
+
 def run_benchmark(config: BenchmarkConfig,
                   log: Callable[[str], None] = print) -> Any:
     """Benchmark every backend x precision; write report.md/.json/plot.png to ``config.out``.
@@ -235,7 +258,6 @@ def run_benchmark(config: BenchmarkConfig,
     from benchmarks.report import Report, to_markdown, write_report
     from detr.evaluate import read_gt, split_paths
     from detr.training_resize import from_checkpoint
-    from runtime.decode import decoding_protocol
     from runtime.preprocess import preprocess
 
     config.validate()
@@ -243,12 +265,7 @@ def run_benchmark(config: BenchmarkConfig,
     gt = read_gt(ann)
     images = gt["images"][: config.max_images] if config.max_images else gt["images"]
     artifacts = find_artifacts(config.artifacts)
-    metas = {}
-    for key, artifact in artifacts.items():
-        if key[0] == "onnxruntime":
-            from export.onnx_meta import load_onnx, read_meta
-
-            metas[key] = read_meta(load_onnx(artifact), artifact)
+    metas = _artifact_metas(artifacts)
     loaded = detr.load_checkpoint(config.checkpoint)
     rule = from_checkpoint(loaded.raw)
     # Same thread count for every CPU backend, so the ratios compare kernels, not cores.
@@ -279,16 +296,8 @@ def run_benchmark(config: BenchmarkConfig,
             if canvas_row.accuracy is not None:
                 row.delta_vs_canvas = ap_deltas(row.accuracy, canvas_row.accuracy)
 
-    settings = {"checkpoint": config.checkpoint, "preset": meta.preset, "data": config.data,
-                "split": config.split, "height": meta.input_height, "width": meta.input_width,
-                "with_mask": meta.with_mask,
-                "resize": [meta.resize_shorter, meta.resize_max] if meta.resize_shorter else None,
-                "decoding": decoding_protocol(config.second_best), "eval_images": len(paths),
-                "batch_sizes": list(config.batch_sizes), "runs": config.runs,
-                "warmup": config.warmup, "artifacts": config.artifacts,
-                "cpu_threads": ctx.threads, "config": asdict(config)}
     report = Report(rows=rows, env=collect_env_info().to_dict(), memory_method=MEMORY_METHOD,
-                    settings=settings, figures=headline_figures(rows), reference=reference)
+                    settings=_settings(config, ctx), figures=headline_figures(rows), reference=reference)
     write_report(report, Path(config.out))
     log(to_markdown(report))
     log(f"report: {report.paths['markdown']} (json: {report.paths['json']}, "
