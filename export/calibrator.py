@@ -13,9 +13,9 @@ extra); one buffer per input is allocated once and reused for every batch.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,8 @@ from runtime.errors import BackendUnavailableError, InputError
 
 if TYPE_CHECKING:
     import tensorrt as trt
+
+_T = TypeVar("_T")
 
 
 def read_cache(path: str | os.PathLike[str] | None) -> bytes | None:
@@ -70,6 +72,56 @@ class BatchStream:
         return feed
 
 
+class CalibrationSession:
+    """The Python side of a TensorRT calibrator, with no TensorRT in it.
+
+    TensorRT's Python binding catches any exception raised in ``get_batch``,
+    prints it and returns false, which TensorRT reads as "no more batches"
+    (``getBatch`` in python/src/infer/pyInt8.cpp, TensorRT 10.x): a bad image
+    or a CUDA error would silently end calibration and the build would still
+    succeed with scales from part of the data. So every callback goes through
+    :meth:`guard`, which keeps the first exception; the builder calls
+    :meth:`raise_if_failed` after ``build_serialized_network`` and a failed
+    calibration never writes its cache.
+    """
+
+    def __init__(self, stream: BatchStream, cache_path: str | os.PathLike[str] | None) -> None:
+        self.stream = stream
+        self.cache_path = cache_path
+        self.error: BaseException | None = None
+
+    def guard(self, fn: Callable[[], _T], default: _T) -> _T:
+        """``fn()``, or ``default`` after remembering its exception (Ctrl-C included)."""
+        if self.error is not None:
+            return default  # already failed: end calibration at once
+        try:
+            return fn()
+        except BaseException as exc:  # noqa: BLE001 - kept, re-raised after the build
+            self.error = exc
+            return default
+
+    def next_feed(self, names: Sequence[str]) -> dict[str, np.ndarray] | None:
+        """Host arrays for the network inputs ``names``; None when the data is exhausted."""
+        feed = self.stream.next()
+        if feed is None:
+            return None
+        missing = [n for n in names if n not in feed]
+        if missing:
+            raise InputError("calibration data", f"no data for network input(s) {missing}")
+        return {n: np.ascontiguousarray(feed[n]) for n in names}
+
+    def read_cache(self) -> bytes | None:
+        return read_cache(self.cache_path)
+
+    def write_cache(self, data: bytes) -> None:
+        if self.error is None:  # scales from a calibration that failed part-way are wrong
+            write_cache(self.cache_path, data)
+
+    def raise_if_failed(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+
 def _cudart() -> Any:
     try:
         from cuda.bindings import runtime as cudart
@@ -91,10 +143,8 @@ def _check(result: tuple[Any, ...], what: str) -> Any:
     return result[1] if len(result) > 1 else None
 
 
-def make_entropy_calibrator(stream: BatchStream,
-                            cache_path: str | os.PathLike[str] | None
-                            ) -> trt.IInt8EntropyCalibrator2:
-    """An ``IInt8EntropyCalibrator2`` feeding ``stream`` and using ``cache_path``.
+def make_entropy_calibrator(session: CalibrationSession) -> trt.IInt8EntropyCalibrator2:
+    """An ``IInt8EntropyCalibrator2`` feeding ``session`` (its stream and cache).
 
     Raises ``BackendUnavailableError`` on TensorRT 11 (no calibrators) or when
     TensorRT / cuda-python are missing.
@@ -116,17 +166,19 @@ def make_entropy_calibrator(stream: BatchStream,
             self.device: dict[str, int] = {}  # input name -> device pointer
 
         def get_batch_size(self) -> int:
-            return stream.batch_size
+            return session.stream.batch_size
 
         def get_batch(self, names: list[str]) -> list[int]:
-            feed = stream.next()
+            # An empty list tells TensorRT calibration is over (also after an error).
+            return session.guard(lambda: self._upload(names), [])
+
+        def _upload(self, names: list[str]) -> list[int]:
+            feed = session.next_feed(names)
             if feed is None:
-                return []  # an empty list tells TensorRT calibration is over
+                return []
             pointers = []
             for name in names:
-                if name not in feed:
-                    raise InputError("calibration data", f"no data for network input {name!r}")
-                host = np.ascontiguousarray(feed[name])
+                host = feed[name]
                 if name not in self.device:
                     self.device[name] = int(_check(cudart.cudaMalloc(host.nbytes), "malloc"))
                 _check(cudart.cudaMemcpy(self.device[name], host.ctypes.data, host.nbytes,
@@ -138,10 +190,10 @@ def make_entropy_calibrator(stream: BatchStream,
         def read_calibration_cache(self) -> bytes | None:  # type: ignore[override]
             # The stubs type the return as Buffer; returning None (no cache) is
             # what TensorRT expects to trigger calibration.
-            return read_cache(cache_path)
+            return session.guard(session.read_cache, None)
 
         def write_calibration_cache(self, cache: Any) -> None:
-            write_cache(cache_path, bytes(cache))
+            session.guard(lambda: session.write_cache(bytes(cache)), None)
 
         def free(self) -> None:
             for pointer in self.device.values():

@@ -16,21 +16,37 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from runtime.atomic import atomic_write_bytes
+from export.engine_checks import (
+    ProfileShapes,
+    batch_range,
+    calibration_batch,
+    calibration_profile,
+    check_calibration_images,
+    default_calib_cache,
+    dla_placement,
+    file_sha256,
+    profile_shapes,
+    read_timing_cache,
+    resolve_precision,
+    timing_cache_outcome,
+    validate_dla,
+    write_timing_cache,
+)
 from runtime.errors import BackendUnavailableError, InputError, ModelFormatError
 from runtime.metadata import ModelMeta
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-DEFAULT_MIN_BATCH = 1  # dynamic-batch defaults when the user gives none
-DEFAULT_OPT_BATCH = 4
-DEFAULT_MAX_BATCH = 8
+    from export.calibrator import CalibrationSession
 
+__all__ = ["BuildPlan", "BuildResult", "EngineBuildConfig", "batch_range", "build_engine",
+           "plan_build", "profile_shapes", "read_timing_cache", "validate_dla",
+           "write_timing_cache"]
 
 @dataclass(frozen=True)
 class EngineBuildConfig:
@@ -46,84 +62,31 @@ class EngineBuildConfig:
     precision: str | None = None  # None = as the ONNX; fp16|int8 on FP32 ONNX = TRT 10 flags
     calib_data: str | None = None  # image dir for TRT 10 INT8 calibration
     calib_images: int = 256  # calibration images drawn from calib_data
-    calib_batch: int = 8  # images per calibration batch
-    calib_cache: str | None = None  # None = <out_path>.calib.cache
+    calib_batch: int | None = None  # images per calibration batch; None = profile opt batch
+    calib_cache: str | None = None  # None = <out_path>.calib-<ONNX sha256[:16]>.cache
     seed: int = 0  # calibration image selection
+    version_compatible: bool = False  # BuilderFlag.VERSION_COMPATIBLE: runs on later TensorRT
 
 
 @dataclass(frozen=True)
-class ProfileShapes:
-    """min/opt/max shapes of one network input for an optimization profile."""
+class BuildPlan:
+    """What the build will do, decided before TensorRT is touched."""
 
-    name: str
-    min: tuple[int, ...]
-    opt: tuple[int, ...]
-    max: tuple[int, ...]
-
-
-def batch_range(meta: ModelMeta, min_batch: int | None, opt_batch: int | None,
-                max_batch: int | None) -> tuple[int, int, int]:
-    """Validated ``(min, opt, max)`` batch sizes.
-
-    A fixed-batch model (``meta.batch_size = N``) accepts only N (or nothing);
-    a dynamic one defaults to 1/4/8 with an unset opt clamped into [min, max].
-    """
-    given = {"--min-batch": min_batch, "--opt-batch": opt_batch, "--max-batch": max_batch}
-    for flag, value in given.items():
-        if value is not None and value <= 0:
-            raise InputError(flag, f"must be positive, got {value}")
-    if meta.batch_size is not None:
-        fixed = meta.batch_size
-        wrong = {f: v for f, v in given.items() if v is not None and v != fixed}
-        if wrong:
-            raise InputError(", ".join(wrong), f"the ONNX model has a fixed batch of {fixed}; "
-                             f"got {wrong} (re-export with a dynamic batch to build a range)")
-        return fixed, fixed, fixed
-    lo = DEFAULT_MIN_BATCH if min_batch is None else min_batch
-    hi = DEFAULT_MAX_BATCH if max_batch is None else max_batch
-    hi = max(hi, lo) if max_batch is None else hi
-    opt = min(max(DEFAULT_OPT_BATCH, lo), hi) if opt_batch is None else opt_batch
-    if not lo <= opt <= hi:
-        raise InputError("--min-batch/--opt-batch/--max-batch",
-                         f"need min <= opt <= max, got {lo} / {opt} / {hi}")
-    return lo, opt, hi
+    meta: ModelMeta  # metadata of the ONNX
+    precision: str  # the engine's real precision (export.engine_checks.resolve_precision)
+    mode: str  # "strongly_typed" | "builder_flags"
+    profiles: list[ProfileShapes]  # the optimization profile
+    calib_batch: int | None  # images per calibration batch (builder-flags INT8 only)
+    calib_cache: str | None  # calibration cache file (builder-flags INT8 only)
+    onnx_sha256: str  # content hash of the ONNX file
 
 
-def profile_shapes(meta: ModelMeta, min_batch: int | None = None, opt_batch: int | None = None,
-                   max_batch: int | None = None) -> list[ProfileShapes]:
-    """Shapes for ``images [B,3,H,W]`` (and ``mask [B,H,W]`` when the model has one)."""
-    lo, opt, hi = batch_range(meta, min_batch, opt_batch, max_batch)
-    h, w = meta.input_height, meta.input_width
-    shapes = [ProfileShapes("images", (lo, 3, h, w), (opt, 3, h, w), (hi, 3, h, w))]
-    if meta.with_mask:
-        shapes.append(ProfileShapes("mask", (lo, h, w), (opt, h, w), (hi, h, w)))
-    return shapes
-
-
-def validate_dla(dla_core: int | None, gpu_fallback: bool, num_dla_cores: int | None = None
-                 ) -> None:
-    """DLA arguments: core index in range, ``--gpu-fallback`` only with a DLA core."""
-    if dla_core is None:
-        if gpu_fallback:
-            raise InputError("--gpu-fallback", "only meaningful with --dla-core")
-        return
-    if dla_core < 0:
-        raise InputError("--dla-core", f"must be >= 0, got {dla_core}")
-    if num_dla_cores is not None and dla_core >= num_dla_cores:
-        raise InputError("--dla-core", f"core {dla_core} requested but this device has "
-                         f"{num_dla_cores} DLA core(s)")
-
-
-def read_timing_cache(path: str | os.PathLike[str] | None) -> bytes:
-    """Serialized timing cache at ``path``; ``b""`` (start empty) if absent."""
-    if path is None or not Path(path).is_file():
-        return b""
-    return Path(path).read_bytes()
-
-
-def write_timing_cache(path: str | os.PathLike[str] | None, data: bytes) -> None:
-    if path is not None:
-        atomic_write_bytes(path, data)
+@dataclass
+class BuildResult:
+    path: Path  # the engine file
+    precision: str
+    built_with: dict[str, Any]  # as recorded in the engine header
+    warnings: list[str] = field(default_factory=list)  # one line each, for the CLI
 
 
 def parser_errors(parser: trt.OnnxParser) -> list[str]:
@@ -153,16 +116,11 @@ def gpu_info() -> tuple[str, str]:
     return name.rstrip("\x00"), f"{props.major}.{props.minor}"
 
 
-def build_engine(config: EngineBuildConfig) -> Path:
-    """Build and write the engine file; returns its path.
-
-    Raises ``BackendUnavailableError`` without TensorRT, ``InputError`` for bad
-    arguments (before any slow work), ``ModelFormatError`` when the parser or
-    builder rejects the model (parser errors name the ONNX nodes).
-    """
+def plan_build(config: EngineBuildConfig) -> BuildPlan:
+    """Read the ONNX and validate every argument; raise ``InputError`` /
+    ``ModelFormatError`` before any slow work (no TensorRT needed)."""
     from export.onnx_meta import check_graph_matches_meta, load_onnx, read_meta
     from export.qdq_format import int8_target
-    from export.trt_compat import check_precision_request, installed_features
 
     model = load_onnx(config.onnx_path)
     meta = read_meta(model, config.onnx_path)
@@ -173,23 +131,84 @@ def build_engine(config: EngineBuildConfig) -> Path:
                                "`detr-edge quantize --target tensorrt`")
     del model  # TensorRT parses the file itself; do not hold a large graph twice
     profiles = profile_shapes(meta, config.min_batch, config.opt_batch, config.max_batch)
-    validate_dla(config.dla_core, config.gpu_fallback)
+    precision = resolve_precision(config.precision, meta.precision)
+    validate_dla(config.dla_core, config.gpu_fallback, precision=precision, profiles=profiles)
     if config.workspace_mb is not None and config.workspace_mb <= 0:
         raise InputError("--workspace-mb", f"must be positive, got {config.workspace_mb}")
+    digest = file_sha256(config.onnx_path)
+    int8_flags = precision == "int8" and meta.precision == "fp32"
+    calib_batch = calib_cache = None
+    if int8_flags:
+        calib_batch = calibration_batch(meta, config.calib_batch, profiles)
+        calib_cache = config.calib_cache or default_calib_cache(config.out_path, digest)
+        if config.calib_data is None and read_cache(calib_cache) is None:
+            raise InputError("--calib-data", f"INT8 with builder flags needs calibration "
+                             f"images (or an existing calibration cache {calib_cache})")
+    elif config.calib_batch is not None:
+        raise InputError("--calib-batch", "only used when an FP32 ONNX is built as INT8 "
+                         "(--precision int8 with calibration)")
+    mode = "builder_flags" if precision != meta.precision else "strongly_typed"
+    return BuildPlan(meta=meta, precision=precision, mode=mode, profiles=profiles,
+                     calib_batch=calib_batch, calib_cache=calib_cache, onnx_sha256=digest)
+
+
+def build_engine(config: EngineBuildConfig) -> BuildResult:
+    """Build and write the engine file.
+
+    Raises ``BackendUnavailableError`` without TensorRT, ``InputError`` for bad
+    arguments (before any slow work), ``ModelFormatError`` when the parser or
+    builder rejects the model (parser errors name the ONNX nodes).
+    """
+    from export.trt_compat import check_precision_request, installed_features
+
+    plan = plan_build(config)
     features = installed_features()
-    precision = config.precision or meta.precision
-    mode = check_precision_request(precision, meta.precision, features)
-    calib_cache = config.calib_cache or f"{config.out_path}.calib.cache"
-    if mode == "builder_flags" and precision == "int8" and config.calib_data is None \
-            and read_cache(calib_cache) is None:
-        raise InputError("--calib-data", f"INT8 with builder flags needs calibration images "
-                         f"(or an existing calibration cache {calib_cache})")
+    # Raises on TensorRT 11 for builder flags (no BuilderFlag.FP16/INT8 there).
+    check_precision_request(plan.precision, plan.meta.precision, features)
 
     import tensorrt as trt
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     validate_dla(config.dla_core, config.gpu_fallback, builder.num_DLA_cores)
+    network, _parser = _parse_network(trt, builder, logger, config.onnx_path, plan.mode)
+    build_config = builder.create_builder_config()
+    warnings: list[str] = []
+    built_with: dict[str, Any] = {
+        "profile": [dataclasses.asdict(p) for p in plan.profiles], "mode": plan.mode,
+        "workspace_mb": config.workspace_mb, "dla_core": config.dla_core,
+        "gpu_fallback": config.gpu_fallback, "onnx": Path(config.onnx_path).name,
+        "onnx_sha256": plan.onnx_sha256, "version_compatible": config.version_compatible}
+    _configure(trt, builder, network, build_config, config, plan, built_with, warnings)
+    cache, write_cache_back = _attach_timing_cache(build_config, config.timing_cache, warnings)
+    session: CalibrationSession | None = None
+    calibrator: Any = None
+    if plan.mode == "builder_flags" and plan.precision == "int8":
+        session, calibrator = _attach_calibrator(trt, builder, network, build_config, config,
+                                                 plan)
+        built_with.update(calib_batch=plan.calib_batch, calib_cache=plan.calib_cache)
+    try:
+        serialized = builder.build_serialized_network(network, build_config)
+    finally:
+        if calibrator is not None:
+            calibrator.free()
+    if session is not None:
+        session.raise_if_failed()  # an error in get_batch must fail the build
+    if serialized is None:
+        raise ModelFormatError(config.onnx_path, "TensorRT could not build an engine "
+                               "(see the TensorRT log above)")
+    if write_cache_back:
+        write_timing_cache(config.timing_cache, bytes(memoryview(cache.serialize())))
+    gpu_name, capability = gpu_info()
+    _write(config.out_path, plan.meta.replace(precision=plan.precision),
+           bytes(memoryview(serialized)), trt.__version__, gpu_name, capability, built_with)
+    return BuildResult(Path(config.out_path), plan.precision, built_with, warnings)
+
+
+def _parse_network(trt: Any, builder: trt.Builder, logger: trt.ILogger, onnx_path: str,
+                   mode: str) -> tuple[trt.INetworkDefinition, trt.OnnxParser]:
+    """The parsed network and its parser (which owns the weights: keep both alive
+    until the engine is serialized)."""
     flags = 0
     if mode == "strongly_typed":
         # Required on 10.x to take precision from the graph; on 11.x every network
@@ -197,72 +216,92 @@ def build_engine(config: EngineBuildConfig) -> Path:
         flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse_from_file(os.fspath(config.onnx_path)):
+    if not parser.parse_from_file(os.fspath(onnx_path)):
         errors = parser_errors(parser)
-        raise ModelFormatError(config.onnx_path, "TensorRT ONNX parser failed: "
+        raise ModelFormatError(onnx_path, "TensorRT ONNX parser failed: "
                                + "; ".join(errors[:5])
                                + (f" (+{len(errors) - 5} more)" if len(errors) > 5 else ""))
+    return network, parser
 
-    build_config = builder.create_builder_config()
+
+def _set_profile(trt: Any, profile: trt.IOptimizationProfile, network: trt.INetworkDefinition,
+                 shapes: list[ProfileShapes]) -> None:
+    network_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
+    for s in shapes:
+        if s.name in network_inputs:
+            profile.set_shape(s.name, trt.Dims(list(s.min)), trt.Dims(list(s.opt)),
+                              trt.Dims(list(s.max)))
+
+
+def _configure(trt: Any, builder: trt.Builder, network: trt.INetworkDefinition,
+               build_config: trt.IBuilderConfig, config: EngineBuildConfig, plan: BuildPlan,
+               built_with: dict[str, Any], warnings: list[str]) -> None:
+    """Workspace, profile, precision flags, DLA and compatibility settings."""
     if config.workspace_mb is not None:
         build_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
                                            config.workspace_mb << 20)
     profile = builder.create_optimization_profile()
-    network_inputs = {network.get_input(i).name for i in range(network.num_inputs)}
-    for shapes in profiles:
-        if shapes.name in network_inputs:
-            profile.set_shape(shapes.name, trt.Dims(list(shapes.min)),
-                              trt.Dims(list(shapes.opt)), trt.Dims(list(shapes.max)))
+    _set_profile(trt, profile, network, plan.profiles)
     build_config.add_optimization_profile(profile)
-
-    cache = build_config.create_timing_cache(read_timing_cache(config.timing_cache))
-    build_config.set_timing_cache(cache, ignore_mismatch=False)
-
-    calibrator: Any = None
-    if mode == "builder_flags":
+    if plan.mode == "builder_flags":
         build_config.set_flag(trt.BuilderFlag.FP16)  # INT8 layers without a kernel fall to FP16
-        if precision == "int8":
+        if plan.precision == "int8":
             build_config.set_flag(trt.BuilderFlag.INT8)
-            calibrator = _calibrator(config, meta, calib_cache, profiles[0].opt[0])
-            build_config.int8_calibrator = calibrator
-            build_config.set_calibration_profile(profile)
+    if config.version_compatible:
+        # Runs on this and later TensorRT versions (same major, or 10 -> 11); the plan
+        # then embeds a lean runtime (TensorRT "Engine Compatibility: Version Compatibility").
+        build_config.set_flag(trt.BuilderFlag.VERSION_COMPATIBLE)
     if config.dla_core is not None:
         build_config.default_device_type = trt.DeviceType.DLA
         build_config.DLA_core = config.dla_core
         if config.gpu_fallback:
             build_config.set_flag(trt.BuilderFlag.GPU_FALLBACK)
-
-    try:
-        plan = builder.build_serialized_network(network, build_config)
-    finally:
-        if calibrator is not None:
-            calibrator.free()
-    if plan is None:
-        raise ModelFormatError(config.onnx_path, "TensorRT could not build an engine "
-                               "(see the TensorRT log above)")
-    write_timing_cache(config.timing_cache, bytes(memoryview(cache.serialize())))
-    gpu_name, capability = gpu_info()
-    built_with = {"profile": [dataclasses.asdict(p) for p in profiles], "mode": mode,
-                  "workspace_mb": config.workspace_mb, "dla_core": config.dla_core,
-                  "gpu_fallback": config.gpu_fallback, "onnx": Path(config.onnx_path).name}
-    _write(config.out_path, meta.replace(precision=precision), bytes(memoryview(plan)),
-           trt.__version__, gpu_name, capability, built_with)
-    return Path(config.out_path)
+        layers = [(network.get_layer(i).name, build_config.can_run_on_DLA(network.get_layer(i)))
+                  for i in range(network.num_layers)]
+        on_gpu, summary = dla_placement(layers, config.gpu_fallback)
+        built_with["dla_placement"] = summary
+        if on_gpu:
+            warnings.append(f"DLA: {summary} (GPU fallback)")
 
 
-def _calibrator(config: EngineBuildConfig, meta: ModelMeta, cache_path: str,
-                opt_batch: int) -> Any:
+def _attach_timing_cache(build_config: trt.IBuilderConfig, path: str | None,
+                         warnings: list[str]) -> tuple[trt.ITimingCache, bool]:
+    """The timing cache for the build and whether to write it back afterwards."""
+    data = read_timing_cache(path)
+    cache = build_config.create_timing_cache(data)
+    accepted = build_config.set_timing_cache(cache, ignore_mismatch=False)
+    write_back, warning = timing_cache_outcome(path, bool(data), accepted)
+    if not accepted:
+        cache = build_config.create_timing_cache(b"")  # start empty instead
+        build_config.set_timing_cache(cache, ignore_mismatch=False)
+    if warning:
+        warnings.append(warning)
+    return cache, write_back
+
+
+def _attach_calibrator(trt: Any, builder: trt.Builder, network: trt.INetworkDefinition,
+                       build_config: trt.IBuilderConfig, config: EngineBuildConfig,
+                       plan: BuildPlan) -> tuple[CalibrationSession, Any]:
+    """Entropy calibrator at a static calibration profile of ``plan.calib_batch`` images."""
     from export.calib_data import fixed_size_batches, list_images, select_images
-    from export.calibrator import BatchStream, make_entropy_calibrator
+    from export.calibrator import BatchStream, CalibrationSession, make_entropy_calibrator
 
+    assert plan.calib_batch is not None
+    batch = plan.calib_batch
     paths: list[Path] = []
     if config.calib_data is not None:
         paths = select_images(list_images(config.calib_data), config.calib_images, config.seed)
-    # Calibration runs at the profile's opt shape: a fixed-batch model only accepts
-    # its own batch, a dynamic one any batch in the profile.
-    batch = meta.batch_size or min(config.calib_batch, opt_batch)
-    stream = BatchStream(fixed_size_batches(paths, meta, batch), batch)
-    return make_entropy_calibrator(stream, cache_path)
+        check_calibration_images(len(paths), batch, config.calib_data)
+    stream = BatchStream(fixed_size_batches(paths, plan.meta, batch), batch)
+    session = CalibrationSession(stream, plan.calib_cache)
+    calibrator = make_entropy_calibrator(session)
+    build_config.int8_calibrator = calibrator
+    calib_profile = builder.create_optimization_profile()
+    _set_profile(trt, calib_profile, network, calibration_profile(plan.meta, batch))
+    if not build_config.set_calibration_profile(calib_profile):
+        raise ModelFormatError(config.onnx_path, f"TensorRT rejected the calibration profile "
+                               f"at batch {batch}")
+    return session, calibrator
 
 
 def read_cache(path: str) -> bytes | None:

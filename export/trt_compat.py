@@ -57,16 +57,15 @@ def check_precision_request(precision: str, onnx_precision: str, features: TrtFe
 
     ``precision`` is what the user asked for (fp32|fp16|int8), ``onnx_precision``
     what the ONNX model already is (ModelMeta.precision). A reduced-precision
-    ONNX (FP16 weights or INT8 Q/DQ) always builds strongly typed; asking for a
-    *different* reduced precision on top of it is refused. A plain FP32 ONNX with
+    ONNX (FP16 weights or INT8 Q/DQ) always builds strongly typed in the graph's
+    own precision; asking for any other precision on it (fp32 included) is
+    refused (``export.engine_checks.resolve_precision``). A plain FP32 ONNX with
     ``--precision fp16|int8`` needs the TensorRT 10 builder flags.
     """
-    if precision not in ("fp32", "fp16", "int8"):
-        raise InputError("--precision", f"unknown precision {precision!r} (fp32|fp16|int8)")
+    from export.engine_checks import resolve_precision
+
+    resolve_precision(precision, onnx_precision)
     if onnx_precision != "fp32":
-        if precision not in ("fp32", onnx_precision):
-            raise InputError("--precision", f"the ONNX model is already {onnx_precision}; "
-                             f"cannot build it as {precision} (omit --precision)")
         return "strongly_typed"
     if precision == "fp32":
         return "strongly_typed"

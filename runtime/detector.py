@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend
+from runtime.backends.base import Backend, pad_batch
 from runtime.decode import Detections, decode
 from runtime.engine_file import is_engine_file
 from runtime.errors import InputError
@@ -156,11 +156,8 @@ class Detector:
         images, mask = batch.images, batch.mask
         fixed = self.backend.batch_size
         if fixed is not None and n < fixed:
-            # Pad the last partial batch with empty canvases (all padding); their
-            # outputs are dropped below.
-            extra = fixed - n
-            images = np.concatenate([images, np.zeros((extra, *images.shape[1:]), np.float32)])
-            mask = np.concatenate([mask, np.ones((extra, *mask.shape[1:]), dtype=bool)])
+            # The last partial batch: its padding images' outputs are dropped below.
+            images, mask = pad_batch(images, mask, fixed)
         logits, boxes = self.backend.infer(images, mask)
         logits, boxes = logits[:n], boxes[:n]
         dets = decode(logits, boxes, box_reference_sizes(batch, self.meta.with_mask), **options)

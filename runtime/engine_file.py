@@ -39,6 +39,11 @@ PREFIX_BYTES = len(MAGIC) + _LEN.size
 MAX_HEADER_BYTES = 16 * 1024 * 1024  # a header is a few kB; larger means a corrupt length
 
 # Header keys that are not ModelMeta fields.
+# (built major, runtime major) pairs a version-compatible plan may cross (TensorRT 11.x
+# support matrix: "TensorRT 10 version-compatible engines can run with a TensorRT 11
+# runtime, and TensorRT 8 version-compatible engines can run with a TensorRT 10 runtime").
+_CROSS_MAJOR = {(8, 10), (10, 11)}
+
 _ENGINE_KEYS = ("tensorrt_version", "gpu_name", "compute_capability", "built_with",
                 "plan_bytes", "plan_sha256")
 
@@ -110,26 +115,48 @@ def read_engine_file(path: str | os.PathLike[str], *, verify: bool = True
     return header, plan
 
 
+def version_problem(built: str, runtime: str, version_compatible: bool) -> str | None:
+    """Why a plan built with TensorRT ``built`` cannot run on TensorRT ``runtime``, or None.
+
+    NVIDIA's rules (TensorRT "Engine Compatibility: Version Compatibility" and
+    the 11.x support matrix, "Engine Portability"):
+    - by default a plan runs only on the TensorRT version that built it (the
+      4th field, the build number, does not count);
+    - a plan built with ``BuilderFlag.VERSION_COMPATIBLE`` (TensorRT >= 8.6)
+      also runs on *later* runtimes of the same major version, and across
+      majors only 8 -> 10 and 10 -> 11; never on an older runtime.
+    """
+    b, r = _version_key(built)[:3], _version_key(runtime)[:3]
+    if not version_compatible:
+        if b != r:
+            return f"built with TensorRT {built}, this is TensorRT {runtime}"
+        return None
+    if b[:2] < (8, 6):
+        return f"built with TensorRT {built}; version compatibility needs >= 8.6"
+    if r < b:
+        return (f"built with TensorRT {built} (version-compatible: runs on that version or "
+                f"later), this is the older TensorRT {runtime}")
+    if b[0] != r[0] and (b[0], r[0]) not in _CROSS_MAJOR:
+        return (f"built with TensorRT {built} (version-compatible), this is TensorRT "
+                f"{runtime}: across major versions only 8 -> 10 and 10 -> 11 are supported")
+    return None
+
+
 def check_compatible(header: EngineHeader, trt_version: str, gpu_name: str, cc: str,
                      source: str | os.PathLike[str] = "<engine>") -> None:
     """Raise ``ModelFormatError`` unless the engine can run with this TensorRT and GPU.
 
-    TensorRT plans are tied to the exact TensorRT version (major.minor.patch)
-    and to the GPU they were built on. Builder flags recorded in
-    ``built_with`` relax this the way TensorRT does: ``version_compatible``
-    needs only the same major version, ``hardware_compatibility`` (e.g.
-    "ampere_plus") accepts another GPU of compute capability >= 8.0. A header
-    whose GPU is "unknown" (built without cuda-python) skips the GPU check.
+    The TensorRT version rule is :func:`version_problem` (``built_with``
+    ``version_compatible`` relaxes it). Plans are tied to the GPU they were
+    built on; ``hardware_compatibility`` (e.g. "ampere_plus") accepts another
+    GPU of compute capability >= 8.0. A header whose GPU is "unknown" (built
+    without cuda-python) skips the GPU check.
     """
     problems = []
-    built, here = _version_key(header.tensorrt_version), _version_key(trt_version)
-    if header.built_with.get("version_compatible"):
-        if built[:1] != here[:1]:
-            problems.append(f"built with TensorRT {header.tensorrt_version} (version-compatible "
-                            f"within major {built[0]}), this is TensorRT {trt_version}")
-    elif built[:3] != here[:3]:
-        problems.append(f"built with TensorRT {header.tensorrt_version}, "
-                        f"this is TensorRT {trt_version}")
+    version = version_problem(header.tensorrt_version, trt_version,
+                              bool(header.built_with.get("version_compatible")))
+    if version:
+        problems.append(version)
     hw = str(header.built_with.get("hardware_compatibility", "none")).lower()
     if header.compute_capability.strip().lower() in ("", "unknown"):
         pass  # the builder could not query its GPU; TensorRT itself rejects a wrong plan

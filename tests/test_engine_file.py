@@ -10,6 +10,7 @@ from runtime.engine_file import (
     is_engine_file,
     read_engine_file,
     read_engine_header,
+    version_problem,
     write_engine_file,
 )
 from runtime.errors import InputError, ModelFormatError
@@ -74,13 +75,31 @@ def test_check_compatible(tmp_path) -> None:
         check_compatible(header, "10.13.0.35", "NVIDIA H200", "9.0")
     relaxed = header.__class__(**{**header.__dict__, "built_with": {
         "version_compatible": True, "hardware_compatibility": "ampere_plus"}})
-    check_compatible(relaxed, "10.8.0.43", "NVIDIA A100", "8.0")
-    with pytest.raises(ModelFormatError, match="TensorRT 11"):
-        check_compatible(relaxed, "11.0.0.1", "NVIDIA A100", "8.0")
+    # Version-compatible (built with 10.13): later runtimes of the same major and 11.x
+    # run it; an older 10.x does not (NVIDIA's "Version Compatibility" rules).
+    check_compatible(relaxed, "10.16.1.11", "NVIDIA A100", "8.0")
+    check_compatible(relaxed, "11.0.0.1", "NVIDIA A100", "8.0")
+    with pytest.raises(ModelFormatError, match=r"older TensorRT 10\.8"):
+        check_compatible(relaxed, "10.8.0.43", "NVIDIA A100", "8.0")
     with pytest.raises(ModelFormatError, match="Ampere"):
-        check_compatible(relaxed, "10.8.0.43", "Tesla T4", "7.5")
+        check_compatible(relaxed, "10.16.1.11", "Tesla T4", "7.5")
     unknown_gpu = header.__class__(**{**header.__dict__, "gpu_name": "unknown",
                                       "compute_capability": "unknown"})
     check_compatible(unknown_gpu, "10.13.0.35", "Orin", "8.7")  # GPU not recorded: not checked
     with pytest.raises(ModelFormatError, match="TensorRT 10.13.0.35"):
         check_compatible(unknown_gpu, "10.3.0.30", "Orin", "8.7")
+
+
+@pytest.mark.parametrize("built, runtime, compatible, ok", [
+    ("10.13.0.35", "10.13.0.99", False, True),  # only the build number differs
+    ("10.13.0.35", "10.13.3.9", False, False),  # another patch release
+    ("10.13.0.35", "10.3.0.30", True, False),  # never on an older runtime
+    ("10.3.0.30", "10.13.0.35", True, True),  # later runtime, same major
+    ("10.3.0.30", "11.1.0.4", True, True),  # 10 -> 11 is supported
+    ("8.6.1.6", "10.3.0.30", True, True),  # 8 -> 10 is supported
+    ("8.6.1.6", "11.1.0.4", True, False),  # 8 -> 11 is not
+    ("11.1.0.4", "10.13.0.35", True, False),  # newer major on an older runtime
+    ("8.5.3.1", "8.6.1.6", True, False),  # version compatibility starts at 8.6
+])
+def test_version_rule(built: str, runtime: str, compatible: bool, ok: bool) -> None:
+    assert (version_problem(built, runtime, compatible) is None) == ok

@@ -4,6 +4,7 @@ TensorRT engine (see export/engine_builder.py)."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -31,8 +32,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images for TensorRT 10 INT8 calibration (--precision int8)")
     parser.add_argument("--calib-images", type=int, default=256,
                         help="calibration images (default 256)")
+    parser.add_argument("--calib-batch", type=int, default=None,
+                        help="images per calibration batch (default: the profile's opt batch)")
     parser.add_argument("--calib-cache", default=None,
-                        help="calibration cache (default <out>.calib.cache)")
+                        help="calibration cache (default <out>.calib-<ONNX hash>.cache)")
+    parser.add_argument("--version-compatible", action="store_true",
+                        help="engine runs on later TensorRT versions too (same major, or "
+                        "10 -> 11); may be slower")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
         opt_batch=args.opt_batch, max_batch=args.max_batch, workspace_mb=args.workspace_mb,
         timing_cache=args.timing_cache, dla_core=args.dla_core, gpu_fallback=args.gpu_fallback,
         precision=args.precision, calib_data=args.calib_data, calib_images=args.calib_images,
-        calib_cache=args.calib_cache)
-    path = build_engine(config)
-    print(f"engine written: {path}")
+        calib_batch=args.calib_batch, calib_cache=args.calib_cache,
+        version_compatible=args.version_compatible)
+    result = build_engine(config)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    print(f"engine written: {result.path} ({result.precision})")
     return 0

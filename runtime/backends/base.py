@@ -68,3 +68,18 @@ def check_batch(meta: ModelMeta, images: np.ndarray, mask: np.ndarray | None,
     elif meta.with_mask:
         mask = np.zeros((B, H, W), dtype=bool)  # no padding: the whole canvas is image
     return np.ascontiguousarray(images, dtype=np.float32), mask
+
+
+def pad_batch(images: np.ndarray, mask: np.ndarray | None, size: int
+              ) -> tuple[np.ndarray, np.ndarray | None]:
+    """Pad a batch to ``size`` images with empty canvases (zeros, mask all True =
+    all padding); the caller drops the extra outputs. Used for a fixed-batch
+    model's last partial batch and for a dynamic engine whose profile minimum is
+    above the batch. ``images`` [B,3,H,W], ``mask`` [B,H,W] or None; B <= size."""
+    extra = size - images.shape[0]
+    if extra <= 0:
+        return images, mask
+    images = np.concatenate([images, np.zeros((extra, *images.shape[1:]), images.dtype)])
+    if mask is not None:
+        mask = np.concatenate([mask, np.ones((extra, *mask.shape[1:]), dtype=bool)])
+    return images, mask

@@ -9,7 +9,12 @@ binding-index API is gone in 10). Host buffers are pinned
 (``cudaMallocHost``) so the copies are truly asynchronous; device buffers are
 allocated once for the largest batch. With ``cuda_graph=True`` the enqueue
 of each batch size is captured once into a CUDA graph and replayed, which
-removes most of the per-launch CPU overhead on Jetson-class CPUs.
+removes most of the per-launch CPU overhead on Jetson-class CPUs. Each
+captured batch size has its own execution context: a graph replays the
+context's shapes and internal buffers as they were at capture, so one context
+re-shaped for another batch would invalidate the graphs captured before. An
+engine whose enqueue cannot be captured runs without a graph, with a warning
+(what trtexec ``--useCudaGraph`` does).
 
 tensorrt and cuda-python are imported inside :func:`_import_trt`; without them
 ``BackendUnavailableError`` says what to install.
@@ -21,13 +26,14 @@ import contextlib
 import ctypes
 import importlib
 import os
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, check_batch
+from runtime.backends.base import Backend, check_batch, pad_batch
 from runtime.engine_file import check_compatible, read_engine_file
 from runtime.errors import BackendUnavailableError, DetrEdgeError, ModelFormatError
 
@@ -118,7 +124,8 @@ class TensorRTBackend(Backend):
                  device: int = 0, check: bool = True) -> None:
         self._closed = False
         self._tensors: dict[str, _Tensor] = {}
-        self._graphs: dict[int, tuple[Any, Any]] = {}  # batch -> (graph, graph_exec)
+        # batch -> (context, graph exec) for CUDA graphs; graph exec None = capture failed
+        self._graphs: dict[int, tuple[trt.IExecutionContext, Any]] = {}
         self.path = Path(path)
         # The file is checked first: a truncated or corrupt engine is the same
         # error with or without TensorRT installed (and testable without a GPU).
@@ -133,6 +140,11 @@ class TensorRTBackend(Backend):
             check_compatible(header, str(trt_mod.__version__), gpu_name, cc, source=self.path)
         self._logger = trt_mod.Logger(trt_mod.Logger.WARNING)
         self._runtime: trt.Runtime = trt_mod.Runtime(self._logger)
+        if header.built_with.get("version_compatible"):
+            # A version-compatible plan embeds a lean runtime (host code), which a
+            # runtime refuses unless allowed ("Version Compatibility" in the TensorRT
+            # developer guide); the header check above ran first.
+            self._runtime.engine_host_code_allowed = True
         engine = self._runtime.deserialize_cuda_engine(plan)
         if engine is None:
             raise ModelFormatError(self.path, "TensorRT could not deserialize the plan "
@@ -170,16 +182,17 @@ class TensorRTBackend(Backend):
         images = self._tensors["images"]
         if images.shape[0] >= 0:  # fixed batch
             self.batch_size: int | None = images.shape[0]
-            self.max_batch_size = images.shape[0]
+            self.max_batch_size = self.min_batch_size = images.shape[0]
         else:  # dynamic batch: the optimisation profile bounds it
-            _, _, max_shape = engine.get_tensor_profile_shape("images", 0)
+            min_shape, _, max_shape = engine.get_tensor_profile_shape("images", 0)
             self.batch_size = None
+            self.min_batch_size = int(min_shape[0])  # smaller batches are padded up to it
             self.max_batch_size = int(max_shape[0])
         H, W = self.meta.input_height, self.meta.input_width
         if images.shape[1:] != (3, H, W):
             raise ModelFormatError(self.path, f"engine input 'images' is {images.shape}, "
                                    f"header says [B, 3, {H}, {W}]")
-        self._set_batch(self.max_batch_size)
+        self._set_batch(self._context, self.max_batch_size)
         for t in self._tensors.values():
             shape = _dims(self._context.get_tensor_shape(t.name))  # batch = max batch now
             full = (self.max_batch_size, *shape[1:])
@@ -188,12 +201,16 @@ class TensorRTBackend(Backend):
             t.host_ptr = int(_check(self._cudart.cudaMallocHost(t.nbytes), "cudaMallocHost"))
             raw = (ctypes.c_uint8 * t.nbytes).from_address(t.host_ptr)
             t.host = np.frombuffer(memoryview(raw).cast("B"), dtype=t.dtype).reshape(full)
-            if not self._context.set_tensor_address(t.name, t.device_ptr):
+        self._bind(self._context)
+
+    def _bind(self, context: trt.IExecutionContext) -> None:
+        for t in self._tensors.values():
+            if not context.set_tensor_address(t.name, t.device_ptr):
                 raise BackendUnavailableError(f"TensorRT rejected the address of '{t.name}'")
 
-    def _set_batch(self, batch: int) -> None:
+    def _set_batch(self, context: trt.IExecutionContext, batch: int) -> None:
         for t in self._tensors.values():
-            if t.is_input and t.shape[0] < 0 and not self._context.set_input_shape(
+            if t.is_input and t.shape[0] < 0 and not context.set_input_shape(
                     t.name, (batch, *t.shape[1:])):
                 raise DetrEdgeError(f"TensorRT rejected batch size {batch} for '{t.name}'")
 
@@ -204,12 +221,13 @@ class TensorRTBackend(Backend):
         if self._closed:
             raise DetrEdgeError("TensorRT backend is closed")
         images, mask = check_batch(self.meta, images, mask, self.batch_size, self.max_batch_size)
+        n = images.shape[0]  # images asked for; B >= n images run (profile minimum)
+        images, mask = pad_batch(images, mask, self.min_batch_size)
         B = images.shape[0]
         cudart = self._cudart
         feed = {"images": images}
         if "mask" in self._tensors and mask is not None:
             feed["mask"] = mask
-        self._set_batch(B)
         for name, array in feed.items():
             t = self._tensors[name]
             assert t.host is not None
@@ -228,7 +246,7 @@ class TensorRTBackend(Backend):
         for name in ("logits", "boxes"):
             host = self._tensors[name].host
             assert host is not None
-            outputs[name] = np.array(host[:B], dtype=np.float32)  # copy out of pinned memory
+            outputs[name] = np.array(host[:n], dtype=np.float32)  # copy out of pinned memory
         return outputs["logits"], outputs["boxes"]
 
     @property
@@ -236,39 +254,67 @@ class TensorRTBackend(Backend):
         assert self.max_batch_size is not None
         return self.max_batch_size
 
+    def _execute(self, context: trt.IExecutionContext) -> bool:
+        return bool(context.execute_async_v3(int(self._stream)))
+
     def _enqueue(self, batch: int) -> None:
-        cudart = self._cudart
-        stream_handle = int(self._stream)
         if not self.cuda_graph:
-            if not self._context.execute_async_v3(stream_handle):
+            self._set_batch(self._context, batch)
+            if not self._execute(self._context):
                 raise DetrEdgeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
             return
         if batch not in self._graphs:
-            # One plain run first: TensorRT finishes shape-dependent set-up on the first
-            # enqueue after set_input_shape, and that work must not be captured.
-            if not self._context.execute_async_v3(stream_handle):
+            self._graphs[batch] = self._capture(batch)
+        context, graph_exec = self._graphs[batch]
+        if graph_exec is None:  # capture failed for this batch size: plain execution
+            if not self._execute(context):
                 raise DetrEdgeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
-            _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-            _check(cudart.cudaStreamBeginCapture(
-                self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
-                "cudaStreamBeginCapture")
-            ok = self._context.execute_async_v3(stream_handle)
-            graph = _check(cudart.cudaStreamEndCapture(self._stream), "cudaStreamEndCapture")
-            if not ok:
-                raise DetrEdgeError("TensorRT execute_async_v3 failed during CUDA graph capture")
-            graph_exec = _check(cudart.cudaGraphInstantiate(graph, 0), "cudaGraphInstantiate")
-            self._graphs[batch] = (graph, graph_exec)
-        _check(cudart.cudaGraphLaunch(self._graphs[batch][1], self._stream), "cudaGraphLaunch")
+            return
+        _check(self._cudart.cudaGraphLaunch(graph_exec, self._stream), "cudaGraphLaunch")
+
+    def _capture(self, batch: int) -> tuple[trt.IExecutionContext, Any]:
+        """A context of its own for ``batch`` and its CUDA graph (None if capture fails)."""
+        cudart = self._cudart
+        context = self._engine.create_execution_context()
+        if context is None:
+            raise BackendUnavailableError("TensorRT could not create an execution context "
+                                          "(out of GPU memory?)")
+        self._set_batch(context, batch)
+        self._bind(context)
+        # One plain run first: TensorRT finishes shape-dependent set-up on the first
+        # enqueue after set_input_shape, and that work must not be captured.
+        if not self._execute(context):
+            raise DetrEdgeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
+        _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        _check(cudart.cudaStreamBeginCapture(
+            self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
+            "cudaStreamBeginCapture")
+        # The enqueue returns false when the engine has work that cannot be captured;
+        # end the capture either way and clear the sticky error (trtexec's
+        # TrtCudaGraph::endCaptureOnError, samples/common/sampleDevice.h).
+        ok = self._execute(context)
+        end_err, graph = cudart.cudaStreamEndCapture(self._stream)
+        graph_exec = None
+        if int(end_err) == 0:  # else the capture was invalidated and there is no graph
+            if ok:
+                err, graph_exec = cudart.cudaGraphInstantiate(graph, 0)
+                graph_exec = graph_exec if int(err) == 0 else None
+            cudart.cudaGraphDestroy(graph)  # the instantiated graph does not need it
+        if graph_exec is None:
+            cudart.cudaGetLastError()
+            warnings.warn(f"{self.path}: CUDA graph capture failed for batch {batch}; "
+                          "running it without a CUDA graph", RuntimeWarning, stacklevel=3)
+        return context, graph_exec
 
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         cudart = self._cudart
-        for graph, graph_exec in self._graphs.values():
-            cudart.cudaGraphExecDestroy(graph_exec)
-            cudart.cudaGraphDestroy(graph)
-        self._graphs.clear()
+        for _context, graph_exec in self._graphs.values():
+            if graph_exec is not None:
+                cudart.cudaGraphExecDestroy(graph_exec)
+        self._graphs.clear()  # drops the per-batch contexts before the engine
         for t in self._tensors.values():
             t.host = None
             if t.device_ptr:
