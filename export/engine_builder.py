@@ -36,13 +36,14 @@ from export.engine_checks import (
     validate_dla,
     write_timing_cache,
 )
-from runtime.errors import BackendUnavailableError, InputError, ModelFormatError
+from runtime.errors import InputError, ModelFormatError
 from runtime.metadata import ModelMeta
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
     from export.calibrator import CalibrationSession
+    from export.golden import GoldenReport
 
 __all__ = ["BuildPlan", "BuildResult", "EngineBuildConfig", "batch_range", "build_engine",
            "plan_build", "profile_shapes", "read_timing_cache", "validate_dla",
@@ -66,6 +67,11 @@ class EngineBuildConfig:
     calib_cache: str | None = None  # None = <out_path>.calib-<ONNX sha256[:16]>.cache
     seed: int = 0  # calibration image selection
     version_compatible: bool = False  # BuilderFlag.VERSION_COMPATIBLE: runs on later TensorRT
+    verify: str = "fail"  # golden check vs ONNX Runtime: fail | warn | off
+    verify_data: str | None = None  # images for it; None = calib_data, else random inputs
+    verify_images: int = 8  # inputs the golden check runs
+    plan_path: str | None = None  # also write the bare plan here (trtexec, DeepStream, Triton)
+    builder_opt_level: int | None = None  # 0..5; None = TensorRT's default (3)
 
 
 @dataclass(frozen=True)
@@ -87,6 +93,7 @@ class BuildResult:
     precision: str
     built_with: dict[str, Any]  # as recorded in the engine header
     warnings: list[str] = field(default_factory=list)  # one line each, for the CLI
+    golden: GoldenReport | None = None  # None with --verify off
 
 
 def parser_errors(parser: trt.OnnxParser) -> list[str]:
@@ -135,6 +142,9 @@ def plan_build(config: EngineBuildConfig) -> BuildPlan:
     validate_dla(config.dla_core, config.gpu_fallback, precision=precision, profiles=profiles)
     if config.workspace_mb is not None and config.workspace_mb <= 0:
         raise InputError("--workspace-mb", f"must be positive, got {config.workspace_mb}")
+    if config.builder_opt_level is not None and not 0 <= config.builder_opt_level <= 5:
+        raise InputError("--builder-opt-level", f"must be 0..5 (TensorRT's levels), got "
+                         f"{config.builder_opt_level}")
     digest = file_sha256(config.onnx_path)
     int8_flags = precision == "int8" and meta.precision == "fp32"
     calib_batch = calib_cache = None
@@ -199,10 +209,13 @@ def build_engine(config: EngineBuildConfig) -> BuildResult:
                                "(see the TensorRT log above)")
     if write_cache_back:
         write_timing_cache(config.timing_cache, bytes(memoryview(cache.serialize())))
-    gpu_name, capability = gpu_info()
-    _write(config.out_path, plan.meta.replace(precision=plan.precision),
-           bytes(memoryview(serialized)), trt.__version__, gpu_name, capability, built_with)
-    return BuildResult(Path(config.out_path), plan.precision, built_with, warnings)
+    from export.engine_output import EngineBytes, verify_and_write, write_layer_report
+
+    engine = EngineBytes(plan.meta.replace(precision=plan.precision),
+                         bytes(memoryview(serialized)), trt.__version__, *gpu_info())
+    write_layer_report(config, plan, engine, built_with, warnings)
+    golden = verify_and_write(config, plan, engine, built_with, warnings)
+    return BuildResult(Path(config.out_path), plan.precision, built_with, warnings, golden)
 
 
 def _parse_network(trt: Any, builder: trt.Builder, logger: trt.ILogger, onnx_path: str,
@@ -240,6 +253,11 @@ def _configure(trt: Any, builder: trt.Builder, network: trt.INetworkDefinition,
     if config.workspace_mb is not None:
         build_config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE,
                                            config.workspace_mb << 20)
+    # Layer names, precisions and tactics in the engine inspector's report.
+    build_config.profiling_verbosity = trt.ProfilingVerbosity.DETAILED
+    if config.builder_opt_level is not None:
+        build_config.builder_optimization_level = config.builder_opt_level
+        built_with["builder_opt_level"] = config.builder_opt_level
     profile = builder.create_optimization_profile()
     _set_profile(trt, profile, network, plan.profiles)
     build_config.add_optimization_profile(profile)
@@ -309,12 +327,3 @@ def read_cache(path: str) -> bytes | None:
 
     return _read(path)
 
-
-def _write(path: str, meta: ModelMeta, plan: bytes, trt_version: str, gpu_name: str,
-           capability: str, built_with: dict[str, Any]) -> None:
-    try:
-        from runtime.engine_file import write_engine_file
-    except ImportError as exc:  # pragma: no cover - engine_file is part of the runtime
-        raise BackendUnavailableError(f"runtime.engine_file unavailable: {exc}") from exc
-    write_engine_file(path, meta, plan, tensorrt_version=trt_version, gpu_name=gpu_name,
-                      compute_capability=capability, built_with=built_with)

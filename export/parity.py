@@ -1,10 +1,10 @@
 """Parity of an exported ONNX model against the PyTorch model it came from.
 
 Both run the SAME preprocessed tensors (``runtime.preprocess`` output, or random
-normalised inputs when no images are given). Reported per output: max and mean
-absolute error; per image: agreement of the decoded detections
-(``runtime.decode``, paper post-processing): a PyTorch detection counts as
-reproduced when the ONNX model has one with the same label and IoU >= 0.9.
+normalised inputs when no images are given). The comparison itself (max/mean
+absolute error per output, detections matched at IoU 0.9) is
+``runtime.compare``, shared with the golden check after ``build-engine`` and
+the benchmark's parity columns.
 """
 
 from __future__ import annotations
@@ -15,31 +15,19 @@ from typing import Any
 
 import numpy as np
 
+from runtime.compare import MATCH_IOU, OutputComparison, compare_outputs
+
 FP32_TOLERANCE = 1e-4  # max abs error accepted on logits and boxes for FP32 graphs
 
 
-@dataclass
-class ParityCase:
-    name: str  # e.g. "batch 1", "batch 4 (dynamic)", "mask, padded batch 3"
-    batch_size: int
-    source: str  # "images from DIR" | "random normalised"
-    max_abs: dict[str, float] = field(default_factory=dict)  # output -> max |onnx - torch|
-    mean_abs: dict[str, float] = field(default_factory=dict)
-    detections_torch: int = 0
-    detections_matched: int = 0  # torch detections reproduced by ONNX (same label, IoU >= 0.9)
-    detections_onnx: int = 0
-
-    @property
-    def detection_agreement(self) -> float:
-        n = max(self.detections_torch, self.detections_onnx)
-        return 1.0 if n == 0 else self.detections_matched / n
+ParityCase = OutputComparison  # one case of a parity report
 
 
 @dataclass
 class ParityReport:
     precision: str
     tolerance: float | None  # max abs error allowed (None = report only)
-    cases: list[ParityCase] = field(default_factory=list)
+    cases: list[OutputComparison] = field(default_factory=list)
 
     @property
     def passed(self) -> bool:
@@ -51,7 +39,7 @@ class ParityReport:
         out = asdict(self)
         out["passed"] = self.passed
         for case, raw in zip(self.cases, out["cases"]):
-            raw["detection_agreement"] = case.detection_agreement
+            raw["matched_fraction"] = case.matched_fraction
         return out
 
     def format(self) -> str:
@@ -61,58 +49,11 @@ class ParityReport:
         for c in self.cases:
             errs = ", ".join(f"{k} max {c.max_abs[k]:.3g} mean {c.mean_abs[k]:.3g}"
                              for k in c.max_abs)
+            share = "-" if c.matched_fraction is None else f"{c.matched_fraction:.1%}"
             lines.append(f"  {c.name} [{c.source}]: {errs}; detections "
-                         f"{c.detections_matched}/{max(c.detections_torch, c.detections_onnx)} "
-                         f"agree ({c.detection_agreement:.1%})")
+                         f"{c.detections_matched}/{max(c.detections_ref, c.detections_got)} "
+                         f"matched at IoU {MATCH_IOU} ({share})")
         return "\n".join(lines)
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """a [N,4], b [M,4] xyxy -> IoU [N, M]."""
-    lt = np.maximum(a[:, None, :2], b[None, :, :2])
-    rb = np.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = np.clip(rb - lt, 0, None).prod(-1)
-    area_a = np.clip(a[:, 2:] - a[:, :2], 0, None).prod(-1)
-    area_b = np.clip(b[:, 2:] - b[:, :2], 0, None).prod(-1)
-    return inter / np.maximum(area_a[:, None] + area_b[None, :] - inter, 1e-12)
-
-
-def match_detections(ref: Any, got: Any, iou_min: float = 0.9) -> int:
-    """Greedy one-to-one matches (same label, IoU >= iou_min) between two
-    ``runtime.decode.Detections`` (``ref`` is sorted by score)."""
-    if len(ref.scores) == 0 or len(got.scores) == 0:
-        return 0
-    iou = _iou(ref.boxes.astype(np.float64), got.boxes.astype(np.float64))
-    iou[ref.labels[:, None] != got.labels[None, :]] = 0.0
-    used = np.zeros(len(got.scores), dtype=bool)
-    matched = 0
-    for i in range(len(ref.scores)):
-        cand = np.where(~used & (iou[i] >= iou_min))[0]
-        if len(cand):
-            used[cand[np.argmax(iou[i, cand])]] = True
-            matched += 1
-    return matched
-
-
-def compare(name: str, source: str, feed: dict[str, np.ndarray],
-            torch_outputs: Sequence[np.ndarray], onnx_outputs: Sequence[np.ndarray],
-            target_sizes: np.ndarray) -> ParityCase:
-    """One case from the outputs (logits, boxes) of both models on ``feed``."""
-    from runtime.decode import decode
-
-    case = ParityCase(name, int(feed["images"].shape[0]), source)
-    for out_name, ref, got in zip(("logits", "boxes"), torch_outputs, onnx_outputs):
-        err = np.abs(ref.astype(np.float64) - got.astype(np.float64))
-        case.max_abs[out_name] = float(err.max())
-        case.mean_abs[out_name] = float(err.mean())
-    dets_ref = decode(torch_outputs[0], torch_outputs[1], target_sizes)
-    dets_got = decode(onnx_outputs[0].astype(np.float32), onnx_outputs[1].astype(np.float32),
-                      target_sizes)
-    for det_ref, det_got in zip(dets_ref, dets_got):
-        case.detections_torch += len(det_ref.scores)
-        case.detections_onnx += len(det_got.scores)
-        case.detections_matched += match_detections(det_ref, det_got)
-    return case
 
 
 def parity_report(torch_forward: Callable[[dict[str, np.ndarray]], Sequence[np.ndarray]],
@@ -133,7 +74,7 @@ def parity_report(torch_forward: Callable[[dict[str, np.ndarray]], Sequence[np.n
                                                  disable=None):
         got = session.run(["logits", "boxes"], feed)
         ref = torch_forward(feed)
-        report.cases.append(compare(name, source, feed, ref, got, target_sizes))
+        report.cases.append(compare_outputs(name, source, ref, got, target_sizes))
     return report
 
 

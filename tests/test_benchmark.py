@@ -12,9 +12,9 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from benchmarks.accuracy import box_iou_xyxy, matched_counts
 from benchmarks.rows import ROW_KEYS, STATUS_OK, STATUS_SKIPPED
 from benchmarks.timing import stats_from_samples, time_call
+from runtime.compare import box_iou_xyxy, match_detections
 from runtime.decode import Detections
 from runtime.errors import InputError
 
@@ -142,16 +142,16 @@ def _dets(boxes, labels, scores) -> Detections:
                       boxes=np.asarray(boxes, np.float32).reshape(-1, 4))
 
 
-def test_matched_counts_iou_and_class() -> None:
+def test_match_detections_iou_and_class() -> None:
     ref = _dets([[0, 0, 10, 10], [20, 20, 30, 30], [40, 40, 50, 50]], [1, 2, 3], [0.9, 0.8, 0.7])
     # same box + class; box shifted 0.2 px (IoU 0.96); right box, wrong class
     other = _dets([[0, 0, 10, 10], [20.2, 20, 30.2, 30], [40, 40, 50, 50]], [1, 2, 0],
                   [0.9, 0.8, 0.7])
     assert box_iou_xyxy(ref.boxes[1:2], other.boxes[1:2])[0, 0] == pytest.approx(0.98 / 1.02)
-    assert matched_counts(ref, other) == (2, 3)
+    assert match_detections(ref, other) == 2
     shifted = _dets([[0, 0, 10, 10]], [1], [0.5])
     shifted.boxes[:, [0, 2]] += 5  # IoU 1/3
-    assert matched_counts(_dets([[0, 0, 10, 10]], [1], [0.5]), shifted) == (0, 1)
+    assert match_detections(_dets([[0, 0, 10, 10]], [1], [0.5]), shifted) == 0
 
 
 def test_bad_config_errors(tmp_path: Path) -> None:

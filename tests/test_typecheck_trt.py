@@ -23,7 +23,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-OWN_FILES = ["export/engine_builder.py", "export/calibrator.py", "export/trt_compat.py"]
+OWN_FILES = ["export/engine_builder.py", "export/calibrator.py", "export/trt_compat.py",
+             "export/engine_output.py"]
 BACKEND_FILE = "runtime/backends/tensorrt_backend.py"  # the runtime engineer's file
 
 

@@ -36,6 +36,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="images per calibration batch (default: the profile's opt batch)")
     parser.add_argument("--calib-cache", default=None,
                         help="calibration cache (default <out>.calib-<ONNX hash>.cache)")
+    parser.add_argument("--verify", choices=("fail", "warn", "off"), default="fail",
+                        help="golden check of the new engine against ONNX Runtime on the "
+                        "source ONNX: fail the build beyond the precision's tolerance "
+                        "(default), only warn, or skip")
+    parser.add_argument("--verify-data", default=None, metavar="DIR",
+                        help="images for the golden check (default: --calib-data, else "
+                        "random normalised inputs)")
+    parser.add_argument("--verify-images", type=int, default=8,
+                        help="inputs the golden check runs (default 8)")
+    parser.add_argument("--plan", default=None, metavar="FILE",
+                        help="also write the bare serialized plan (no detr-edge header) for "
+                        "trtexec --loadEngine, DeepStream or Triton")
+    parser.add_argument("--builder-opt-level", type=int, default=None, choices=range(6),
+                        metavar="0..5", help="TensorRT builder optimization level (default 3; "
+                        "higher builds longer, may run faster)")
     parser.add_argument("--version-compatible", action="store_true",
                         help="engine runs on later TensorRT versions too (same major, or "
                         "10 -> 11); may be slower")
@@ -50,9 +65,16 @@ def run(args: argparse.Namespace) -> int:
         timing_cache=args.timing_cache, dla_core=args.dla_core, gpu_fallback=args.gpu_fallback,
         precision=args.precision, calib_data=args.calib_data, calib_images=args.calib_images,
         calib_batch=args.calib_batch, calib_cache=args.calib_cache,
-        version_compatible=args.version_compatible)
+        version_compatible=args.version_compatible, verify=args.verify,
+        verify_data=args.verify_data, verify_images=args.verify_images, plan_path=args.plan,
+        builder_opt_level=args.builder_opt_level)
     result = build_engine(config)
+    if result.golden is not None:
+        print(result.golden.format())
     for warning in result.warnings:
         print(f"warning: {warning}", file=sys.stderr)
-    print(f"engine written: {result.path} ({result.precision})")
+    print(f"engine written: {result.path} ({result.precision}); per-layer report: "
+          f"{result.path}.layers.json")
+    if args.plan:
+        print(f"bare plan written: {args.plan}")
     return 0
