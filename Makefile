@@ -10,7 +10,7 @@ STAMP  := $(VENV)/.detr-edge-installed
 # Threads per process: the suite and the demo run on 2-core machines.
 export OMP_NUM_THREADS ?= 2
 
-.PHONY: demo test test-fast lint typecheck clean
+.PHONY: demo test test-fast lint typecheck clean device-check
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -37,3 +37,9 @@ lint: $(STAMP)
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache
+
+# The TensorRT path on a machine with a GPU, TensorRT and cuda-python: engines of the
+# demo model and of DETR-R50, golden checks, benchmark with TensorRT rows and CUDA
+# graphs. Without a GPU it says so and exits 2.
+device-check: $(STAMP)
+	$(PY) -m benchmarks.device_check --out runs/device-check

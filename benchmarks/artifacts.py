@@ -41,15 +41,8 @@ def row_precision(meta: Any) -> str:
 
 
 def tensorrt_unavailable_reason() -> str | None:
-    """Why TensorRT rows cannot run here, or None when they can."""
-    try:
-        import tensorrt
-    except ImportError:
-        return "TensorRT not installed"
-    if getattr(tensorrt, "__version__", None) is None:
-        return "TensorRT not installed (only type stubs present)"
-    import torch
+    """Why TensorRT rows cannot run here, or None when they can (TensorRT, cuda-python
+    and a CUDA device; asked through cuda-python, so the device needs no torch)."""
+    from runtime.backends.tensorrt_backend import tensorrt_available
 
-    if not torch.cuda.is_available():
-        return "no CUDA GPU"
-    return None
+    return tensorrt_available()

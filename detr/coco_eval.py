@@ -151,7 +151,8 @@ def _coco_class() -> type[COCO]:
         from pycocotools.coco import COCO
     except ImportError as e:
         raise BackendUnavailableError(
-            "pycocotools is not installed (pip install 'detr-edge[train]')") from e
+            "pycocotools is not installed (pip install 'detr-edge[device]', or "
+            "'detr-edge[train]' on a training machine)") from e
     return COCO
 
 

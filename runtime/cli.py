@@ -41,11 +41,11 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("export-onnx", "export.commands.export_onnx",
      "export a checkpoint to ONNX (FP32 or FP16) with a parity report", "train,export"),
     ("check-onnx", "export.commands.check_onnx",
-     "check that TensorRT can build an ONNX model (runs on CPU)", "export"),
+     "check that TensorRT can build an ONNX model (runs on CPU)", "device"),
     ("quantize", "export.commands.quantize",
      "INT8 explicit Q/DQ ONNX within an AP budget", "train,export"),
     ("build-engine", "export.commands.build_engine",
-     "compile a TensorRT engine from an ONNX model", "trt"),
+     "compile a TensorRT engine from an ONNX model", "device"),
     ("predict", "runtime.commands.predict",
      "detect objects in images with an ONNX model or engine", "onnx"),
     ("benchmark", "benchmarks.commands.benchmark",
@@ -53,6 +53,30 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("pipeline", "benchmarks.commands.pipeline",
      "the main job: dataset -> export -> quantize -> engines -> benchmark", "train,export,bench"),
 ]
+
+
+# Top-level module -> the extra that installs it, for "missing package" errors. The
+# `device` extra is the torch-free install of a Jetson / GPU box (TensorRT itself
+# comes from JetPack, or from the `trt` extra on x86).
+PROVIDED_BY = {
+    "torch": "train", "torchvision": "train", "scipy": "train", "safetensors": "train",
+    "onnx": "device", "onnxruntime": "device", "pycocotools": "device",
+    "onnxslim": "export", "matplotlib": "bench", "transformers": "dev",
+    "tensorrt": "trt", "cuda": "trt",
+}
+
+
+def missing_package_message(exc: ImportError) -> str:
+    """One line naming the missing module and the extra that provides it."""
+    top = (exc.name or "").split(".")[0]
+    extra = PROVIDED_BY.get(top)
+    if extra == "trt":
+        hint = " (pip install 'detr-edge[trt]' on x86; on a Jetson it comes with JetPack)"
+    elif extra:
+        hint = f" (pip install 'detr-edge[{extra}]')"
+    else:
+        hint = ""
+    return f"a required package is missing: {exc}{hint}"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -67,6 +91,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ImportError as exc:
+            top = (exc.name or "").split(".")[0]
+            extra = PROVIDED_BY.get(top, extra)  # the extra that really provides it
             p.set_defaults(_unavailable=f"needs the '{extra}' extra "
                            f"(pip install 'detr-edge[{extra}]'): {exc}")
             continue
@@ -92,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
     except ImportError as exc:
-        print(f"{prog}: error: a required package is missing: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {missing_package_message(exc)}", file=sys.stderr)
         return 2
     except OSError as exc:
         disk_full = exc.errno in DISK_FULL_ERRNOS

@@ -33,7 +33,7 @@ def _import_ort() -> Any:
         import onnxruntime
     except ImportError as exc:
         raise BackendUnavailableError(
-            "onnxruntime not installed (pip install 'detr-edge[onnx]', or "
+            "onnxruntime not installed (pip install 'detr-edge[onnx]' or 'detr-edge[device]', or "
             "onnxruntime-gpu for CUDA/TensorRT providers)") from exc
     return onnxruntime
 

@@ -80,11 +80,15 @@ def _dims(dims: trt.Dims) -> tuple[int, ...]:
 
 
 def tensorrt_available() -> str | None:
-    """None when the native backend can be used, else the reason it cannot."""
+    """None when the native backend can be used (TensorRT, cuda-python and a CUDA
+    device), else the reason it cannot. No torch involved."""
     try:
-        _import_trt()
+        _, cudart = _import_trt()
     except BackendUnavailableError as exc:
         return str(exc)
+    err, count = cudart.cudaGetDeviceCount()
+    if int(err) != 0 or int(count) == 0:
+        return f"no CUDA GPU ({'cudaGetDeviceCount: ' + repr(err) if int(err) else 'none found'})"
     return None
 
 

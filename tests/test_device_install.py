@@ -1,0 +1,99 @@
+"""The device install: a fresh virtual environment with only the `device` extra's
+CPU-installable packages (no torch, no system site-packages) runs check-onnx and
+predict on an exported detr-tiny, and every missing package names its extra."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _device_requirements() -> list[str]:
+    """Base dependencies + the `device` extra, read from pyproject.toml."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    return list(project["dependencies"]) + list(project["optional-dependencies"]["device"])
+
+
+def _run(cmd: list[str], env: dict[str, str], timeout: int = 900
+         ) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env,
+                          check=False)
+
+
+@pytest.fixture(scope="module")
+def device_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    venv = tmp_path_factory.mktemp("device") / "venv"
+    # --system-site-packages is NOT used: nothing from this machine's torch install leaks in.
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=600)
+    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    deps = _run(pip + _device_requirements(), env)
+    assert deps.returncode == 0, deps.stderr[-3000:]
+    project = _run(pip + ["--no-deps", "-e", str(REPO)], env)
+    assert project.returncode == 0, project.stderr[-3000:]
+    return venv
+
+
+@pytest.fixture(scope="module")
+def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random-init detr-tiny exported here (the workstation side)."""
+    torch = pytest.importorskip("torch")
+    from detr import build_model
+    from export.onnx_export import ExportConfig, export_detr
+    from runtime.metadata import ModelMeta
+
+    torch.manual_seed(0)
+    model = build_model("detr-tiny", num_classes=3).eval()
+    meta = ModelMeta(preset="detr-tiny", input_height=64, input_width=96,
+                     class_names=["circle", "square", "triangle"], label_map=[3, 7, 11])
+    out = tmp_path_factory.mktemp("export") / "tiny.onnx"
+    export_detr(model, meta, ExportConfig(checkpoint="<memory>", out=str(out), height=64,
+                                          width=96, dynamic_batch=True, calib_images=1))
+    return out
+
+
+@pytest.mark.slow
+def test_device_commands_without_torch(device_venv: Path, tiny_export: Path,
+                                       tmp_path: Path) -> None:
+    from PIL import Image
+
+    py = str(device_venv / "bin" / "python")
+    env = {"PATH": f"{device_venv / 'bin'}:/usr/bin:/bin", "OMP_NUM_THREADS": "1",
+           "HOME": str(tmp_path)}
+    no_torch = _run([py, "-c", "import torch"], env)
+    assert no_torch.returncode != 0 and "No module named 'torch'" in no_torch.stderr
+    cli = [str(device_venv / "bin" / "detr-edge")]
+
+    check = _run(cli + ["check-onnx", str(tiny_export)], env)
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "TensorRT should build this model" in check.stdout
+
+    (tmp_path / "imgs").mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        pixels = rng.integers(0, 256, (48 + 16 * i, 80, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "imgs" / f"{i}.png")
+    predict = _run(cli + ["predict", "--model", str(tiny_export), "--images",
+                          str(tmp_path / "imgs"), "--out", str(tmp_path / "out")], env)
+    assert predict.returncode == 0, predict.stdout + predict.stderr
+    assert any((tmp_path / "out").iterdir())
+
+    # No TensorRT here: one line, exit 2, says where TensorRT comes from.
+    build = _run(cli + ["build-engine", "--onnx", str(tiny_export), "--out",
+                        str(tmp_path / "t.engine")], env)
+    assert build.returncode == 2 and "Traceback" not in build.stderr
+    assert "TensorRT not installed" in build.stderr and "detr-edge[trt]" in build.stderr
+    assert not (tmp_path / "t.engine").exists()
+
+    # The training commands need torch: the error names the extra that provides it.
+    train = _run(cli + ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")], env)
+    assert train.returncode == 2 and "Traceback" not in train.stderr
+    assert "detr-edge[train]" in train.stderr, train.stderr
