@@ -20,9 +20,6 @@ from runtime.compare import MATCH_IOU, OutputComparison, compare_outputs
 FP32_TOLERANCE = 1e-4  # max abs error accepted on logits and boxes for FP32 graphs
 
 
-ParityCase = OutputComparison  # one case of a parity report
-
-
 @dataclass
 class ParityReport:
     precision: str

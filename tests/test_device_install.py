@@ -97,3 +97,31 @@ def test_device_commands_without_torch(device_venv: Path, tiny_export: Path,
     train = _run(cli + ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")], env)
     assert train.returncode == 2 and "Traceback" not in train.stderr
     assert "detr-edge[train]" in train.stderr, train.stderr
+
+
+def test_check_onnx_build_engine_and_golden_check_import_no_torch(tmp_path: Path) -> None:
+    """Fast companion of the venv test: with torch blocked in this interpreter, check-onnx
+    runs, build-engine gets as far as needing TensorRT, the golden check runs."""
+    from test_runtime_no_torch import _run
+    from tiny_onnx import make_tiny_onnx, tiny_meta
+
+    model = make_tiny_onnx(tmp_path / "m.onnx", tiny_meta(32, 48))
+    proc = _run(f"""
+        import sys
+        from runtime.cli import main
+        assert main(["check-onnx", {str(model)!r}]) == 0
+        assert main(["build-engine", "--onnx", {str(model)!r}, "--out",
+                     {str(tmp_path / "m.engine")!r}]) == 2
+        from export.golden import golden_check, onnxruntime_runner
+        from runtime.metadata import ModelMeta
+        run = onnxruntime_runner({str(model)!r})
+        meta = ModelMeta(preset="t", input_height=32, input_width=48, class_names=list("abc"),
+                         label_map=[3, 7, 11])
+        assert golden_check(run, run, meta, "fp32", num_images=2, batch=2).passed
+        import export.engine_builder, export.engine_output, export.calibrator
+        loaded = [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+        assert not loaded, loaded
+        print("OK")
+    """)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
+    assert "TensorRT not installed" in proc.stderr
