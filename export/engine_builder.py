@@ -126,6 +126,7 @@ def gpu_info() -> tuple[str, str]:
 def plan_build(config: EngineBuildConfig) -> BuildPlan:
     """Read the ONNX and validate every argument; raise ``InputError`` /
     ``ModelFormatError`` before any slow work (no TensorRT needed)."""
+    from export.golden import VERIFY_MODES
     from export.onnx_meta import check_graph_matches_meta, load_onnx, read_meta
     from export.qdq_format import int8_target
 
@@ -142,6 +143,11 @@ def plan_build(config: EngineBuildConfig) -> BuildPlan:
     validate_dla(config.dla_core, config.gpu_fallback, precision=precision, profiles=profiles)
     if config.workspace_mb is not None and config.workspace_mb <= 0:
         raise InputError("--workspace-mb", f"must be positive, got {config.workspace_mb}")
+    if config.verify not in VERIFY_MODES:
+        raise InputError("--verify", f"must be one of {'|'.join(VERIFY_MODES)}, "
+                         f"got {config.verify!r}")
+    if config.verify_images <= 0:
+        raise InputError("--verify-images", f"must be positive, got {config.verify_images}")
     if config.builder_opt_level is not None and not 0 <= config.builder_opt_level <= 5:
         raise InputError("--builder-opt-level", f"must be 0..5 (TensorRT's levels), got "
                          f"{config.builder_opt_level}")
@@ -213,6 +219,8 @@ def build_engine(config: EngineBuildConfig) -> BuildResult:
 
     engine = EngineBytes(plan.meta.replace(precision=plan.precision),
                          bytes(memoryview(serialized)), trt.__version__, *gpu_info())
+    # Free the builder's device memory before the engine runs (Jetson memory is shared).
+    del serialized, cache, calibrator, build_config, network, _parser, builder
     write_layer_report(config, plan, engine, built_with, warnings)
     golden = verify_and_write(config, plan, engine, built_with, warnings)
     return BuildResult(Path(config.out_path), plan.precision, built_with, warnings, golden)

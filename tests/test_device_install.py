@@ -31,9 +31,12 @@ def _run(cmd: list[str], env: dict[str, str], timeout: int = 900
 @pytest.fixture(scope="module")
 def device_venv(tmp_path_factory: pytest.TempPathFactory) -> Path:
     venv = tmp_path_factory.mktemp("device") / "venv"
-    # --system-site-packages is NOT used: nothing from this machine's torch install leaks in.
-    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=600)
-    pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet"]
+    # --system-site-packages is NOT used: nothing from this machine's torch install leaks
+    # in. Without its own pip (ensurepip is slow); this interpreter's pip installs into it.
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True,
+                   timeout=600)
+    pip = [sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install",
+           "--quiet", "--no-compile"]
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     deps = _run(pip + _device_requirements(), env)
     assert deps.returncode == 0, deps.stderr[-3000:]

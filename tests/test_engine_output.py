@@ -72,6 +72,8 @@ def test_arguments_refused_before_tensorrt(tmp_path: Path) -> None:
     fp32 = _onnx(tmp_path)
     with pytest.raises(InputError, match="--builder-opt-level: must be 0..5"):
         plan_build(EngineBuildConfig(fp32, out, builder_opt_level=6))
+    with pytest.raises(InputError, match=r"--verify: must be one of fail\|warn\|off"):
+        plan_build(EngineBuildConfig(fp32, out, verify="maybe"))
     with pytest.raises(InputError, match="--calib-batch: only used when"):
         plan_build(EngineBuildConfig(fp32, out, calib_batch=4))
     with pytest.raises(InputError, match="DLA runs FP16 or INT8 only"):
