@@ -128,3 +128,18 @@ def test_check_onnx_build_engine_and_golden_check_import_no_torch(tmp_path: Path
     """)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stdout + proc.stderr
     assert "TensorRT not installed" in proc.stderr
+
+
+@pytest.mark.parametrize("module, extra", [
+    ("onnx", "device"), ("onnxruntime.quantization", "device"), ("pycocotools.coco", "device"),
+    ("torch", "train"), ("matplotlib.pyplot", "bench"), ("tensorrt", "trt"),
+])
+def test_missing_package_errors_name_their_extra(module: str, extra: str) -> None:
+    from runtime.cli import missing_package_message
+
+    exc = ModuleNotFoundError(f"No module named '{module}'", name=module)
+    message = missing_package_message(exc)
+    assert message.startswith(f"a required package is missing: No module named '{module}'")
+    assert f"pip install 'detr-edge[{extra}]'" in message
+    assert ("JetPack" in message) == (extra == "trt")
+    assert missing_package_message(ModuleNotFoundError("x", name="left_pad")).endswith("x")
