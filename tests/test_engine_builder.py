@@ -234,28 +234,27 @@ def test_batch_stream_counts_and_checks_batch_size(tmp_path: Path) -> None:
 
 @pytest.mark.tensorrt
 @pytest.mark.skipif(not tensorrt_available(), reason="TensorRT not installed")
-def test_build_engine_writes_header_and_plan(tmp_path: Path) -> None:
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper, numpy_helper
+def test_build_engine_writes_header_plan_and_reports(tmp_path: Path) -> None:
+    pytest.importorskip("onnx")
+    import json
 
-    from export.onnx_meta import write_meta
+    from tiny_onnx import make_tiny_onnx, tiny_meta
+
     from runtime.engine_file import read_engine_header
 
-    weight = np.random.default_rng(0).normal(size=(4, 3, 3, 3)).astype(np.float32)
-    graph = helper.make_graph(
-        [helper.make_node("Conv", ["images", "w"], ["logits"], name="conv", pads=[1, 1, 1, 1]),
-         helper.make_node("Sigmoid", ["logits"], ["boxes"], name="sigmoid")], "g",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, ["batch", 3, 96, 128])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 4, 96, 128]),
-         helper.make_tensor_value_info("boxes", TensorProto.FLOAT, ["batch", 4, 96, 128])],
-        [numpy_helper.from_array(weight, "w")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    write_meta(model, _meta(batch_size=None))
-    onnx_path = tmp_path / "conv.onnx"
-    onnx.save(model, str(onnx_path))
-    out = tmp_path / "conv.engine"
-    build_engine(EngineBuildConfig(str(onnx_path), str(out), min_batch=1, opt_batch=2,
-                                   max_batch=4, timing_cache=str(tmp_path / "t.cache")))
+    onnx_path = make_tiny_onnx(tmp_path / "tiny.onnx", tiny_meta(96, 128))
+    out = tmp_path / "tiny.engine"
+    result = build_engine(EngineBuildConfig(str(onnx_path), str(out), min_batch=2, opt_batch=2,
+                                            max_batch=4, timing_cache=str(tmp_path / "t.cache"),
+                                            plan_path=str(tmp_path / "tiny.plan")))
     header = read_engine_header(out)
     assert header.meta.input_height == 96 and header.plan_bytes > 0
     assert (tmp_path / "t.cache").stat().st_size > 0
+    # Golden check ran (8 random inputs: batches 2+2+2+2), passed, and is in the header.
+    assert result.golden is not None and result.golden.passed, result.golden.format()
+    assert header.built_with["golden"]["passed"] is True
+    assert json.loads((tmp_path / "tiny.engine.golden.json").read_text())["passed"] is True
+    layers = json.loads((tmp_path / "tiny.engine.layers.json").read_text())
+    assert layers["summary"]["layers"] > 0 and header.built_with["layers"]["layers"] > 0
+    assert (tmp_path / "tiny.plan").stat().st_size == header.plan_bytes
+    assert not (tmp_path / "tiny.engine.unverified").exists()
