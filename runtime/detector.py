@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend
+from runtime.backends.base import Backend, check_outputs
 from runtime.decode import Detections, decode
 from runtime.engine_file import is_engine_file
 from runtime.errors import InputError
@@ -162,6 +162,7 @@ class Detector:
             images = np.concatenate([images, np.zeros((extra, *images.shape[1:]), np.float32)])
             mask = np.concatenate([mask, np.ones((extra, *mask.shape[1:]), dtype=bool)])
         logits, boxes = self.backend.infer(images, mask)
+        check_outputs(self.meta, logits, boxes, len(images), getattr(self.backend, "path", "model"))
         logits, boxes = logits[:n], boxes[:n]
         dets = decode(logits, boxes, box_reference_sizes(batch, self.meta.with_mask), **options)
         for det, (h, w) in zip(dets, batch.orig_sizes):

@@ -25,6 +25,14 @@ def one_line(text: str) -> str:
     return text.translate(_CONTROL)
 
 
+def first_line(exc: BaseException, limit: int = 200) -> str:
+    """The first non-empty line of ``str(exc)`` (or its type name), at most ``limit``
+    characters: libraries (ONNX Runtime, onnx, torch) raise messages of many lines."""
+    lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
+    text = lines[0] if lines else type(exc).__name__
+    return one_line(text if len(text) <= limit else text[:limit - 3] + "...")
+
+
 class DetrEdgeError(Exception):
     """Base class of every error that is the user's input, not a bug.
 

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import Backend, check_batch
-from runtime.errors import BackendUnavailableError, InputError, ModelFormatError
+from runtime.errors import BackendUnavailableError, InputError, ModelFormatError, first_line
 from runtime.metadata import METADATA_KEY, ModelMeta
 
 # Preference of providers='auto': fastest first, CPU last (always available).
@@ -90,8 +90,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(p), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own pybind exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFormatError(p, f"not a loadable ONNX model ({first[:200]})") from exc
+            raise ModelFormatError(p, f"not a loadable ONNX model ({first_line(exc)})") from exc
         self.meta = read_onnx_meta(self.session, p)
         self.path = p
         self.providers = list(self.session.get_providers())
@@ -101,6 +100,11 @@ class OnnxRuntimeBackend(Backend):
         if "images" not in self._inputs or not {"logits", "boxes"} <= set(outputs):
             raise ModelFormatError(p, f"expected input 'images' and outputs 'logits', 'boxes'; "
                                    f"got inputs {list(self._inputs)}, outputs {outputs}")
+        logits_dims = {o.name: o.shape for o in self.session.get_outputs()}["logits"]
+        K = self.meta.num_classes
+        if len(logits_dims) == 3 and isinstance(logits_dims[2], int) and logits_dims[2] != K + 1:
+            raise ModelFormatError(p, f"graph output 'logits' has {logits_dims[2]} columns but the "
+                                   f"metadata lists {K} class names ({K + 1} incl. no-object)")
         shape = self._inputs["images"].shape  # [B, 3, H, W]; dims are int or str (dynamic)
         H, W = self.meta.input_height, self.meta.input_width
         if len(shape) != 4 or (isinstance(shape[2], int) and shape[2] != H) or (
@@ -122,7 +126,11 @@ class OnnxRuntimeBackend(Backend):
         feed: dict[str, np.ndarray] = {"images": images.astype(self._image_dtype, copy=False)}
         if self.has_mask and mask is not None:
             feed["mask"] = mask
-        logits, boxes = self.session.run(["logits", "boxes"], feed)
+        try:
+            logits, boxes = self.session.run(["logits", "boxes"], feed)
+        except Exception as exc:  # ORT's pybind errors (a failing Reshape, a wrong input type)
+            raise ModelFormatError(self.path, f"ONNX Runtime failed while running the model "
+                                   f"({first_line(exc)})") from exc
         return np.asarray(logits, dtype=np.float32), np.asarray(boxes, dtype=np.float32)
 
     def close(self) -> None:
