@@ -61,6 +61,8 @@ class StagedOutputs:
     def __init__(self, out_dir: str | os.PathLike[str], names: Sequence[str]) -> None:
         self.out_dir = Path(out_dir)
         self.names = tuple(names)
+        if os.path.lexists(self.out_dir) and not self.out_dir.is_dir():
+            raise InputError(self.out_dir, "exists and is not a folder (the output folder)")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.path = Path(tempfile.mkdtemp(prefix=".staging-", dir=self.out_dir))
         self._done = False
