@@ -25,7 +25,7 @@ def one_line(text: str) -> str:
     return text.translate(_CONTROL)
 
 
-def first_line(exc: BaseException, limit: int = 200) -> str:
+def first_line(exc: BaseException | str, limit: int = 200) -> str:
     """The first non-empty line of ``str(exc)`` (or its type name), at most ``limit``
     characters: libraries (ONNX Runtime, onnx, torch) raise messages of many lines."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
