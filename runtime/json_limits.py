@@ -93,7 +93,7 @@ def loads(text: str | bytes, source: str | os.PathLike[str], *, what: str = "JSO
     try:
         decoded = data.decode("utf-8")
     except UnicodeDecodeError as exc:
-        raise error(source, f"{what} is not UTF-8 text ({exc.reason})") from exc
+        raise error(source, f"{what} is not JSON (not UTF-8 text: {exc.reason})") from exc
     hooks: dict[str, Any] = {"parse_int": _parse_int, "parse_float": _parse_float}
     if not allow_nan:
         hooks["parse_constant"] = _refuse_constant
@@ -102,7 +102,7 @@ def loads(text: str | bytes, source: str | os.PathLike[str], *, what: str = "JSO
     except _Refused as exc:
         raise error(source, f"{what} holds {exc}") from exc
     except json.JSONDecodeError as exc:
-        raise error(source, f"{what} is not valid JSON ({exc.msg} at line {exc.lineno} "
+        raise error(source, f"{what} is not JSON ({exc.msg} at line {exc.lineno} "
                     f"column {exc.colno})") from exc
     except (ValueError, RecursionError) as exc:  # int() limits; deep nesting missed above
         raise error(source, f"{what} cannot be parsed ({type(exc).__name__})") from exc
