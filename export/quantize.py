@@ -200,6 +200,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
         inspect_qdq,
         quantizable_nodes,
     )
+    from runtime.backends.onnxruntime_backend import ort_failures
 
     config.validate()
     fp32 = ensure_node_names(load_onnx(onnx_path))
@@ -246,8 +247,9 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
             return made[key]
 
         try:
-            report = _run(onnx_path, fp32_path, split, blocks, build, heads, meta, config,
-                          len(all_nodes), cache_path)
+            with ort_failures(onnx_path):
+                report = _run(onnx_path, fp32_path, split, blocks, build, heads, meta, config,
+                              len(all_nodes), cache_path)
         except KeyboardInterrupt:
             print(f"\nquantize interrupted; calibration ranges "
                   f"{'are cached in ' + str(cache_path) if cache_path.exists() else 'not saved'}"

@@ -6,8 +6,9 @@ works on an install without it.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,21 @@ def resolve_providers(providers: Sequence[ProviderSpec] | str | None,
     if not out:
         raise InputError("providers", "empty provider list")
     return out
+
+
+@contextlib.contextmanager
+def ort_failures(source: str | os.PathLike[str], doing: str = "running the model"
+                 ) -> Iterator[None]:
+    """ONNX Runtime's own exceptions (a Reshape that fails at run time, an input of
+    the wrong type: the model file's fault) -> one-line ``ModelFormatError`` naming
+    ``source``. Other exceptions pass through: they are not the file's fault."""
+    try:
+        yield
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise ModelFormatError(source, f"ONNX Runtime failed {doing} "
+                               f"({first_line(exc)})") from exc
 
 
 def read_onnx_meta(session: Any, path: str | os.PathLike[str]) -> ModelMeta:
@@ -126,11 +142,8 @@ class OnnxRuntimeBackend(Backend):
         feed: dict[str, np.ndarray] = {"images": images.astype(self._image_dtype, copy=False)}
         if self.has_mask and mask is not None:
             feed["mask"] = mask
-        try:
+        with ort_failures(self.path):
             logits, boxes = self.session.run(["logits", "boxes"], feed)
-        except Exception as exc:  # ORT's pybind errors (a failing Reshape, a wrong input type)
-            raise ModelFormatError(self.path, f"ONNX Runtime failed while running the model "
-                                   f"({first_line(exc)})") from exc
         return np.asarray(logits, dtype=np.float32), np.asarray(boxes, dtype=np.float32)
 
     def close(self) -> None:
