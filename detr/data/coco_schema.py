@@ -194,3 +194,15 @@ def rle_string_counts(text: str) -> list[int] | None:
             value += counts[-2]
         counts.append(value)
     return counts
+
+
+def require_objects(doc: dict[str, Any], where: str | Path,
+                    image_ids: set[int] | None = None) -> None:
+    """Raise ``DataError`` when no (non-crowd) annotation lies on ``image_ids`` (default:
+    every image): COCO AP is then undefined, and COCOeval would report -1."""
+    for ann in doc.get("annotations", []):
+        if not ann.get("iscrowd", 0) and (image_ids is None or ann.get("image_id") in image_ids):
+            return
+    scope = "the evaluated images have" if image_ids is not None else "the split has"
+    raise DataError(where, f"{scope} no annotated objects, so AP is undefined (COCO reports "
+                    "-1); evaluate a split with annotations")
