@@ -61,9 +61,12 @@ class ParityReport:
         for c in self.cases:
             errs = ", ".join(f"{k} max {c.max_abs[k]:.3g} mean {c.mean_abs[k]:.3g}"
                              for k in c.max_abs)
-            lines.append(f"  {c.name} [{c.source}]: {errs}; detections "
-                         f"{c.detections_matched}/{max(c.detections_torch, c.detections_onnx)} "
-                         f"agree ({c.detection_agreement:.1%})")
+            n = max(c.detections_torch, c.detections_onnx)
+            # "0/0 agree (100%)" read as a success for a model that detects nothing
+            # (e.g. NaN outputs); say so instead.
+            agree = (f"detections {c.detections_matched}/{n} agree ({c.detection_agreement:.1%})"
+                     if n else "no detections on either side (nothing to compare)")
+            lines.append(f"  {c.name} [{c.source}]: {errs}; {agree}")
         return "\n".join(lines)
 
 
