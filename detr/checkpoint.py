@@ -348,8 +348,9 @@ def _class_info(
             raise ModelFormatError(file, f"class_names must be {num_classes} strings (the "
                                    f"model's class count), got {str(names)[:80]}")
         if not (isinstance(label_map, list) and len(label_map) == num_classes
-                and all(isinstance(i, int) and not isinstance(i, bool) for i in label_map)):
-            raise ModelFormatError(file, f"label_map must be {num_classes} integer category ids "
+                and all(isinstance(i, int) and not isinstance(i, bool)
+                        and -(2 ** 63) <= i < 2 ** 63 for i in label_map)):
+            raise ModelFormatError(file, f"label_map must be {num_classes} int64 category ids "
                                    f"(the model's class count), got {str(label_map)[:80]}")
         return list(names), list(label_map)
     if hf_config is not None and isinstance(hf_config.get("id2label"), dict):

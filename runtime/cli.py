@@ -28,7 +28,7 @@ import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from types import FrameType
-from typing import TextIO
+from typing import NoReturn, TextIO
 
 from runtime.atomic import DISK_FULL_ERRNOS, write_error_problem
 from runtime.errors import DetrEdgeError, Terminated, one_line
@@ -58,8 +58,17 @@ COMMANDS: list[tuple[str, str, str, str]] = [
 ]
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors: usage is left to ``--help``, so a
+    mistyped option is one line, like every other error (subcommand parsers are
+    created with the same class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="detr-edge",
         description="DETR from training to edge deployment "
         "(train -> export-onnx -> quantize -> build-engine -> benchmark).",
