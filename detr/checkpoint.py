@@ -115,10 +115,10 @@ def load_checkpoint(
     raw = _read(file)
     hf_config = _read_hf_config(file)
     if isinstance(raw.get("model"), Mapping) and isinstance(raw.get("config"), Mapping):
+        schema.check_config_dict(raw["config"], file)  # the cheap checks first
+        schema.check_train_config(raw.get("train_config"), file)
         state, fmt = schema.check_state_dict(raw["model"], file, "model"), "detr-edge"
         schema.check_detr_shapes(state, file)
-        schema.check_config_dict(raw["config"], file)
-        schema.check_train_config(raw.get("train_config"), file)
         try:
             config = config_from_dict(dict(raw["config"]))
         except (ValueError, TypeError) as exc:

@@ -126,12 +126,21 @@ def check_state_dict(state: Any, file: Path, what: str = "state dict") -> dict[s
         if value.dtype not in _FLOAT_DTYPES:
             raise ModelFormatError(file, f"{what} entry {key!r} has dtype {value.dtype}; "
                                    "weights must be floating point")
-        bad = int((~torch.isfinite(value)).sum()) if value.numel() else 0
+        bad = _non_finite(value)
         if bad:
             raise ModelFormatError(file, f"{what} entry {key!r} has {bad} of {value.numel()} "
                                    "values NaN or infinite (a diverged or corrupt checkpoint)")
         out[key] = value
     return out
+
+
+def _non_finite(value: Tensor) -> int:
+    """Number of NaN/inf values. A sum is NaN or inf when any element is, and is ~5x
+    cheaper than ``isfinite`` (a R50 checkpoint has 41 M values); only a non-finite
+    sum (or a finite-valued sum that overflowed) pays for the exact count."""
+    if value.numel() == 0 or math.isfinite(float(value.sum())):
+        return 0
+    return int((~torch.isfinite(value)).sum())
 
 
 def check_detr_shapes(state: Mapping[str, Tensor], file: Path) -> None:
