@@ -13,22 +13,16 @@ Odd files, output folders and multi-line errors: test_odd_inputs.py.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
-import resource
 import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_checks import BAD_IMAGES, SMALL, assert_one_line_error, make_dataset
+from cli_checks import BAD_IMAGES, SMALL, capped_cli, make_dataset, refused_capped
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
-from runtime.cli import main
 
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
@@ -40,45 +34,6 @@ def fast(examples: int) -> settings:
     return settings(max_examples=examples, deadline=None, derandomize=True, database=None,
                     suppress_health_check=[HealthCheck.too_slow,
                                            HealthCheck.function_scoped_fixture])
-
-
-# ---- running a command under a memory cap ------------------------------------------------
-
-def _vm_bytes() -> int:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmSize:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmSize")
-
-
-@contextlib.contextmanager
-def memory_cap(extra: int = 3 << 30) -> Iterator[None]:
-    """Address-space limit of this process: what it maps now plus ``extra``; restored after."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
-    cap = _vm_bytes() + extra
-    if hard != resource.RLIM_INFINITY:
-        cap = min(cap, hard)
-    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
-    try:
-        yield
-    finally:
-        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
-
-
-def cli(argv: list[str]) -> tuple[int, str]:
-    """``detr-edge <argv>`` in-process under the memory cap: (exit code, stderr)."""
-    err, out = io.StringIO(), io.StringIO()
-    with memory_cap(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
-        try:
-            code = main(argv)
-        except SystemExit as exc:  # argparse
-            code = int(exc.code or 0)
-    return code, err.getvalue()
-
-
-def refused(argv: list[str], *patterns: str) -> str:
-    code, err = cli(argv)
-    return assert_one_line_error(code, err, argv[0], *patterns)
 
 
 # ---- fixtures (module scope: hypothesis runs many examples per test) ----------------------
@@ -114,9 +69,10 @@ def test_checkpoint_controls_load(own_checkpoint: dict[str, Any], work: Path) ->
     mutations' doing."""
     import detr
 
-    assert detr.load_checkpoint(_save(own_checkpoint, work / "own")).num_classes == 3
+    classes = len(own_checkpoint["class_names"])
+    assert detr.load_checkpoint(_save(own_checkpoint, work / "own")).num_classes == classes
     official = detr.load_checkpoint(_save({"model": own_checkpoint["model"]}, work / "off"))
-    assert official.source_format == "official" and official.num_classes == 3
+    assert official.source_format == "official" and official.num_classes == classes
 
 
 _sizes = ["hidden_dim", "nheads", "dec_layers", "dim_feedforward", "num_queries"]
@@ -158,7 +114,7 @@ def _save(obj: Any, folder: Path, name: str = "c.pth") -> Path:
 
 
 def _export_refuses(path: Path) -> None:
-    refused(["export-onnx", "--checkpoint", str(path), "--out", str(path.parent / "m.onnx"),
+    refused_capped(["export-onnx", "--checkpoint", str(path), "--out", str(path.parent / "m.onnx"),
              "--height", "64", "--width", "64"], "c\\.pth: ")
     assert not (path.parent / "m.onnx").exists()
 
@@ -229,7 +185,7 @@ def test_hf_config_json(own_checkpoint: dict[str, Any], fields: dict[str, Any],
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         path = _save({"model": own_checkpoint["model"]}, Path(tmp))
         (Path(tmp) / "config.json").write_text(json.dumps({"model_type": "detr", **fields}))
-        refused(["export-onnx", "--checkpoint", str(path), "--out", str(Path(tmp) / "m.onnx"),
+        refused_capped(["export-onnx", "--checkpoint", str(path), "--out", str(Path(tmp) / "m.onnx"),
                  "--height", "64", "--width", "64"], "config\\.json: ")
 
 
@@ -298,7 +254,7 @@ def test_onnx_metadata(mutation: tuple[str, Any], work: Path) -> None:
     pytest.importorskip("onnxruntime")
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         model = _onnx_with_metadata(Path(tmp), *mutation)
-        refused(["predict", "--model", str(model), "--images", str(BAD_IMAGES / "ok.png"),
+        refused_capped(["predict", "--model", str(model), "--images", str(BAD_IMAGES / "ok.png"),
                  "--out", str(Path(tmp) / "out")], "m\\.onnx: ")
         assert not (Path(tmp) / "out" / "predictions.json").exists()
 
@@ -308,7 +264,7 @@ def test_onnx_metadata_control_passes(work: Path) -> None:
     pytest.importorskip("onnxruntime")
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         model = _onnx_with_metadata(Path(tmp), "extra", {"ok": 1})
-        code, err = cli(["predict", "--model", str(model), "--images",
+        code, err = capped_cli(["predict", "--model", str(model), "--images",
                          str(BAD_IMAGES / "ok.png"), "--out", str(Path(tmp) / "out")])
         assert code == 0, err
 
@@ -350,7 +306,7 @@ def test_coco_annotation_files(own_checkpoint: dict[str, Any], dataset: Path, ho
         mutated = _coco_mutation(json.loads(ann.read_text()), how)
         ann.write_text(mutated if isinstance(mutated, str) else json.dumps(mutated))
         checkpoint = _save(own_checkpoint, Path(tmp))
-        refused(["eval", "--checkpoint", str(checkpoint), "--data", str(data),
+        refused_capped(["eval", "--checkpoint", str(checkpoint), "--data", str(data),
                  "--size", "64", "64"], "instances_val\\.json: ")
 
 
@@ -406,5 +362,5 @@ def test_option_values(data: st.DataObject, case: tuple[str, str, str]) -> None:
     command, option, kind = case
     value = data.draw(_KINDS[kind])
     typed = [f"{option}={value}"] if option != "--size" else [option, "64", str(value)]
-    line = refused([command, *_BASE[command], *typed], f"^detr-edge {command}: error: {option}: ")
+    line = refused_capped([command, *_BASE[command], *typed], f"^detr-edge {command}: error: {option}: ")
     assert "must be" in line
