@@ -295,7 +295,7 @@ def check_onnx(path: str | os.PathLike[str], config: CheckConfig | None = None) 
         _with_target_hint(model, check_qdq(model)),
     ]
     if config.overflow_scan:
-        with ort_failures(path, "running the model for the overflow scan"):
+        with ort_failures(path, "while running the model for the overflow scan"):
             if config.calib_data:
                 meta = read_meta(model, path)
                 paths = list_images(config.calib_data, config.num_inputs)

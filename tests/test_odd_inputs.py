@@ -277,3 +277,73 @@ def test_pixel_limit_and_per_image_decoding(model: Path, tmp_path: Path) -> None
                               "--max-pixels", "40000000"])
     assert code == 0, err
     assert peak < 650, peak
+
+
+# ---- model files that fail late ----------------------------------------------------------
+
+def _edited_model(model: Path, dest: Path, edit: str) -> Path:
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    proto = onnx.load(str(model))
+    inits = proto.graph.initializer
+    if edit == "reshape":  # 24 logits per image cannot be reshaped to [-1, 7, 4] at run time
+        at = next(i for i, t in enumerate(inits) if t.name == "shape_cls")
+        inits[at].CopyFrom(numpy_helper.from_array(np.array([-1, 7, 4], np.int64), "shape_cls"))
+    else:  # a weight stored as external data outside the model's folder
+        tensor = inits[0]
+        tensor.data_location = TensorProto.EXTERNAL
+        entry = tensor.external_data.add()
+        entry.key, entry.value = "location", "../outside.bin"
+        tensor.ClearField("raw_data")
+        (dest.parent.parent / "outside.bin").write_bytes(bytes(4096))
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(proto, str(dest))
+    return dest
+
+
+def test_onnx_runtime_failure_while_running_is_one_line(model: Path, tmp_path: Path) -> None:
+    bad = _edited_model(model, tmp_path / "bad.onnx", "reshape")
+    refused_capped(["predict", "--model", str(bad), "--images", str(OK), "--out",
+                    str(tmp_path / "out")], "bad\\.onnx: ONNX Runtime failed while running",
+                   "Reshape")
+    refused_capped(["check-onnx", str(bad)], "bad\\.onnx: ONNX Runtime failed while running")
+
+
+def test_external_data_outside_the_folder_is_one_line(model: Path, tmp_path: Path) -> None:
+    bad = _edited_model(model, tmp_path / "sub" / "ext.onnx", "external")
+    refused_capped(["check-onnx", str(bad)], "ext\\.onnx: onnx refused to load the model",
+                   "outside")
+    refused_capped(["predict", "--model", str(bad), "--images", str(OK), "--out",
+                    str(tmp_path / "out")], "ext\\.onnx: not a loadable ONNX model")
+
+
+def test_backbone_weights_with_non_string_keys(tmp_path: Path) -> None:
+    torch = pytest.importorskip("torch")
+    weights = tmp_path / "r18.pth"
+    torch.save({1: torch.zeros(1), "conv1.weight": torch.zeros(1)}, weights)
+    refused_capped(["train", "--data", str(make_dataset(tmp_path / "data")), "--out",
+                    str(tmp_path / "run"), "--model-opt", f"backbone_weights={weights}"],
+                   "r18\\.pth: ResNet state dict has a key 1 that is not a string")
+
+
+@pytest.mark.slow
+def test_resume_onto_a_dataset_with_other_classes(tmp_path: Path) -> None:
+    pytest.importorskip("torch")
+    data = make_dataset(tmp_path / "data")
+    run = tmp_path / "run"
+    opts = [f"--model-opt={k}={v}" for k, v in SMALL.items()]
+    common = ["--out", str(run), "--batch-size", "2", "--max-steps", "1", "--eval-every", "0",
+              "--num-workers", "0", "--scales", "64", "--max-size", "64", "--no-progress", *opts]
+    code, err = capped_cli(["train", "--data", str(data), "--epochs", "1", *common])
+    assert code == 0, err
+    other = tmp_path / "other"
+    shutil.copytree(data, other)
+    for ann in (other / "annotations").glob("*.json"):
+        doc = json.loads(ann.read_text())
+        gone = doc["categories"].pop()["id"]
+        doc["annotations"] = [a for a in doc["annotations"] if a["category_id"] != gone]
+        ann.write_text(json.dumps(doc))
+    refused_capped(["train", "--data", str(other), "--epochs", "2", "--resume", *common],
+                   "checkpoint\\.pth: was trained on 6 classes", "--data has 5")

@@ -66,7 +66,7 @@ def resolve_providers(providers: Sequence[ProviderSpec] | str | None,
 
 
 @contextlib.contextmanager
-def ort_failures(source: str | os.PathLike[str], doing: str = "running the model"
+def ort_failures(source: str | os.PathLike[str], doing: str = "while running the model"
                  ) -> Iterator[None]:
     """ONNX Runtime's own exceptions (a Reshape that fails at run time, an input of
     the wrong type: the model file's fault) -> one-line ``ModelFormatError`` naming
@@ -101,6 +101,9 @@ class OnnxRuntimeBackend(Backend):
             raise InputError(p, "model file not found")
         chosen = resolve_providers(providers, ort.get_available_providers())
         options = ort.SessionOptions()
+        # ORT's C++ logger writes warnings and errors straight to stderr, ahead of the
+        # one error line; its failures reach us as exceptions anyway (ort_failures).
+        options.log_severity_level = 4  # fatal only
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         try:
