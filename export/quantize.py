@@ -38,9 +38,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from export.qdq_format import TARGETS, quantize_nodes
+from runtime import json_limits
 from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.decode import decoding_protocol
-from runtime.errors import InputError, ModelFormatError
+from runtime.errors import DataError, InputError, ModelFormatError
 from runtime.metadata import ModelMeta
 
 if TYPE_CHECKING:
@@ -290,8 +291,8 @@ def _drop_unreadable_cache(path: Path) -> None:
     if not path.is_file():
         return
     try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        json_limits.read_json_file(path, what="calibration cache", allow_nan=True)
+    except DataError:
         path.unlink(missing_ok=True)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.decode import Detections
 from runtime.errors import InputError
+from runtime.files import is_regular, kind_of
 from runtime.image_io import list_image_files
 
 
@@ -46,8 +47,10 @@ def collect_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         p = Path(raw)
         if p.is_dir():
             found.extend(list_image_files(p))
-        elif p.is_file():
+        elif p.is_file() and is_regular(p):
             found.append(p)
+        elif p.exists():
+            raise InputError(p, f"is {kind_of(p.stat().st_mode)}, not an image file")
         else:
             raise InputError(p, "no such file or folder")
     if not found:
