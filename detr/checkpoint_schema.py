@@ -81,8 +81,11 @@ def torch_load(file: Path, what: str = "checkpoint", safe_globals: list[Any] | N
                                    f"the allow-list ({name}); a {what} holds only tensors "
                                    "and plain containers") from exc
         if re.search(r"Unsupported|GLOBAL|global", str(exc)):  # e.g. a protocol-5 opcode
-            raise ModelFormatError(file, f"refused to unpickle: the file uses pickle features "
-                                   f"outside the allow-list ({_without_advice(exc)})") from exc
+            # torch says "Unsupported operand" for garbage bytes and for opcodes of
+            # other pickle protocols alike: the message covers both.
+            raise ModelFormatError(file, f"refused to unpickle: cannot read {what} (truncated, "
+                                   f"corrupt, or pickle features outside the allow-list: "
+                                   f"{_without_advice(exc)})") from exc
         raise ModelFormatError(file, f"cannot read {what} (truncated or corrupt): "
                                f"{_without_advice(exc)}") from exc
     except Exception as exc:

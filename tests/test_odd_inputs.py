@@ -230,8 +230,11 @@ def test_warnings_do_not_precede_the_error_line(model: Path, tmp_path: Path) -> 
 
 # ---- pixel limit and per-image decoding (child processes, peak memory measured) -----------
 
-_CHILD = ("import resource, sys; from runtime.cli import main; code = main(sys.argv[1:]); "
-          "print('peak', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(code)")
+# VmHWM (peak resident set of this process image), not ru_maxrss: Linux carries
+# ru_maxrss over fork + exec, so it would report the test process's own size.
+_CHILD = ("import sys; from pathlib import Path; from runtime.cli import main; "
+          "code = main(sys.argv[1:]); print([ln for ln in Path('/proc/self/status').read_text()"
+          ".splitlines() if ln.startswith('VmHWM')][0]); sys.exit(code)")
 
 
 def _child(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str, int]:
@@ -245,7 +248,7 @@ def _child(argv: list[str], env: dict[str, str] | None = None) -> tuple[int, str
     proc = subprocess.run([sys.executable, "-c", _CHILD, *argv], capture_output=True, text=True,
                           cwd=ROOT, preexec_fn=cap, timeout=300, check=False,
                           env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
-    peak = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("peak")]
+    peak = [int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("VmHWM")]
     return proc.returncode, proc.stderr, (peak[0] // 1024 if peak else -1)
 
 
