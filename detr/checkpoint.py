@@ -25,6 +25,7 @@ from detr import checkpoint_schema as schema
 from detr.config import PRESETS, DETRConfig, config_from_dict, get_config
 from detr.detr import DETR, build_model_from_config
 from detr.hf_convert import hf_to_official, is_hf_state_dict
+from detr.training_resize import CHECKPOINT_KEY as RESIZE_KEY
 from runtime import json_limits
 from runtime.atomic import atomic_write_bytes
 from runtime.errors import InputError, ModelFormatError
@@ -117,6 +118,7 @@ def load_checkpoint(
     if isinstance(raw.get("model"), Mapping) and isinstance(raw.get("config"), Mapping):
         schema.check_config_dict(raw["config"], file)  # the cheap checks first
         schema.check_train_config(raw.get("train_config"), file)
+        schema.check_resize_record(raw.get(RESIZE_KEY), file)
         state, fmt = schema.check_state_dict(raw["model"], file, "model"), "detr-edge"
         schema.check_detr_shapes(state, file)
         try:

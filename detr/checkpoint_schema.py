@@ -274,6 +274,9 @@ def check_train_config(raw: Any, file: Path) -> None:
             and all(_is_int(s) and 1 <= s <= MAX_CANVAS_SIDE for s in scales)):
         raise ModelFormatError(file, f"train_config.scales must be null or sizes in [1, "
                                f"{MAX_CANVAS_SIDE}], got {_short(scales)}")
+    if "batch_size" in raw and not (_is_int(raw["batch_size"]) and raw["batch_size"] >= 1):
+        raise ModelFormatError(file, f"train_config.batch_size must be a positive integer, got "
+                               f"{_short(raw['batch_size'])}")
     if "preset" in raw and not isinstance(raw["preset"], str):
         raise ModelFormatError(file, f"train_config.preset must be a string, got "
                                f"{_short(raw['preset'])}")
@@ -281,6 +284,19 @@ def check_train_config(raw: Any, file: Path) -> None:
     if not (isinstance(overrides, Mapping) and all(isinstance(k, str) for k in overrides)):
         raise ModelFormatError(file, f"train_config.model_overrides must map field names to "
                                f"values, got {_short(overrides)}")
+
+
+def check_resize_record(raw: Any, file: Path) -> None:
+    """The training resize rule recorded by ``detr.training_resize`` (eval and export
+    resize every image by it: a negative or huge side would reach the allocator)."""
+    if raw is None:
+        return
+    sides_ok = isinstance(raw, Mapping) and all(
+        _is_int(raw.get(k)) and 1 <= raw[k] <= MAX_CANVAS_SIDE for k in ("shorter", "max_size"))
+    if not sides_ok or not isinstance(raw.get("padded"), bool):
+        raise ModelFormatError(file, f"training_resize must hold sides 'shorter' and 'max_size' "
+                               f"in [1, {MAX_CANVAS_SIDE}] and 'padded' true/false, got "
+                               f"{_short(raw)}")
 
 
 def check_training_fields(raw: Mapping[str, Any], file: Path) -> None:

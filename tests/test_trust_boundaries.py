@@ -155,7 +155,13 @@ _other_fields = st.one_of(
     st.tuples(st.just("class_names"), st.sampled_from([["a"], [1, 2, 3], "abc", None])),
     st.tuples(st.just("train_config"), st.sampled_from([
         {"eval_size": "128"}, {"max_size": -5}, {"scales": ["96", "128"]}, {"scales": []},
-        {"eval_size": 10 ** 6}, {"model_overrides": [1]}, {"preset": 5}, "not a dict"])),
+        {"eval_size": 10 ** 6}, {"model_overrides": [1]}, {"preset": 5}, {"batch_size": "2"},
+        "not a dict"])),
+    st.tuples(st.just("training_resize"), st.sampled_from([
+        {"shorter": -5, "max_size": 64, "padded": False}, {"shorter": 64, "max_size": 10 ** 6,
+                                                           "padded": True},
+        {"shorter": "64", "max_size": 64, "padded": False}, {"shorter": 64, "max_size": 64},
+        [64, 64]])),
 )
 
 
