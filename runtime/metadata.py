@@ -144,8 +144,10 @@ class ModelMeta:
             problems.append(f"unknown precision {self.precision!r}")
         for name in ("resize_shorter", "resize_max"):
             value = getattr(self, name)
-            if value is not None and not 0 < value <= MAX_CANVAS_SIDE:
-                problems.append(f"{name} {value} is not within 1..{MAX_CANVAS_SIDE}")
+            if value is not None and value <= 0:
+                problems.append(f"{name} {value} is not positive")
+            elif value is not None and value > MAX_CANVAS_SIDE:
+                problems.append(f"{name} {value} is above {MAX_CANVAS_SIDE} pixels")
         if self.batch_size is not None and not 0 < self.batch_size <= MAX_BATCH:
             problems.append(f"batch_size {self.batch_size} is not within 1..{MAX_BATCH}")
         if problems:
