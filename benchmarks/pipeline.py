@@ -27,6 +27,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from runtime import json_limits
 from runtime.atomic import atomic_write_text
 from runtime.errors import DetrEdgeError, InputError
 
@@ -109,8 +110,9 @@ class StageCache:
         if not stamp.is_file() or not all(p.exists() for p in outputs):
             return False
         try:
-            return json.loads(stamp.read_text())["fingerprint"] == self.fingerprint(inputs)
-        except (OSError, ValueError, KeyError):
+            doc = json_limits.read_json_file(stamp, what="stage file")
+            return isinstance(doc, dict) and doc.get("fingerprint") == self.fingerprint(inputs)
+        except (OSError, DetrEdgeError):  # unreadable or hostile: redo the stage
             return False
 
     def mark(self, name: str, inputs: dict[str, Any]) -> None:

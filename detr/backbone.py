@@ -132,14 +132,14 @@ def _load_resnet_weights(resnet: nn.Module, path: str) -> None:
     """Load a local torchvision ResNet state dict (fc.* ignored) with safe unpickling."""
     if not Path(path).is_file():
         raise ModelFormatError(path, "backbone_weights file does not exist")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt / unsafe pickle
-        raise ModelFormatError(path, f"cannot read backbone weights: {exc}") from exc
+    from detr.checkpoint_schema import check_state_dict, torch_load
+
+    state = torch_load(Path(path), "backbone weights file")
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict):
         raise ModelFormatError(path, "expected a ResNet state dict")
+    state = check_state_dict(state, Path(path), "ResNet state dict")
     state = {k: v for k, v in state.items() if not k.startswith("fc.")}
     try:
         result = resnet.load_state_dict(state, strict=False)

@@ -12,8 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import json
-import pickle
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,17 +21,22 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from detr import checkpoint_schema as schema
 from detr.config import PRESETS, DETRConfig, config_from_dict, get_config
 from detr.detr import DETR, build_model_from_config
 from detr.hf_convert import hf_to_official, is_hf_state_dict
+from detr.training_resize import CHECKPOINT_KEY as RESIZE_KEY
+from runtime import json_limits
 from runtime.atomic import atomic_write_bytes
 from runtime.errors import InputError, ModelFormatError
+from runtime.files import is_regular, kind_of
 
 # Globals an official checkpoint may reference besides tensors and plain containers.
 SAFE_GLOBALS: list[Any] = [argparse.Namespace]
 
 _HF_FILES = ("model.safetensors", "pytorch_model.bin")
 _MAX_LISTED = 5  # keys listed per category in mismatch messages
+_MAX_CONFIG_BYTES = 16 * 1024 * 1024  # an HF config.json is a few kB
 
 
 @dataclass
@@ -113,11 +116,20 @@ def load_checkpoint(
     raw = _read(file)
     hf_config = _read_hf_config(file)
     if isinstance(raw.get("model"), Mapping) and isinstance(raw.get("config"), Mapping):
-        state, fmt = dict(raw["model"]), "detr-edge"
-        config = config_from_dict(dict(raw["config"]))
-        stored_classes = int(raw.get("num_classes", _classes_in(state, file)))
+        schema.check_config_dict(raw["config"], file)  # the cheap checks first
+        schema.check_train_config(raw.get("train_config"), file)
+        schema.check_resize_record(raw.get(RESIZE_KEY), file)
+        state, fmt = schema.check_state_dict(raw["model"], file, "model"), "detr-edge"
+        schema.check_detr_shapes(state, file)
+        try:
+            config = config_from_dict(dict(raw["config"]))
+        except (ValueError, TypeError) as exc:
+            raise ModelFormatError(file, f"inconsistent architecture in checkpoint: {exc}") from exc
+        stored_classes = (schema.check_num_classes(raw["num_classes"], file)
+                          if "num_classes" in raw else _classes_in(state, file))
     elif is_hf_state_dict(raw):
-        state, fmt = hf_to_official(raw), "hf"
+        state, fmt = hf_to_official(schema.check_state_dict(raw, file)), "hf"
+        schema.check_detr_shapes(state, file)
         config = _infer_config(state, file, hf_config=hf_config)
         stored_classes = _classes_in(state, file)
     else:
@@ -128,7 +140,11 @@ def load_checkpoint(
                 file,
                 "not a DETR checkpoint (no 'query_embed.weight' and no Hugging Face DETR keys)",
             )
+        state = schema.check_state_dict(state, file, "model")
+        schema.check_detr_shapes(state, file)
         args = raw.get("args")
+        if isinstance(args, argparse.Namespace):
+            schema.check_official_args(args, file)
         config = _infer_config(
             state, file, args=args if isinstance(args, argparse.Namespace) else None
         )
@@ -138,6 +154,7 @@ def load_checkpoint(
             config = get_config(preset)
         except ValueError as exc:
             raise ModelFormatError(file, str(exc)) from exc
+    schema.check_model_config(config, file)
     wanted = stored_classes if num_classes is None else num_classes
     if wanted != stored_classes:
         raise ModelFormatError(
@@ -169,8 +186,10 @@ def _resolve_file(path: Path) -> Path:
             if (path / name).is_file():
                 return path / name
         raise ModelFormatError(path, f"folder has none of {list(_HF_FILES)}")
-    if not path.is_file():
+    if not path.exists():
         raise ModelFormatError(path, "checkpoint file does not exist")
+    if not is_regular(path):  # a FIFO or device would block or read forever
+        raise ModelFormatError(path, f"is {kind_of(path.stat().st_mode)}, not a checkpoint file")
     return path
 
 
@@ -185,44 +204,20 @@ def _read(file: Path) -> dict[str, Any]:
             raise ModelFormatError(
                 file, f"unreadable safetensors file (truncated or corrupt): {exc}"
             ) from exc
-    try:
-        with torch.serialization.safe_globals(SAFE_GLOBALS):
-            data = torch.load(file, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
-        # torch's message starts with generic advice; the useful line names the global.
-        hits = [ln for ln in lines if re.search(r"Unsupported|GLOBAL|global", ln)]
-        reason = (hits or lines or [type(exc).__name__])[0]
-        unsafe = bool(hits)
-        what = (
-            "refused to unpickle: the file references code outside the allow-list"
-            if unsafe
-            else "cannot unpickle (truncated or corrupt)"
-        )
-        raise ModelFormatError(file, f"{what} ({reason})") from exc
-    except Exception as exc:
-        # The restricted unpickler parses untrusted bytes in Python and fails on
-        # garbage with whatever it hits (EOFError, KeyError, IndexError, ...); none
-        # of them can have run code, and all mean the file is not a checkpoint.
-        first = str(exc).splitlines()[0] if str(exc) else ""
-        reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-        raise ModelFormatError(
-            file, f"cannot read checkpoint (truncated or corrupt): {reason[:300]}"
-        ) from exc
+    data = schema.torch_load(file, "checkpoint", SAFE_GLOBALS)
     if not isinstance(data, dict):
         raise ModelFormatError(file, f"expected a dict checkpoint, got {type(data).__name__}")
     return data
 
 
 def _read_hf_config(file: Path) -> dict[str, Any] | None:
+    """The DETR ``config.json`` next to HF weights (``id2label`` keys as ints), else None."""
     cfg = file.parent / "config.json"
     if not cfg.is_file():
         return None
-    try:
-        data = json.loads(cfg.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) and data.get("model_type") == "detr" else None
+    doc = json_limits.read_json_file(cfg, what="Hugging Face config", error=ModelFormatError,
+                                     max_bytes=_MAX_CONFIG_BYTES)
+    return schema.check_hf_config(doc, cfg)
 
 
 def _classes_in(state: Mapping[str, Any], file: Path) -> int:
@@ -355,12 +350,13 @@ def _class_info(
             raise ModelFormatError(file, f"class_names must be {num_classes} strings (the "
                                    f"model's class count), got {str(names)[:80]}")
         if not (isinstance(label_map, list) and len(label_map) == num_classes
-                and all(isinstance(i, int) and not isinstance(i, bool) for i in label_map)):
-            raise ModelFormatError(file, f"label_map must be {num_classes} integer category ids "
+                and all(isinstance(i, int) and not isinstance(i, bool)
+                        and -(2 ** 63) <= i < 2 ** 63 for i in label_map)):
+            raise ModelFormatError(file, f"label_map must be {num_classes} int64 category ids "
                                    f"(the model's class count), got {str(label_map)[:80]}")
         return list(names), list(label_map)
     if hf_config is not None and isinstance(hf_config.get("id2label"), dict):
-        id2label = {int(k): str(v) for k, v in hf_config["id2label"].items()}
+        id2label = hf_config["id2label"]  # int keys, str values (checked in _read_hf_config)
         names = [id2label.get(i, f"class_{i}") for i in range(num_classes)]
         return names, list(range(num_classes))
     # Official DETR trains with class index == COCO category id, so the map is identity.

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import math
 import os
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Protocol, Union
 
 import numpy as np
 
+from runtime import json_limits
 from runtime.errors import BackendUnavailableError, DataError, InputError
 
 if TYPE_CHECKING:
@@ -89,13 +89,7 @@ def load_coco_gt(coco_gt: CocoGroundTruth) -> COCO:
         dataset, where = coco_gt, "ground truth dict"
     elif isinstance(coco_gt, (str, os.PathLike)):
         where = os.fspath(coco_gt)
-        try:
-            with open(where, encoding="utf-8") as f:
-                dataset = json.load(f)
-        except OSError as e:
-            raise DataError(where, f"cannot read annotation file ({e.strerror or e})") from e
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise DataError(where, f"not a JSON annotation file ({e})") from e
+        dataset = json_limits.read_json_file(where, what="annotation file")
     else:
         raise InputError("coco_gt", f"expected a path, dict or COCO, got {type(coco_gt).__name__}")
     _check_dataset(dataset, where)

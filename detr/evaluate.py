@@ -146,6 +146,7 @@ def evaluate(
     from tqdm import tqdm
 
     from detr.coco_eval import coco_metrics, detections_to_coco_results
+    from detr.data.coco_schema import require_objects
     from detr.train.ddp import resolve_device
     from runtime.decode import decode
     from runtime.preprocess import preprocess
@@ -164,6 +165,7 @@ def evaluate(
         by_id = {int(c["id"]): str(c.get("name", c["id"])) for c in gt["categories"]}
         class_names = [by_id[i] for i in label_map]
     images = gt["images"][: config.max_images] if config.max_images else gt["images"]
+    require_objects(gt, ann, {int(img["id"]) for img in images})
 
     device = resolve_device(config.device)
     was_training = model.training

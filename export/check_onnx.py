@@ -279,6 +279,7 @@ def check_onnx(path: str | os.PathLike[str], config: CheckConfig | None = None) 
     from export.activation_ranges import image_feeds, random_feeds
     from export.calib_data import list_images
     from export.onnx_meta import load_onnx, read_meta
+    from runtime.backends.onnxruntime_backend import ort_failures
 
     config = config or CheckConfig()
     supported_ops(config.trt_version)  # validates the version early
@@ -294,12 +295,13 @@ def check_onnx(path: str | os.PathLike[str], config: CheckConfig | None = None) 
         _with_target_hint(model, check_qdq(model)),
     ]
     if config.overflow_scan:
-        if config.calib_data:
-            meta = read_meta(model, path)
-            paths = list_images(config.calib_data, config.num_inputs)
-            feeds = image_feeds(paths, meta, batch_size=1)
-            report.results.append(check_overflow(model, feeds, "calibration"))
-        else:
-            feeds = random_feeds(model, count=config.num_inputs)
-            report.results.append(check_overflow(model, feeds, "random normalised"))
+        with ort_failures(path, "while running the model for the overflow scan"):
+            if config.calib_data:
+                meta = read_meta(model, path)
+                paths = list_images(config.calib_data, config.num_inputs)
+                feeds = image_feeds(paths, meta, batch_size=1)
+                report.results.append(check_overflow(model, feeds, "calibration"))
+            else:
+                feeds = random_feeds(model, count=config.num_inputs)
+                report.results.append(check_overflow(model, feeds, "random normalised"))
     return report

@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
-from runtime.errors import ModelFormatError
+from runtime.errors import ModelFormatError, first_line
+from runtime.files import is_regular, kind_of
 from runtime.metadata import METADATA_KEY, ModelMeta
 
 if TYPE_CHECKING:
@@ -42,13 +43,18 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     import onnx
     from google.protobuf.message import DecodeError
 
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ModelFormatError(path, "file not found")
+    if not is_regular(path):  # onnx.load would block on a FIFO
+        raise ModelFormatError(path, f"is {kind_of(os.stat(path).st_mode)}, not an ONNX file")
     try:
         model = onnx.load(os.fspath(path))
     except (DecodeError, ValueError, RuntimeError, OSError) as exc:
         raise ModelFormatError(path, f"not a readable ONNX model ({type(exc).__name__}: "
-                               f"{str(exc)[:200]})") from exc
+                               f"{first_line(exc)})") from exc
+    except Exception as exc:  # onnx.checker.ValidationError: e.g. an external-data path
+        # outside the model's folder, which onnx refuses to follow
+        raise ModelFormatError(path, f"onnx refused to load the model ({first_line(exc)})") from exc
     if not model.graph.node or not model.opset_import:
         raise ModelFormatError(path, "not an ONNX model (empty graph or no opset), "
                                "is the file truncated?")

@@ -46,10 +46,13 @@ class ParityReport:
         for c in self.cases:
             errs = ", ".join(f"{k} max {c.max_abs[k]:.3g} mean {c.mean_abs[k]:.3g}"
                              for k in c.max_abs)
-            share = "-" if c.matched_fraction is None else f"{c.matched_fraction:.1%}"
-            lines.append(f"  {c.name} [{c.source}]: {errs}; detections "
-                         f"{c.detections_matched}/{max(c.detections_ref, c.detections_got)} "
-                         f"matched at IoU {MATCH_IOU} ({share})")
+            n = max(c.detections_ref, c.detections_got)
+            # "0/0 agree (100%)" read as a success for a model that detects nothing
+            # (e.g. NaN outputs); say so instead.
+            agree = (f"detections {c.detections_matched}/{n} matched at IoU {MATCH_IOU} "
+                     f"({c.matched_fraction:.1%})" if n and c.matched_fraction is not None
+                     else "no detections on either side (nothing to compare)")
+            lines.append(f"  {c.name} [{c.source}]: {errs}; {agree}")
         return "\n".join(lines)
 
 

@@ -38,9 +38,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from export.qdq_format import TARGETS, quantize_nodes
+from runtime import json_limits
 from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.decode import decoding_protocol
-from runtime.errors import InputError, ModelFormatError
+from runtime.errors import DataError, InputError, ModelFormatError
 from runtime.metadata import ModelMeta
 
 if TYPE_CHECKING:
@@ -200,6 +201,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
         inspect_qdq,
         quantizable_nodes,
     )
+    from runtime.backends.onnxruntime_backend import ort_failures
 
     config.validate()
     fp32 = ensure_node_names(load_onnx(onnx_path))
@@ -246,8 +248,9 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
             return made[key]
 
         try:
-            report = _run(onnx_path, fp32_path, split, blocks, build, heads, meta, config,
-                          len(all_nodes), cache_path)
+            with ort_failures(onnx_path):
+                report = _run(onnx_path, fp32_path, split, blocks, build, heads, meta, config,
+                              len(all_nodes), cache_path)
         except KeyboardInterrupt:
             print(f"\nquantize interrupted; calibration ranges "
                   f"{'are cached in ' + str(cache_path) if cache_path.exists() else 'not saved'}"
@@ -288,8 +291,8 @@ def _drop_unreadable_cache(path: Path) -> None:
     if not path.is_file():
         return
     try:
-        json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        json_limits.read_json_file(path, what="calibration cache", allow_nan=True)
+    except DataError:
         path.unlink(missing_ok=True)
 
 

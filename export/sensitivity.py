@@ -15,7 +15,6 @@ Procedure (one-at-a-time sensitivity, then greedy fallback):
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -187,11 +186,10 @@ class HeldOutEvaluator:
         return dets
 
     def _load_gt(self, annotations: str | os.PathLike[str]) -> dict[str, Any]:
+        from detr.data.coco_schema import read_coco_json
+
         ann = Path(annotations)
-        try:
-            gt = json.loads(ann.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise DataError(ann, f"cannot read COCO annotations: {exc}") from exc
+        gt = read_coco_json(ann)  # bounded JSON, schema-checked (ids, boxes, categories)
         by_name = {Path(str(img["file_name"])).name: img for img in gt.get("images", [])}
         missing = [p.name for p in self.images if p.name not in by_name]
         if missing:

@@ -13,7 +13,8 @@ exit code 130 with no traceback. SIGTERM (what ``kill``, schedulers and
 container runtimes send) raises :class:`runtime.errors.Terminated`, a
 ``KeyboardInterrupt``, so long runs stop through the same clean path as Ctrl-C
 (checkpoint kept, resume hint printed), then exit with code 143; a second
-SIGTERM kills at once.
+SIGTERM kills at once. Warnings raised while a command runs are printed when it
+ends, and dropped when it fails, so the error stays the only line.
 """
 
 from __future__ import annotations
@@ -24,11 +25,13 @@ import importlib
 import signal
 import sys
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from types import FrameType
+from typing import NoReturn, TextIO
 
 from runtime.atomic import DISK_FULL_ERRNOS, write_error_problem
-from runtime.errors import DetrEdgeError, Terminated
+from runtime.errors import DetrEdgeError, Terminated, one_line
 
 # (name, module, one-line help, pip extra needed)
 COMMANDS: list[tuple[str, str, str, str]] = [
@@ -79,8 +82,17 @@ def missing_package_message(exc: ImportError) -> str:
     return f"a required package is missing: {exc}{hint}"
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with the CLI's one-line errors: usage is left to ``--help``, so a
+    mistyped option is one line, like every other error (subcommand parsers are
+    created with the same class)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {one_line(message)} (see --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="detr-edge",
         description="DETR from training to edge deployment "
         "(train -> export-onnx -> quantize -> build-engine -> benchmark).",
@@ -111,28 +123,69 @@ def main(argv: Sequence[str] | None = None) -> int:
     if getattr(args, "_unavailable", None):
         print(f"{prog}: error: {args._unavailable}", file=sys.stderr)
         return 2
+    held: list[str] = []
     try:
-        with _sigterm_as_interrupt():
-            return int(args._run(args) or 0)
+        with _sigterm_as_interrupt(), _hold_warnings(held):
+            code = int(args._run(args) or 0)
+        _show(held)
+        return code
     except DetrEdgeError as exc:
-        print(f"{prog}: error: {exc}", file=sys.stderr)
-        return 2
+        return _error(prog, str(exc))
     except ImportError as exc:
-        print(f"{prog}: error: {missing_package_message(exc)}", file=sys.stderr)
-        return 2
+        return _error(prog, missing_package_message(exc))
     except OSError as exc:
         disk_full = exc.errno in DISK_FULL_ERRNOS
         if exc.filename is None and not disk_full:
             raise  # names no file: more likely a bug than a user error, keep the traceback
         problem = write_error_problem(exc) if disk_full else (exc.strerror or str(exc))
-        print(f"{prog}: error: {exc.filename or 'output'}: {problem}", file=sys.stderr)
-        return 2
+        return _error(prog, f"{exc.filename or 'output'}: {problem}")
     except Terminated:
+        _show(held)
         print(f"\n{prog}: terminated (SIGTERM)", file=sys.stderr)
         return 128 + signal.SIGTERM
     except KeyboardInterrupt:
+        _show(held)
         print(f"\n{prog}: interrupted", file=sys.stderr)
         return 130
+
+
+def _error(prog: str, message: str) -> int:
+    """Print the one error line (the warnings held back are dropped) and return 2."""
+    print(f"{prog}: error: {one_line(message)}", file=sys.stderr)
+    return 2
+
+
+_MAX_HELD = 20  # distinct warnings kept for the end of a run
+
+
+@contextlib.contextmanager
+def _hold_warnings(held: list[str]) -> Iterator[None]:
+    """Hold the warnings a command emits and print them when it ends without an error.
+
+    Libraries warn on the way to a failure (torch about a checkpoint, PIL about
+    EXIF, onnx about opsets); printed as they come, they would stand before the
+    one error line. Filters are untouched (no suppression): only where a
+    warning is written changes, and only while the command runs.
+    """
+    previous = warnings.showwarning
+
+    def hold(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+             file: TextIO | None = None, line: str | None = None) -> None:
+        text = warnings.formatwarning(message, category, filename, lineno, line)
+        if len(held) < _MAX_HELD and text not in held:
+            held.append(text)
+
+    warnings.showwarning = hold
+    try:
+        yield
+    finally:
+        warnings.showwarning = previous
+
+
+def _show(held: list[str]) -> None:
+    for text in held:
+        sys.stderr.write(text)
+    held.clear()
 
 
 @contextlib.contextmanager

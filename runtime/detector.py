@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, pad_batch
+from runtime.backends.base import Backend, check_outputs, pad_batch
 from runtime.decode import Detections, decode
 from runtime.engine_file import is_engine_file
 from runtime.errors import InputError
@@ -159,6 +159,7 @@ class Detector:
             # The last partial batch: its padding images' outputs are dropped below.
             images, mask = pad_batch(images, mask, fixed)
         logits, boxes = self.backend.infer(images, mask)
+        check_outputs(self.meta, logits, boxes, len(images), getattr(self.backend, "path", "model"))
         logits, boxes = logits[:n], boxes[:n]
         dets = decode(logits, boxes, box_reference_sizes(batch, self.meta.with_mask), **options)
         for det, (h, w) in zip(dets, batch.orig_sizes):

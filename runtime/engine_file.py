@@ -29,8 +29,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from runtime import json_limits
 from runtime.atomic import atomic_write
 from runtime.errors import InputError, ModelFormatError
+from runtime.files import open_regular
 from runtime.metadata import ModelMeta
 
 MAGIC = b"DETREDGE"
@@ -70,9 +72,9 @@ class EngineHeader:
 def is_engine_file(path: str | os.PathLike[str]) -> bool:
     """True when ``path`` starts with the detr-edge engine magic."""
     try:
-        with open(path, "rb") as fh:
+        with open_regular(path, error=InputError) as fh:  # a FIFO would block open()
             return fh.read(len(MAGIC)) == MAGIC
-    except OSError:
+    except (OSError, InputError):
         return False
 
 
@@ -194,10 +196,7 @@ def _open(path: str | os.PathLike[str]) -> BinaryIO:
         raise InputError(p, "engine file not found")
     if p.is_dir():
         raise InputError(p, "is a directory, not an engine file")
-    try:
-        return open(p, "rb")
-    except OSError as exc:
-        raise InputError(p, f"cannot read: {exc.strerror or exc}") from exc
+    return open_regular(p, error=InputError)
 
 
 def _read_header(fh: BinaryIO, path: str | os.PathLike[str]) -> EngineHeader:
@@ -214,10 +213,7 @@ def _read_header(fh: BinaryIO, path: str | os.PathLike[str]) -> EngineHeader:
     if len(raw) != length:
         raise ModelFormatError(path, f"engine file is truncated (header is {len(raw)} of "
                                f"{length} bytes)")
-    try:
-        doc = json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelFormatError(path, f"engine header is not valid JSON ({exc})") from exc
+    doc = json_limits.loads(raw, path, what="engine header", error=ModelFormatError)
     if not isinstance(doc, dict):
         raise ModelFormatError(path, "engine header must be a JSON object")
     missing = [k for k in _ENGINE_KEYS if k not in doc]

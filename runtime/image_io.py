@@ -21,42 +21,81 @@ from __future__ import annotations
 
 import os
 import struct
+import warnings
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from runtime.errors import DataError
+from runtime.files import is_regular, open_regular
 
 ImageSource = str | os.PathLike | Image.Image | np.ndarray
 
 
-def load_image(src: ImageSource) -> Image.Image:
+DEFAULT_MAX_PIXELS = 64_000_000  # 64 Mpx: 192 MB as RGB, which an edge device can hold
+MAX_PIXELS_ENV = "DETR_EDGE_MAX_PIXELS"  # overrides the default (predict: --max-pixels)
+
+
+def max_pixels_limit(override: int | None = None) -> int:
+    """The pixel limit of :func:`load_image`: ``override``, else $DETR_EDGE_MAX_PIXELS,
+    else :data:`DEFAULT_MAX_PIXELS`."""
+    if override is not None:
+        return override
+    text = os.environ.get(MAX_PIXELS_ENV, "").strip()
+    if not text:
+        return DEFAULT_MAX_PIXELS
+    if not (text.isascii() and text.isdigit()) or int(text) <= 0 or len(text) > 15:
+        raise DataError(MAX_PIXELS_ENV, f"must be a positive integer number of pixels, "
+                        f"got {text[:40]!r}")
+    return int(text)
+
+
+def load_image(src: ImageSource, max_pixels: int | None = None) -> Image.Image:
     """Return ``src`` as a fully decoded RGB ``PIL.Image.Image`` (mode ``"RGB"``).
 
     ``src`` is a file path, a PIL image or a numpy array shaped ``[H, W]``,
     ``[H, W, 1]``, ``[H, W, 3]`` (RGB) or ``[H, W, 4]`` (RGBA) of dtype uint8,
     uint16 (full 0..65535 range) or float (values in [0, 1]).
 
+    A file declaring more than ``max_pixels`` (default :func:`max_pixels_limit`)
+    is refused from its header, before any decoding: a 400 KB PNG can hold
+    144 Mpx (1.2 GB decoded). PIL's own bomb limit (~179 Mpx) still applies.
+
     Raises ``DataError(where, problem)`` for a missing, unreadable, corrupt,
-    truncated or non-image file, or an array of unsupported shape or dtype.
+    truncated, too large or non-image file (FIFOs and devices are never opened
+    for reading), or an array of unsupported shape or dtype.
     """
     if isinstance(src, Image.Image):
         return _to_rgb(src, "<PIL image>")
     if isinstance(src, np.ndarray):
         return _to_rgb(_array_to_pil(src), "<array>")
     if isinstance(src, (str, os.PathLike)):
-        return _load_path(Path(src))
+        return _load_path(Path(src), max_pixels_limit(max_pixels))
     raise DataError("<image>", f"unsupported image source type {type(src).__name__}")
 
 
-def _load_path(path: Path) -> Image.Image:
-    if not path.exists():
-        raise DataError(path, "file not found")
+def _load_path(path: Path, max_pixels: int) -> Image.Image:
     if path.is_dir():
         raise DataError(path, "is a directory, not an image file")
+    with open_regular(path) as fh:
+        return _decode(fh, path, max_pixels)
+
+
+def _decode(fh: BinaryIO, path: Path, max_pixels: int) -> Image.Image:
     try:
-        with Image.open(path) as img:
+        # PIL warns (DecompressionBombWarning) from 89 Mpx; the limit below is what
+        # decides, and a warning printed before the error line would break the one line.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(fh)
+        with img:
+            pixels = img.width * img.height
+            if pixels > max_pixels:
+                raise DataError(path, f"image is {img.width}x{img.height} ({pixels / 1e6:.1f} Mpx)"
+                                f", above the limit of {max_pixels / 1e6:g} Mpx (raise it with "
+                                f"--max-pixels or ${MAX_PIXELS_ENV})")
             # load() forces the full decode here, inside the try, so a truncated
             # file fails now with its name instead of later inside a transform.
             img.load()
@@ -76,7 +115,7 @@ def _load_path(path: Path) -> Image.Image:
         if "truncated" in str(exc).lower():
             raise DataError(path, "truncated image") from exc
         raise DataError(path, f"not an image or corrupt ({_short(exc)})") from exc
-    except (ValueError, SyntaxError) as exc:
+    except (ValueError, SyntaxError, struct.error, EOFError) as exc:
         # PIL raises SyntaxError / ValueError from some format plugins on broken headers.
         raise DataError(path, f"not an image or corrupt ({_short(exc)})") from exc
     return out
@@ -183,7 +222,8 @@ def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise DataError(root, "folder not found")
-    paths = sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    paths = sorted(p for p in root.rglob("*")
+                   if p.suffix.lower() in IMAGE_SUFFIXES and is_regular(p))
     if not paths:
         raise DataError(root, f"no images ({', '.join(IMAGE_SUFFIXES)}) found")
     return paths

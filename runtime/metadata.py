@@ -4,8 +4,8 @@ the runtime.
 An exported ONNX model stores one JSON document under the ``metadata_props``
 key :data:`METADATA_KEY`; an engine file stores the same document (plus
 TensorRT fields) in its header. The runtime needs nothing else to preprocess
-inputs and decode outputs. The JSON is parsed as data only (``json.loads``),
-never evaluated.
+inputs and decode outputs. The JSON is parsed as data only, never evaluated,
+by the bounded reader ``runtime.json_limits`` (depth, number and size limits).
 """
 
 from __future__ import annotations
@@ -17,10 +17,18 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from runtime import json_limits
 from runtime.errors import ModelFormatError
 
 METADATA_KEY = "detr_edge"
 FORMAT_VERSION = 1
+MAX_METADATA_BYTES = 16 * 1024 * 1024  # a real document is a few kB (class names dominate)
+# Canvas side limit: DETR's encoder attends over (H/32)*(W/32) tokens, so a 4096 px side
+# is already ~16k tokens; larger canvases only end in the allocator.
+MAX_CANVAS_SIDE = 4096
+MAX_BATCH = 1024  # images per inference call
+MIN_STD = 1e-6  # normalisation std below this makes pixels inf/NaN in float32
+INT64_MIN, INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -82,10 +90,10 @@ class ModelMeta:
     @classmethod
     def from_json(cls, text: str, source: str = "<metadata>") -> ModelMeta:
         """Parse and validate; raise ``ModelFormatError`` naming ``source``."""
-        try:
-            raw = json.loads(text)
-        except (json.JSONDecodeError, TypeError) as exc:
-            raise ModelFormatError(source, f"detr-edge metadata is not valid JSON ({exc})") from exc
+        if not isinstance(text, (str, bytes)):
+            raise ModelFormatError(source, "detr-edge metadata is not text")
+        raw = json_limits.loads(text, source, what="detr-edge metadata", error=ModelFormatError,
+                                max_bytes=MAX_METADATA_BYTES)
         if not isinstance(raw, dict):
             raise ModelFormatError(source, "detr-edge metadata must be a JSON object")
         version = raw.get("format_version")
@@ -114,22 +122,34 @@ class ModelMeta:
         return meta
 
     def validate(self, source: str = "<metadata>") -> None:
+        """Raise ``ModelFormatError`` naming ``source`` for values the runtime cannot use."""
         problems = []
-        if self.input_height <= 0 or self.input_width <= 0:
-            problems.append(f"input size {self.input_height}x{self.input_width} is not positive")
+        if not (0 < self.input_height <= MAX_CANVAS_SIDE and 0 < self.input_width <= MAX_CANVAS_SIDE):
+            problems.append(f"input size {self.input_height}x{self.input_width} is not within "
+                            f"1..{MAX_CANVAS_SIDE} pixels per side")
+        if not self.class_names:
+            problems.append("no class names (the model needs at least one class)")
         if len(self.label_map) != len(self.class_names):
             problems.append(f"label_map has {len(self.label_map)} entries "
                             f"but there are {len(self.class_names)} classes")
-        if len(self.mean) != 3 or len(self.std) != 3 or any(s <= 0 for s in self.std):
-            problems.append("mean/std must be 3 numbers with std > 0")
+        if not all(_is_int(v) and INT64_MIN <= v <= INT64_MAX for v in self.label_map):
+            problems.append("label_map values must be integers within int64 (COCO category ids)")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(
+                _is_number(v) for v in (*self.mean, *self.std)):
+            problems.append("mean/std must be 3 finite numbers each")
+        elif any(s < MIN_STD for s in self.std):
+            # A std of 1e-320 passes "> 0" and turns every pixel into inf or NaN.
+            problems.append(f"std {list(self.std)} has a value below {MIN_STD:g}")
         if self.precision not in ("fp32", "fp16", "int8"):
             problems.append(f"unknown precision {self.precision!r}")
         for name in ("resize_shorter", "resize_max"):
             value = getattr(self, name)
             if value is not None and value <= 0:
                 problems.append(f"{name} {value} is not positive")
-        if self.batch_size is not None and self.batch_size <= 0:
-            problems.append(f"batch_size {self.batch_size} is not positive")
+            elif value is not None and value > MAX_CANVAS_SIDE:
+                problems.append(f"{name} {value} is above {MAX_CANVAS_SIDE} pixels")
+        if self.batch_size is not None and not 0 < self.batch_size <= MAX_BATCH:
+            problems.append(f"batch_size {self.batch_size} is not within 1..{MAX_BATCH}")
         if problems:
             raise ModelFormatError(source, "invalid detr-edge metadata: " + "; ".join(problems))
 

@@ -13,6 +13,7 @@ from typing import Any
 from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.decode import Detections
 from runtime.errors import InputError
+from runtime.files import is_regular, kind_of
 from runtime.image_io import list_image_files
 
 
@@ -28,6 +29,7 @@ class PredictConfig:
     second_best: bool = False  # keep no-object slots with their best real class (+AP)
     batch_size: int | None = None  # images per call for dynamic-batch models
     draw: bool = True  # write annotated images
+    max_pixels: int | None = None  # image pixel limit; None = runtime.image_io's default
 
 
 @dataclass
@@ -45,8 +47,10 @@ def collect_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
         p = Path(raw)
         if p.is_dir():
             found.extend(list_image_files(p))
-        elif p.is_file():
+        elif p.is_file() and is_regular(p):
             found.append(p)
+        elif p.exists():
+            raise InputError(p, f"is {kind_of(p.stat().st_mode)}, not an image file")
         else:
             raise InputError(p, "no such file or folder")
     if not found:
@@ -59,7 +63,9 @@ def assign_image_ids(files: Sequence[Path]) -> list[int]:
     (COCO's 000000397133.jpg -> 397133, so results match COCO ground truth),
     else 1..N in order."""
     stems = [f.stem for f in files]
-    if all(s.isdigit() for s in stems) and len(set(map(int, stems))) == len(stems):
+    # isascii: '²'.isdigit() is True but int('²') fails; ids must also fit COCO's int64.
+    if all(s.isascii() and s.isdigit() and len(s) <= 18 for s in stems) \
+            and len(set(map(int, stems))) == len(stems):
         return [int(s) for s in stems]
     return list(range(1, len(files) + 1))
 
@@ -81,47 +87,78 @@ def to_coco_results(det: Detections, image_id: int, file_name: str = "") -> list
     return out
 
 
+# Entries of out_dir that predict owns: one run's set replaces the previous run's.
+OUTPUT_NAMES = ("predictions.json", "images.json", "annotated")
+
+
 def predict(config: PredictConfig) -> PredictSummary:
     """Detect objects in every image of ``config.images``; write
     ``out_dir/predictions.json`` (COCO results), ``out_dir/images.json`` (id, file,
-    size) and ``out_dir/annotated/<name>``. A bad image raises ``DataError``."""
+    size) and ``out_dir/annotated/<name>``. A bad image raises ``DataError``.
+
+    The output folder may not contain an input or lie inside one. Outputs are
+    staged and swapped in when every image has been processed
+    (``runtime.staging``): a failed run leaves the previous run's outputs intact.
+    Images are decoded one at a time (for the batch, and again for drawing), so
+    memory holds one full-size image, not a batch of them.
+    """
     from tqdm import tqdm
 
     from runtime.detector import Detector
-    from runtime.draw import draw_detections
-    from runtime.image_io import load_image
+    from runtime.preprocess import preprocess
+    from runtime.staging import StagedOutputs, check_disjoint
 
     files = collect_images(config.images)
+    check_disjoint(config.out_dir, config.images)
+    _check_model_not_output(config.model, config.out_dir)
     ids = assign_image_ids(files)
     detector = Detector(config.model, backend=config.backend, providers=config.providers,
                         batch_size=config.batch_size)
     results: list[dict[str, Any]] = []
     images_doc: list[dict[str, Any]] = []
-    annotated: list[Path] = []
+    names: list[str] = []
     used_names: set[str] = set()
-    annotated_dir = config.out_dir / "annotated"
-    with detector, tqdm(total=len(files), unit="img", desc="predict", disable=None) as bar:
+    with StagedOutputs(config.out_dir, OUTPUT_NAMES) as staged, detector, \
+            tqdm(total=len(files), unit="img", desc="predict", disable=None) as bar:
         for start in range(0, len(files), detector.batch_size):
             chunk = files[start:start + detector.batch_size]
-            pictures = [load_image(f) for f in chunk]
-            dets = detector.detect(pictures, score_threshold=config.threshold,
+            batch = preprocess(chunk, detector.meta, max_pixels=config.max_pixels)
+            dets = detector.detect(batch, score_threshold=config.threshold,
                                    top_k=config.top_k, second_best=config.second_best)
-            for path, image_id, picture, det in zip(chunk, ids[start:], pictures, dets):
+            for path, image_id, (h, w), det in zip(chunk, ids[start:], batch.orig_sizes, dets):
                 results.extend(to_coco_results(det, image_id, str(path)))
                 images_doc.append({"id": image_id, "file_name": str(path),
-                                   "height": picture.height, "width": picture.width})
+                                   "height": int(h), "width": int(w)})
                 if config.draw:
                     name = _unique_name(path, used_names)
-                    annotated_dir.mkdir(parents=True, exist_ok=True)
-                    target = annotated_dir / name
-                    _save_image(draw_detections(picture, det), target)
-                    annotated.append(target)
+                    _draw(path, det, staged.path / "annotated" / name, config.max_pixels)
+                    names.append(name)
             bar.update(len(chunk))
-    results_path = config.out_dir / "predictions.json"
-    atomic_write_text(results_path, json.dumps(results, indent=1))
-    atomic_write_text(config.out_dir / "images.json", json.dumps(images_doc, indent=1))
+        atomic_write_text(staged.path / "predictions.json", json.dumps(results, indent=1))
+        atomic_write_text(staged.path / "images.json", json.dumps(images_doc, indent=1))
+        staged.commit()
     return PredictSummary(num_images=len(files), num_detections=len(results),
-                          results_path=results_path, annotated=annotated)
+                          results_path=config.out_dir / "predictions.json",
+                          annotated=[config.out_dir / "annotated" / n for n in names])
+
+
+def _check_model_not_output(model: Path, out_dir: Path) -> None:
+    """The model file must not be one of the entries a run replaces."""
+    real = Path(os.path.realpath(model))
+    for name in OUTPUT_NAMES:
+        owned = Path(os.path.realpath(out_dir / name))
+        if real == owned or owned in real.parents:
+            raise InputError("--out", f"the model {model} is inside {out_dir / name}, "
+                             "which predict replaces; choose another output folder")
+
+
+def _draw(path: Path, det: Detections, target: Path, max_pixels: int | None) -> None:
+    """Decode ``path`` again and write it with its detections drawn."""
+    from runtime.draw import draw_detections
+    from runtime.image_io import load_image
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    _save_image(draw_detections(load_image(path, max_pixels), det), target)
 
 
 def _save_image(picture: Any, target: Path) -> None:

@@ -156,19 +156,20 @@ def normalize(image: Image.Image | np.ndarray, mean: Sequence[float], std: Seque
     return out
 
 
-def preprocess(images: ImageSource | Sequence[ImageSource], meta: ModelMeta) -> Batch:
+def preprocess(images: ImageSource | Sequence[ImageSource], meta: ModelMeta,
+               max_pixels: int | None = None) -> Batch:
     """Load, resize, normalise and pad ``images`` into one :class:`Batch`.
 
     ``images`` is one image or a sequence of paths / PIL images / numpy arrays
     (any size, grayscale, RGBA, 16-bit...; see ``runtime.image_io``). The
-    canvas is ``(meta.input_height, meta.input_width)``.
+    canvas is ``(meta.input_height, meta.input_width)``. Files are decoded one at
+    a time and dropped once resized; ``max_pixels`` is ``load_image``'s limit.
     """
     if isinstance(images, (str, Image.Image, np.ndarray)) or hasattr(images, "__fspath__"):
         images = [images]  # type: ignore[list-item]
-    loaded = [load_image(src) for src in images]  # type: ignore[union-attr]
-    sizes = [target_size(rgb.height, rgb.width, meta) for rgb in loaded]
+    sources = list(images)  # type: ignore[arg-type]
     H, W = meta.input_height, meta.input_width  # canvas
-    B = len(loaded)
+    B = len(sources)
     batch = Batch(
         images=np.zeros((B, 3, H, W), dtype=np.float32),
         mask=np.ones((B, H, W), dtype=bool),
@@ -176,7 +177,10 @@ def preprocess(images: ImageSource | Sequence[ImageSource], meta: ModelMeta) -> 
         valid_sizes=np.zeros((B, 2), dtype=np.int64),
         orig_sizes=np.zeros((B, 2), dtype=np.int64),
     )
-    for i, (rgb, (h, w, scale)) in enumerate(zip(loaded, sizes)):
+    for i, src in enumerate(sources):
+        # One image decoded at a time: a batch of large photos is never in memory at once.
+        rgb = load_image(src, max_pixels)
+        h, w, scale = target_size(rgb.height, rgb.width, meta)
         batch.orig_sizes[i] = (rgb.height, rgb.width)
         resized = resize_to(rgb, h, w)
         normalize(resized, meta.mean, meta.std, out=batch.images[i, :, :h, :w])

@@ -3,7 +3,11 @@ test_disk_full_and_signals.py): what "one clear line, exit code 2" means."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import re
+import resource
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -64,3 +68,40 @@ def sigint_not_ignored() -> None:
 
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _vm_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmSize:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmSize")
+
+
+@contextlib.contextmanager
+def memory_cap(extra: int = 3 << 30) -> Iterator[None]:
+    """Address-space limit of this process: what it maps now plus ``extra``; restored after."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_AS)
+    cap = _vm_bytes() + extra
+    if hard != resource.RLIM_INFINITY:
+        cap = min(cap, hard)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_AS, (soft, hard))
+
+
+def capped_cli(argv: list[str]) -> tuple[int, str]:
+    """``detr-edge <argv>`` in-process under the memory cap: (exit code, stderr)."""
+    err, out = io.StringIO(), io.StringIO()
+    with memory_cap(), contextlib.redirect_stderr(err), contextlib.redirect_stdout(out):
+        try:
+            code = main(argv)
+        except SystemExit as exc:  # argparse
+            code = int(exc.code or 0)
+    return code, err.getvalue()
+
+
+def refused_capped(argv: list[str], *patterns: str) -> str:
+    code, err = capped_cli(argv)
+    return assert_one_line_error(code, err, argv[0], *patterns)

@@ -261,7 +261,7 @@ def test_masks_polygon_with_huge_vertex_is_clamped(tmp_path: Path) -> None:
         ([[1, 2, 3, 4]], "polygons must be lists of >= 3 finite"),
         ([[1, 2, 3, 4, 5, 6, 7]], "polygons must be lists of >= 3 finite"),
         ([["a", 1, 2, 3, 4, 5]], "polygons must be lists of >= 3 finite"),
-        ([[10 ** 400, 1, 2, 3, 4, 5]], "polygons must be lists of >= 3 finite"),
+        ([[10 ** 400, 1, 2, 3, 4, 5]], "integer of 401 digits"),  # the bounded JSON reader
         ({"size": [3, 3], "counts": [1, 2]}, r"RLE size \[3, 3\] is not the image size \[40, 60\]"),
         ({"size": [40, 60], "counts": [2400, 5]}, "add up to 2405 pixels"),
         ({"size": [40, 60], "counts": [-1, 5]}, "non-negative integers"),
@@ -273,7 +273,8 @@ def test_masks_polygon_with_huge_vertex_is_clamped(tmp_path: Path) -> None:
     ],
 )
 def test_masks_bad_segmentation(tmp_path: Path, segmentation: Any, match: str) -> None:
-    with pytest.raises(DataError, match=rf"annotation 1 has a bad segmentation: .*({match})"):
+    prefix = "" if "digits" in match else "annotation 1 has a bad segmentation: .*"
+    with pytest.raises(DataError, match=rf"{prefix}({match})"):
         _masks_for(tmp_path, segmentation)
 
 

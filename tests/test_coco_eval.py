@@ -139,11 +139,11 @@ def test_ground_truth_as_path_or_coco_object(tmp_path: Path) -> None:
 
 
 def test_bad_ground_truth_and_results_are_reported(tmp_path: Path) -> None:
-    with pytest.raises(DataError, match="cannot read annotation file"):
+    with pytest.raises(DataError, match="missing.json: file not found"):
         coco_metrics(tmp_path / "missing.json", [])
     bad = tmp_path / "bad.json"
     bad.write_text("{not json")
-    with pytest.raises(DataError, match="not a JSON annotation file"):
+    with pytest.raises(DataError, match="annotation file is not JSON"):
         coco_metrics(bad, [])
     no_bbox = _gt_dataset()
     del no_bbox["annotations"][1]["bbox"]

@@ -55,7 +55,7 @@ def test_metadata_round_trip() -> None:
 
 
 @pytest.mark.parametrize("text, message", [
-    ("not json", "not valid JSON"),
+    ("not json", "not JSON"),
     ("[1, 2]", "must be a JSON object"),
     (json.dumps({"format_version": 99}), "format version 99 is not supported"),
 ])

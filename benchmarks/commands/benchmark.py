@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from runtime import options as opt
+
 
 def _batch_sizes(text: str) -> tuple[int, ...]:
     try:
@@ -44,6 +46,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    opt.check_options(
+        args, height=opt.image_side, width=opt.image_side, batch_sizes=opt.batch, runs=opt.count,
+        warmup=opt.count_or_zero, max_images=opt.count_or_zero, threads=opt.threads)
+
     from benchmarks.suite import BenchmarkConfig, run_benchmark
 
     config = BenchmarkConfig(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from runtime import options as opt
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="runs/demo",
@@ -22,6 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    opt.check_options(
+        args, train_minutes=opt.non_negative, max_images=opt.count, runs=opt.count)
     from benchmarks.pipeline import PipelineConfig, run_pipeline
 
     config = PipelineConfig(out=args.out, train_minutes=args.train_minutes,

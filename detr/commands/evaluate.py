@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from runtime import options as opt
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="own, official or HF DETR checkpoint")
@@ -29,6 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    opt.check_options(
+        args, size=opt.image_side, resize=opt.image_side, batch_size=opt.batch,
+        max_images=opt.count)
     from detr.evaluate import METRIC_KEYS, EvalConfig, evaluate_checkpoint
 
     config = EvalConfig(data=args.data, split=args.split,

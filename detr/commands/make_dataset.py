@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from runtime import options as opt
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("kind", choices=["shapes"],
@@ -28,6 +30,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    opt.check_options(
+        args, seed=opt.seed, num_train=opt.count_or_zero, num_val=opt.count_or_zero,
+        image_size=opt.image_side, variable_size=opt.image_side, max_objects=opt.int_range(0, 1000),
+        size_band_probs=opt.probability, max_large=opt.count_or_zero)
+
     from detr.data.synthetic import ShapesConfig, make_shapes_dataset
 
     optional = {}

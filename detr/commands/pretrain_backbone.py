@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from runtime import options as opt
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset root ({split}/ + annotations/)")
@@ -24,6 +26,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    opt.check_options(
+        args, image_size=opt.image_side, crop_size=opt.image_side, epochs=opt.count,
+        batch_size=opt.int_range(1, 4096), lr=opt.non_negative, seed=opt.seed)
+
     from detr.train.pretrain_backbone import PretrainConfig, pretrain_backbone
 
     config = PretrainConfig(

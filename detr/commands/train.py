@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from runtime import options as opt
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, help="dataset root ({split}/ + annotations/)")
@@ -70,6 +72,13 @@ def parse_model_opts(items: list[str]) -> dict[str, Any]:
 
 
 def run(args: argparse.Namespace) -> int:
+    opt.check_options(
+        args, epochs=opt.count, batch_size=opt.batch, lr=opt.non_negative, lr_backbone=opt.non_negative,
+        weight_decay=opt.non_negative, clip_max_norm=opt.non_negative, eos_coef=opt.non_negative,
+        lr_drop=opt.count, num_workers=opt.int_range(0, 256), seed=opt.seed,
+        eval_every=opt.count_or_zero, scales=opt.image_side, max_size=opt.image_side,
+        eval_size=opt.image_side, max_steps=opt.count)
+
     import os
 
     from detr.train import TrainConfig, train

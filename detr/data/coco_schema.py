@@ -8,33 +8,21 @@ negative width"`` or ``"annotation 3 refers to unknown category_id 99"``.
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
+from runtime import json_limits
 from runtime.errors import DataError
 
 
 def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
     """Read, parse and validate ``ann_file``; return the document (unchanged)."""
     path = Path(ann_file)
-    if not path.exists():
-        raise DataError(path, "file not found")
     if path.is_dir():
         raise DataError(path, "is a directory, not an annotation file")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError as exc:
-        raise DataError(path, f"not JSON (not UTF-8 text: {exc.reason})") from exc
-    except OSError as exc:
-        raise DataError(path, f"cannot read ({exc.strerror or exc})") from exc
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(path, f"not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})") from exc
-    except RecursionError as exc:
-        raise DataError(path, "not JSON (nested too deeply)") from exc
+    # NaN literals parse, so validate_coco can name the annotation that holds one.
+    doc = json_limits.read_json_file(path, what="annotation file", allow_nan=True)
     validate_coco(doc, path)
     return doc
 
@@ -206,3 +194,15 @@ def rle_string_counts(text: str) -> list[int] | None:
             value += counts[-2]
         counts.append(value)
     return counts
+
+
+def require_objects(doc: dict[str, Any], where: str | Path,
+                    image_ids: set[int] | None = None) -> None:
+    """Raise ``DataError`` when no (non-crowd) annotation lies on ``image_ids`` (default:
+    every image): COCO AP is then undefined, and COCOeval would report -1."""
+    for ann in doc.get("annotations", []):
+        if not ann.get("iscrowd", 0) and (image_ids is None or ann.get("image_id") in image_ids):
+            return
+    scope = "the evaluated images have" if image_ids is not None else "the split has"
+    raise DataError(where, f"{scope} no annotated objects, so AP is undefined (COCO reports "
+                    "-1); evaluate a split with annotations")

@@ -38,6 +38,9 @@ def load_train_val(config: TrainConfig) -> tuple[Any, Path]:
         if not ann.is_file():
             raise DataError(ann, f"not found: split {config.val_split!r} is evaluated every "
                             f"{config.eval_every} epoch(s) (use --eval-every 0 to skip)")
+        from detr.data.coco_schema import read_coco_json, require_objects
+
+        require_objects(read_coco_json(ann), ann)  # before an epoch of training, not after
     return train_set, root
 
 

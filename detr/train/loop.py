@@ -26,6 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from detr.checkpoint_schema import restoring
 from detr.train.config import TrainConfig
 from detr.train.ddp import DistInfo, barrier, cleanup_distributed, init_distributed
 from detr.training_resize import CHECKPOINT_KEY as TRAINING_RESIZE_KEY
@@ -116,9 +117,12 @@ def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
     start_epoch = 0
     history: list[dict[str, Any]] = []
     if resumed is not None:
-        model_without_ddp.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        lr_scheduler.load_state_dict(resumed["lr_scheduler"])
+        _check_resume_classes(resumed, train_set.label_map, ckpt_path)
+        with restoring(ckpt_path, "model weights"):
+            model_without_ddp.load_state_dict(resumed["model"])
+        with restoring(ckpt_path, "optimizer state"):
+            optimizer.load_state_dict(resumed["optimizer"])
+            lr_scheduler.load_state_dict(resumed["lr_scheduler"])
         if lr_scheduler.step_size != config.lr_drop:
             _override_lr_drop(lr_scheduler, config.lr_drop)
             _say(info, f"--lr-drop {config.lr_drop} replaces the checkpoint's schedule; lr now "
@@ -128,7 +132,8 @@ def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
         start_epoch = int(resumed["epoch"]) + 1
         states = resumed["rng_state"]
         # One state per process; a different world size cannot replay exactly.
-        set_rng_state(states[info.rank] if info.rank < len(states) else states[0])
+        with restoring(ckpt_path, "random number generator state"):
+            set_rng_state(states[info.rank] if info.rank < len(states) else states[0])
         history = [e for e in _read_log(out / LOG_NAME) if e.get("epoch", -1) < start_epoch]
         _say(info, f"resuming {ckpt_path} after epoch {start_epoch - 1} "
              f"(to {config.epochs} epochs)")
@@ -247,6 +252,22 @@ def _check_resume_compatible(config: TrainConfig, raw: dict[str, Any], path: Pat
     if int(raw["epoch"]) + 1 >= config.epochs:
         raise InputError("--epochs", f"{path} already holds epoch {raw['epoch']} "
                          f"(0-based) of {config.epochs}; raise --epochs to train longer")
+
+
+def _check_resume_classes(raw: dict[str, Any], label_map: list[int], path: Path) -> None:
+    """The dataset must have the classes the checkpoint was trained on: the class head
+    has one output per class, and the label map says which category each one is."""
+    stored = raw.get("label_map")
+    if isinstance(stored, list) and list(stored) != list(label_map):
+        raise ModelFormatError(path, f"was trained on {len(stored)} classes (category ids "
+                               f"{_ids(stored)}), but --data has {len(label_map)} "
+                               f"({_ids(label_map)}); resume on the same dataset, or start a "
+                               "new run with --init")
+
+
+def _ids(ids: list[Any]) -> str:
+    shown = ", ".join(str(i) for i in ids[:6])
+    return shown + (", ..." if len(ids) > 6 else "")
 
 
 def _load_init_weights(model: nn.Module, path: str, info: DistInfo) -> None:

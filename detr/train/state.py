@@ -71,14 +71,16 @@ def read_training_checkpoint(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise ModelFormatError(path, "no checkpoint to resume from "
                                "(start without --resume, or check --out)")
-    try:
-        raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupt/truncated pickles raise many different types
-        raise ModelFormatError(path, f"cannot read training checkpoint: {exc}") from exc
+    from detr.checkpoint_schema import check_training_fields, torch_load
+
+    raw = torch_load(path, "training checkpoint")
+    if not isinstance(raw, dict):
+        raise ModelFormatError(path, f"expected a dict checkpoint, got {type(raw).__name__}")
     missing = [k for k in ("model", "optimizer", "lr_scheduler", "epoch", "rng_state",
                            "train_config") if k not in raw]
     if missing:
         raise ModelFormatError(path, f"not a resumable training checkpoint (missing {missing})")
+    check_training_fields(raw, path)
     return raw
 
 

@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from runtime import options as opt
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", required=True,
@@ -57,6 +59,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    opt.check_options(
+        args, min_batch=opt.batch, opt_batch=opt.batch, max_batch=opt.batch,
+        workspace_mb=opt.int_range(1, 10 ** 7), dla_core=opt.int_range(0, 15), calib_images=opt.count)
+
     from export.engine_builder import EngineBuildConfig, build_engine
 
     config = EngineBuildConfig(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from runtime import options as opt
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", help="ONNX model to check")
@@ -19,6 +21,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    opt.check_options(
+        args, num_inputs=opt.int_range(1, 10_000))
     from export.check_onnx import CheckConfig, check_onnx
 
     config = CheckConfig(trt_version=args.trt_version, calib_data=args.calib_data,

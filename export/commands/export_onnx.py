@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from runtime import options as opt
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="DETR checkpoint (.pth)")
@@ -30,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    opt.check_options(
+        args, height=opt.image_side, width=opt.image_side, batch=opt.batch,
+        opset=opt.int_range(17, 20), calib_images=opt.count)
+
     from export.onnx_export import ExportConfig, export_onnx
 
     config = ExportConfig(checkpoint=args.checkpoint, out=args.out, height=args.height,

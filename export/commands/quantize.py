@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from runtime import options as opt
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", required=True, help="FP32 detr-edge ONNX model (export-onnx)")
@@ -51,6 +53,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    opt.check_options(
+        args, calib_images=opt.count, percentile=opt.percentile,
+        ap_budget=opt.number_range(0, 100), eval_images=opt.count_or_zero, seed=opt.seed,
+        latency_runs=opt.count_or_zero, threads=opt.threads)
+
     import sys
 
     from export.quantize import QuantizeConfig, quantize_int8, report_path

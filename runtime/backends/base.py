@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import abc
+import os
 
 import numpy as np
 
-from runtime.errors import InputError
+from runtime.errors import InputError, ModelFormatError
 from runtime.metadata import ModelMeta
 
 
@@ -83,3 +84,21 @@ def pad_batch(images: np.ndarray, mask: np.ndarray | None, size: int
     if mask is not None:
         mask = np.concatenate([mask, np.ones((extra, *mask.shape[1:]), dtype=bool)])
     return images, mask
+
+
+def check_outputs(meta: ModelMeta, logits: np.ndarray, boxes: np.ndarray, batch: int,
+                  source: str | os.PathLike[str]) -> None:
+    """Raise ``ModelFormatError`` naming ``source`` when the outputs disagree with the
+    metadata: logits must be ``[B, Q, K+1]`` for K class names and boxes ``[B, Q, 4]``.
+
+    A model whose metadata lists fewer class names than its logits have columns
+    would otherwise index past the names while decoding.
+    """
+    K = meta.num_classes
+    if logits.ndim != 3 or logits.shape[0] != batch or logits.shape[2] != K + 1:
+        raise ModelFormatError(source, f"the model's logits have shape {list(logits.shape)}, but "
+                               f"its metadata lists {K} class names (expected [{batch}, Q, "
+                               f"{K + 1}] incl. no-object)")
+    if boxes.shape != (*logits.shape[:2], 4):
+        raise ModelFormatError(source, f"the model's boxes have shape {list(boxes.shape)}, "
+                               f"expected {[*logits.shape[:2], 4]}")

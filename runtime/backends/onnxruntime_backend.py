@@ -6,15 +6,16 @@ works on an install without it.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from runtime.backends.base import Backend, check_batch
-from runtime.errors import BackendUnavailableError, InputError, ModelFormatError
+from runtime.errors import BackendUnavailableError, InputError, ModelFormatError, first_line
 from runtime.metadata import METADATA_KEY, ModelMeta
 
 # Preference of providers='auto': fastest first, CPU last (always available).
@@ -64,6 +65,21 @@ def resolve_providers(providers: Sequence[ProviderSpec] | str | None,
     return out
 
 
+@contextlib.contextmanager
+def ort_failures(source: str | os.PathLike[str], doing: str = "while running the model"
+                 ) -> Iterator[None]:
+    """ONNX Runtime's own exceptions (a Reshape that fails at run time, an input of
+    the wrong type: the model file's fault) -> one-line ``ModelFormatError`` naming
+    ``source``. Other exceptions pass through: they are not the file's fault."""
+    try:
+        yield
+    except Exception as exc:
+        if not type(exc).__module__.startswith("onnxruntime"):
+            raise
+        raise ModelFormatError(source, f"ONNX Runtime failed {doing} "
+                               f"({first_line(exc)})") from exc
+
+
 def read_onnx_meta(session: Any, path: str | os.PathLike[str]) -> ModelMeta:
     """The detr-edge ``ModelMeta`` stored in the model's metadata_props."""
     custom = session.get_modelmeta().custom_metadata_map
@@ -85,13 +101,15 @@ class OnnxRuntimeBackend(Backend):
             raise InputError(p, "model file not found")
         chosen = resolve_providers(providers, ort.get_available_providers())
         options = ort.SessionOptions()
+        # ORT's C++ logger writes warnings and errors straight to stderr, ahead of the
+        # one error line; its failures reach us as exceptions anyway (ort_failures).
+        options.log_severity_level = 4  # fatal only
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
         try:
             self.session = ort.InferenceSession(str(p), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own pybind exception types
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelFormatError(p, f"not a loadable ONNX model ({first[:200]})") from exc
+            raise ModelFormatError(p, f"not a loadable ONNX model ({first_line(exc)})") from exc
         self.meta = read_onnx_meta(self.session, p)
         self.path = p
         self.providers = list(self.session.get_providers())
@@ -101,6 +119,11 @@ class OnnxRuntimeBackend(Backend):
         if "images" not in self._inputs or not {"logits", "boxes"} <= set(outputs):
             raise ModelFormatError(p, f"expected input 'images' and outputs 'logits', 'boxes'; "
                                    f"got inputs {list(self._inputs)}, outputs {outputs}")
+        logits_dims = {o.name: o.shape for o in self.session.get_outputs()}["logits"]
+        K = self.meta.num_classes
+        if len(logits_dims) == 3 and isinstance(logits_dims[2], int) and logits_dims[2] != K + 1:
+            raise ModelFormatError(p, f"graph output 'logits' has {logits_dims[2]} columns but the "
+                                   f"metadata lists {K} class names ({K + 1} incl. no-object)")
         shape = self._inputs["images"].shape  # [B, 3, H, W]; dims are int or str (dynamic)
         H, W = self.meta.input_height, self.meta.input_width
         if len(shape) != 4 or (isinstance(shape[2], int) and shape[2] != H) or (
@@ -122,7 +145,8 @@ class OnnxRuntimeBackend(Backend):
         feed: dict[str, np.ndarray] = {"images": images.astype(self._image_dtype, copy=False)}
         if self.has_mask and mask is not None:
             feed["mask"] = mask
-        logits, boxes = self.session.run(["logits", "boxes"], feed)
+        with ort_failures(self.path):
+            logits, boxes = self.session.run(["logits", "boxes"], feed)
         return np.asarray(logits, dtype=np.float32), np.asarray(boxes, dtype=np.float32)
 
     def close(self) -> None:

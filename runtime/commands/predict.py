@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from runtime import options as opt
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path,
@@ -26,16 +28,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=None,
                         help="images per call for dynamic-batch models (default 8)")
     parser.add_argument("--no-draw", action="store_true", help="skip the annotated images")
+    parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                        help="refuse images of more than N pixels (default 64000000, or "
+                        "$DETR_EDGE_MAX_PIXELS)")
 
 
 def run(args: argparse.Namespace) -> int:
+    opt.check_options(
+        args, threshold=opt.probability, top_k=opt.count_or_zero, batch_size=opt.batch,
+        max_pixels=opt.pixels)
+
     from runtime.predict import PredictConfig, predict
 
     config = PredictConfig(model=args.model, images=list(args.images), out_dir=args.out,
                            threshold=args.threshold, backend=args.backend,
                            providers=args.providers, top_k=args.top_k,
                            second_best=args.second_best, batch_size=args.batch_size,
-                           draw=not args.no_draw)
+                           draw=not args.no_draw, max_pixels=args.max_pixels)
     summary = predict(config)
     print(f"{summary.num_detections} detections in {summary.num_images} images -> "
           f"{summary.results_path}")
