@@ -14,6 +14,8 @@ import platform
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from runtime.cpu_features import int8_dot_product_safe
+
 # Libraries whose versions change the numbers (kernels, graph optimisations).
 _LIBRARIES = ("numpy", "torch", "torchvision", "onnx", "onnxruntime", "tensorrt", "pycocotools",
               "PIL", "matplotlib")
@@ -32,6 +34,9 @@ class EnvInfo:
     platform: str
     libraries: dict[str, str | None] = field(default_factory=dict)  # name -> version / None
     onnxruntime_providers: list[str] = field(default_factory=list)
+    # False on AVX2 CPUs without VNNI, where ORT's int8 kernels saturate with 8-bit
+    # weights (runtime.cpu_features): INT8 rows measured there are not comparable.
+    int8_dot_product: bool | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,4 +99,5 @@ def collect_env_info() -> EnvInfo:
         platform=platform.platform(),
         libraries=libraries,
         onnxruntime_providers=providers,
+        int8_dot_product=int8_dot_product_safe(),
     )
