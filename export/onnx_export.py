@@ -1,14 +1,18 @@
 """Export a DETR checkpoint to ONNX (FP32 or FP16) with a parity report.
 
-Exporter choice: ``torch.onnx.export(..., dynamo=False)`` (the TorchScript
-exporter, still present in torch 2.14 though deprecated). The dynamo exporter
-needs ``onnxscript``, which is not a dependency, and the traced graph of
-:class:`export.export_wrapper.ExportWrapper` is already static apart from the
-batch axis, so tracing gives a clean graph; onnxslim then folds the shape
-arithmetic into constants.
+Two exporters, chosen by ``ExportConfig.exporter`` (``--exporter``):
 
-Steps: trace -> ``onnx.checker`` (full_check) -> onnxslim (constant folding;
-metadata kept) -> verify (no CumSum, LayerNormalization present, static shapes
+- ``torchscript`` (default): ``torch.onnx.export(..., dynamo=False)``, which
+  traces :class:`export.export_wrapper.ExportWrapper`. Deprecated in PyTorch
+  but still present in 2.14; fast, and the wrapper's graph is already static
+  apart from the batch axis, so tracing gives a clean graph.
+- ``dynamo``: ``torch.export`` + onnxscript (``export/onnx_dynamo.py``), the
+  PyTorch default since 2.9; opset >= 18.
+
+docs/ARCHITECTURE.md ("ONNX exporters") compares them and says why the
+default is what it is. Both paths go through the same steps:
+export -> ``onnx.checker`` -> onnxslim (constant folding; metadata kept) ->
+full check -> verify (no CumSum, LayerNormalization present, static shapes
 except the batch) -> metadata -> [FP16 conversion] -> parity vs PyTorch on the
 same preprocessed tensors -> atomic write of the model and the JSON report.
 """
@@ -19,6 +23,7 @@ import dataclasses
 import io
 import json
 import os
+import warnings
 from dataclasses import dataclass, field
 from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any
@@ -35,6 +40,10 @@ if TYPE_CHECKING:
     from export.parity import ParityReport
 
 MIN_OPSET = 17  # LayerNormalization is a single node from opset 17 (TensorRT#2781)
+EXPORTERS = ("torchscript", "dynamo")
+DEFAULT_OPSET = {"torchscript": 17, "dynamo": 18}  # dynamo: export.onnx_dynamo.DYNAMO_MIN_OPSET
+EXPORTER_NAMES = {"torchscript": "torch.onnx TorchScript (dynamo=False) + onnxslim",
+                  "dynamo": "torch.onnx dynamo (torch.export) + onnxscript optimizer + onnxslim"}
 
 
 @dataclass(frozen=True)
@@ -48,7 +57,8 @@ class ExportConfig:
     # 'mask' input [B,H,W] bool (True = padding). None = as the checkpoint was trained:
     # with the mask when its training batches were padded (detr.training_resize).
     with_mask: bool | None = None
-    opset: int = 17  # >= 17 so LayerNorm is one LayerNormalization node
+    opset: int | None = None  # None = the exporter's default (DEFAULT_OPSET); >= 17 always
+    exporter: str = "torchscript"  # "torchscript" | "dynamo" (see module docstring)
     precision: str = "fp32"  # "fp32" | "fp16"
     calib_data: str | None = None  # images for parity (and FP16 ranges); None = random inputs
     calib_images: int = 8  # how many images from calib_data
@@ -60,7 +70,10 @@ class ExportConfig:
                              "multiples of 32 (the backbone stride)")
         if self.batch_size <= 0:
             raise InputError("--batch", f"must be positive, got {self.batch_size}")
-        if self.opset < MIN_OPSET:
+        if self.exporter not in EXPORTERS:
+            raise InputError("--exporter", f"must be one of {', '.join(EXPORTERS)}, "
+                             f"got {self.exporter!r}")
+        if self.opset is not None and self.opset < MIN_OPSET:
             raise InputError("--opset", f"{self.opset} < {MIN_OPSET}: LayerNorm would be "
                              "decomposed into ReduceMean/Pow chains that overflow in FP16 "
                              "(TensorRT#2781)")
@@ -69,6 +82,11 @@ class ExportConfig:
                              f"got {self.precision!r}")
         if self.calib_images <= 0:
             raise InputError("--calib-images", f"must be positive, got {self.calib_images}")
+
+    @property
+    def resolved_opset(self) -> int:
+        """The opset written: ``opset``, or the exporter's default."""
+        return self.opset if self.opset is not None else DEFAULT_OPSET[self.exporter]
 
 
 @dataclass
@@ -109,11 +127,13 @@ def detr_edge_version() -> str:
 
 
 def trace_to_onnx(model: torch.nn.Module, height: int, width: int, batch_size: int | None,
-                  with_mask: bool, opset: int = MIN_OPSET) -> onnx.ModelProto:
-    """Trace ``model`` through :class:`ExportWrapper`, check, simplify and verify.
+                  with_mask: bool, opset: int | None = None,
+                  exporter: str = "torchscript") -> onnx.ModelProto:
+    """Export ``model`` through :class:`ExportWrapper` with ``exporter``, then
+    check, simplify and verify.
 
-    ``batch_size=None`` leaves the batch axis symbolic ('batch'). Returns the
-    simplified ONNX model (no metadata yet).
+    ``batch_size=None`` leaves the batch axis symbolic ('batch'); ``opset=None``
+    takes the exporter's default. Returns the simplified ONNX model (no metadata yet).
     """
     import onnx
     import onnxslim
@@ -121,8 +141,11 @@ def trace_to_onnx(model: torch.nn.Module, height: int, width: int, batch_size: i
 
     from export.export_wrapper import ExportWrapper
 
+    if exporter not in EXPORTERS:
+        raise InputError("--exporter", f"must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    opset = DEFAULT_OPSET[exporter] if opset is None else opset
     wrapper = ExportWrapper(model.eval(), height, width, with_mask).eval()
-    # Trace with batch 2 when dynamic so no op specialises on a size-1 batch.
+    # Export with batch 2 when dynamic so no op specialises on a size-1 batch.
     trace_batch = batch_size or 2
     param = next(model.parameters())
     images = torch.randn(trace_batch, 3, height, width, dtype=param.dtype, device=param.device)
@@ -133,20 +156,12 @@ def trace_to_onnx(model: torch.nn.Module, height: int, width: int, batch_size: i
         mask[:, :, width // 2:] = True
         args = (images, mask)
         input_names.append("mask")
-    dynamic_axes = None
-    if batch_size is None:
-        dynamic_axes = {name: {0: "batch"} for name in input_names + ["logits", "boxes"]}
-    buffer = io.BytesIO()
-    try:
-        with torch.no_grad():
-            torch.onnx.export(wrapper, args, buffer,  # type: ignore[arg-type]  # file-like ok
-                              input_names=input_names,
-                              output_names=["logits", "boxes"], opset_version=opset,
-                              dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True)
-    except (ValueError, RuntimeError) as exc:
-        raise InputError("--opset", f"torch.onnx.export failed at opset {opset}: "
-                         f"{str(exc)[:300]}") from exc
-    graph = onnx.load_from_string(buffer.getvalue())
+    if exporter == "dynamo":
+        from export.onnx_dynamo import dynamo_export
+
+        graph = dynamo_export(wrapper, args, input_names, batch_size is None, opset)
+    else:
+        graph = _torchscript_export(wrapper, args, input_names, batch_size is None, opset)
     onnx.checker.check_model(graph)  # structure; the full check (shapes/types) runs below
     graph = onnxslim.slim(graph)
     # Shape inference can leave the query axis symbolic through the mask branch
@@ -161,6 +176,33 @@ def trace_to_onnx(model: torch.nn.Module, height: int, width: int, batch_size: i
     onnx.checker.check_model(graph, full_check=True)
     verify_graph(graph, batch_size)
     return graph
+
+
+def _torchscript_export(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...],
+                        input_names: list[str], dynamic_batch: bool,
+                        opset: int) -> onnx.ModelProto:
+    """``torch.onnx.export(..., dynamo=False)`` of ``wrapper(*args)`` -> ONNX model."""
+    import onnx
+    import torch
+
+    dynamic_axes = None
+    if dynamic_batch:
+        dynamic_axes = {name: {0: "batch"} for name in input_names + ["logits", "boxes"]}
+    buffer = io.BytesIO()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # Choosing this exporter is deliberate (module docstring); torch's
+            # deprecation notice would only repeat it on every export.
+            warnings.filterwarnings("ignore", message="You are using the legacy TorchScript",
+                                    category=DeprecationWarning)
+            torch.onnx.export(wrapper, args, buffer,  # type: ignore[arg-type]  # file-like ok
+                              input_names=input_names,
+                              output_names=["logits", "boxes"], opset_version=opset,
+                              dynamo=False, dynamic_axes=dynamic_axes, do_constant_folding=True)
+    except (ValueError, RuntimeError) as exc:
+        raise InputError("--opset", f"torch.onnx.export failed at opset {opset}: "
+                         f"{str(exc)[:300]}") from exc
+    return onnx.load_from_string(buffer.getvalue())
 
 
 def verify_graph(graph: onnx.ModelProto, batch_size: int | None, where: str = "exported graph"
@@ -207,10 +249,11 @@ def export_detr(model: torch.nn.Module, meta: ModelMeta, config: ExportConfig) -
     meta = meta.replace(input_height=config.height, input_width=config.width, batch_size=batch,
                         with_mask=with_mask, precision="fp32",
                         exporter_version=detr_edge_version(),
-                        extra={**meta.extra, "opset": config.opset,
-                               "exporter": "torch.onnx TorchScript (dynamo=False) + onnxslim"})
+                        extra={**meta.extra, "opset": config.resolved_opset,
+                               "exporter": EXPORTER_NAMES[config.exporter]})
     meta.validate("export metadata")
-    graph = trace_to_onnx(model, config.height, config.width, batch, with_mask, config.opset)
+    graph = trace_to_onnx(model, config.height, config.width, batch, with_mask,
+                          config.resolved_opset, config.exporter)
     write_meta(graph, meta)
     cases = build_cases(meta, config.calib_data, config.calib_images)
     forward = torch_forward(model, with_mask)

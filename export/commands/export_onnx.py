@@ -21,7 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       "default: as the checkpoint was trained (mask if its batches were padded)")
     mask.add_argument("--no-mask", dest="with_mask", action="store_const", const=False,
                       help="no mask input: each image is fitted to the whole canvas")
-    parser.add_argument("--opset", type=int, default=17, help="ONNX opset (>= 17, default 17)")
+    parser.add_argument("--exporter", choices=("torchscript", "dynamo"), default="torchscript",
+                        help="torch.onnx exporter: torchscript (default; fast, opset 17) or "
+                        "dynamo (torch.export + onnxscript, opset >= 18); see "
+                        "docs/ARCHITECTURE.md")
+    parser.add_argument("--opset", type=int, default=None,
+                        help="ONNX opset (default: 17 for torchscript, 18 for dynamo)")
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--calib-data", default=None, metavar="DIR",
                         help="images for the parity report and FP16 ranges "
@@ -41,7 +46,8 @@ def run(args: argparse.Namespace) -> int:
     config = ExportConfig(checkpoint=args.checkpoint, out=args.out, height=args.height,
                           width=args.width, batch_size=args.batch,
                           dynamic_batch=args.dynamic_batch, with_mask=args.with_mask,
-                          opset=args.opset, precision=args.precision,
+                          opset=args.opset, exporter=args.exporter,
+                          precision=args.precision,
                           calib_data=args.calib_data, calib_images=args.calib_images,
                           report=args.report)
     result = export_onnx(config)
