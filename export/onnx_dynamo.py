@@ -62,6 +62,14 @@ def _quiet_optimizer() -> Iterator[None]:
             logger.setLevel(level)
 
 
+def check_dynamo_opset(opset: int) -> None:
+    """Raise ``InputError`` for an opset the dynamo path cannot write correctly."""
+    if opset < DYNAMO_MIN_OPSET:
+        raise InputError("--opset", f"{opset} < {DYNAMO_MIN_OPSET}: the dynamo exporter "
+                         "writes opset 18 or later (its conversion down to 17 produces an "
+                         "invalid Split); use --opset 18 or --exporter torchscript")
+
+
 def dynamo_export(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...],
                   input_names: Sequence[str], dynamic_batch: bool,
                   opset: int) -> onnx.ModelProto:
@@ -74,10 +82,7 @@ def dynamo_export(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...],
     """
     import torch
 
-    if opset < DYNAMO_MIN_OPSET:
-        raise InputError("--opset", f"{opset} < {DYNAMO_MIN_OPSET}: the dynamo exporter "
-                         "writes opset 18 or later (its conversion down to 17 produces an "
-                         "invalid Split); use --opset 18 or --exporter torchscript")
+    check_dynamo_opset(opset)
     dynamic_shapes = None
     if dynamic_batch:
         batch = torch.export.Dim("batch")
@@ -93,4 +98,37 @@ def dynamo_export(wrapper: torch.nn.Module, args: tuple[torch.Tensor, ...],
                          f"{str(exc)[:300]}") from exc
     if program is None:  # only for a file-path target, which is not used here
         raise InputError("--exporter", "the dynamo exporter returned no program")
-    return program.model_proto
+    return name_nodes_by_module(program.model_proto)
+
+
+def name_nodes_by_module(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Rename nodes ``/<module path>/<op type>`` (in place), as TorchScript names them.
+
+    Dynamo names nodes by op and counter (``node_MatMul_410``) and initializers
+    by value (``val_411``), so nothing in a transformer node's names says which
+    layer it belongs to; INT8 fallback groups nodes into blocks by those names
+    (``export.qdq.block_of``). The module path comes from the node's
+    ``pkg.torch.onnx.name_scopes`` metadata: ``['', 'encoder', 'encoder.layers.0',
+    'encoder.layers.0.linear1', 'linear_4']`` -> ``/encoder.layers.0.linear1/MatMul``.
+    The metadata (with stack traces) is dropped; onnxslim would drop it anyway.
+    """
+    import ast
+
+    used: set[str] = set()
+    for node in model.graph.node:
+        props = {p.key: p.value for p in node.metadata_props}
+        scopes_text = props.get("pkg.torch.onnx.name_scopes")
+        del node.metadata_props[:]
+        if not scopes_text:
+            continue
+        scopes = ast.literal_eval(scopes_text)  # a Python list literal of str
+        # The last entry is the op itself; torch's placeholders start with "_".
+        module = next((s for s in reversed(scopes[:-1]) if s and not s.startswith("_")), "")
+        base = f"/{module}/{node.op_type}" if module else f"/{node.op_type}"
+        name, i = base, 0
+        while name in used:
+            i += 1
+            name = f"{base}_{i}"
+        used.add(name)
+        node.name = name
+    return model

@@ -77,6 +77,10 @@ class ExportConfig:
             raise InputError("--opset", f"{self.opset} < {MIN_OPSET}: LayerNorm would be "
                              "decomposed into ReduceMean/Pow chains that overflow in FP16 "
                              "(TensorRT#2781)")
+        if self.exporter == "dynamo":
+            from export.onnx_dynamo import check_dynamo_opset
+
+            check_dynamo_opset(self.resolved_opset)
         if self.precision not in ("fp32", "fp16"):
             raise InputError("--precision", f"must be fp32 or fp16 (int8: use quantize), "
                              f"got {self.precision!r}")

@@ -64,17 +64,35 @@ def quantizable_nodes(model: onnx.ModelProto, quantize_attention: bool = False
     """Weight-bearing Conv/MatMul/Gemm nodes (+ activation x activation MatMuls,
     i.e. attention ``Q K^T`` and ``A V``, when ``quantize_attention``).
 
-    Every node must have a name: ORT's ``nodes_to_exclude`` works by name.
+    Every node must have a name: ORT's ``nodes_to_exclude`` works by name. Nodes
+    that do not depend on the image input are skipped: with a mask input, the
+    position encoding's cumulative sums are MatMuls of the 0/1 mask with a 0/1
+    triangle, and when the exporter folds the triangle into a constant (dynamo
+    does, for a static canvas) they look like weight ops. They count pixels; they
+    are not features to quantize.
     """
     constants = _constants(model)
+    on_image_path = _image_dependent(model)
     out = []
     for node in model.graph.node:
-        if node.op_type not in WEIGHT_OPS:
+        if node.op_type not in WEIGHT_OPS or not any(i in on_image_path for i in node.input):
             continue
         if weight_input(model, node, constants) is not None or (
                 quantize_attention and node.op_type == "MatMul"):
             out.append(node)
     return out
+
+
+def _image_dependent(model: onnx.ModelProto) -> set[str]:
+    """Names of the tensors that depend on a floating-point graph input (the images)."""
+    import onnx
+
+    floats = (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)
+    reached = {i.name for i in model.graph.input if i.type.tensor_type.elem_type in floats}
+    for node in model.graph.node:  # ONNX graphs are topologically sorted
+        if any(name in reached for name in node.input):
+            reached.update(node.output)
+    return reached
 
 
 def _key(model: onnx.ModelProto, node: onnx.NodeProto) -> str:

@@ -48,12 +48,16 @@ def images_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
-@pytest.fixture(scope="module")
-def dynamic_export(tiny, tmp_path_factory, images_dir):
+# The dynamo exporter takes ~5x longer than TorchScript (docs/ARCHITECTURE.md): slow.
+EXPORTERS = ["torchscript", pytest.param("dynamo", marks=pytest.mark.slow)]
+
+
+@pytest.fixture(scope="module", params=EXPORTERS)
+def dynamic_export(request, tiny, tmp_path_factory, images_dir):
     out = tmp_path_factory.mktemp("dyn")
     config = ExportConfig(checkpoint="-", out=str(out / "tiny.onnx"), height=96, width=128,
                           dynamic_batch=True, calib_data=str(images_dir), calib_images=5,
-                          report=str(out / "report.json"))
+                          report=str(out / "report.json"), exporter=request.param)
     return config, export_detr(tiny, _meta("detr-tiny"), config)
 
 
@@ -108,7 +112,12 @@ def test_metadata_round_trip(dynamic_export) -> None:
     assert (meta.input_height, meta.input_width) == (96, 128)
     assert meta.batch_size is None and meta.with_mask is False
     assert meta.precision == "fp32" and meta.preset == "detr-tiny"
-    assert meta.extra["opset"] == 17 and meta.exporter_version
+    assert meta.exporter_version
+    assert meta.extra["opset"] == {"torchscript": 17, "dynamo": 18}[config.exporter]
+    assert meta.extra["exporter"].startswith(f"torch.onnx {config.exporter}".replace(
+        "torchscript", "TorchScript"))
+    opset = next(o.version for o in onnx.load(config.out).opset_import if o.domain == "")
+    assert opset == meta.extra["opset"]
 
 
 def test_fixed_batch_other_size(tiny, tmp_path) -> None:
@@ -148,10 +157,19 @@ def test_mask_input_padded_batch(tiny, tmp_path, images_dir) -> None:
     assert np.abs(unmasked[1] - got[1]).max() > 1e-3
 
 
-def test_opset_below_17_rejected(tmp_path) -> None:
+def test_opset_below_17_rejected(tiny, tmp_path) -> None:
     with pytest.raises(InputError, match="TensorRT#2781"):
         ExportConfig(checkpoint="-", out=str(tmp_path / "x.onnx"), height=64, width=64,
                      opset=16).validate()
+    with pytest.raises(InputError, match="--exporter: must be one of torchscript, dynamo"):
+        ExportConfig(checkpoint="-", out=str(tmp_path / "x.onnx"), height=64, width=64,
+                     exporter="jit").validate()
+    # Dynamo writes opset >= 18 only: refused before any export work starts.
+    with pytest.raises(InputError, match="--opset: 17 < 18: the dynamo exporter"):
+        export_detr(tiny, _meta("detr-tiny"), ExportConfig(
+            checkpoint="-", out=str(tmp_path / "x.onnx"), height=64, width=64, opset=17,
+            exporter="dynamo"))
+    assert not (tmp_path / "x.onnx").exists()
     with pytest.raises(InputError, match="multiples of 32"):
         ExportConfig(checkpoint="-", out=str(tmp_path / "x.onnx"), height=70, width=64).validate()
 
