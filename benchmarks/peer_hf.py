@@ -69,7 +69,7 @@ CONFIGS = {
     # The paper's DETR-R50 at a modest input, so that it finishes in minutes on 2 cores.
     "r50": PeerConfig(name="DETR-R50, 320x320", backbone="resnet50", hidden_dim=256,
                       enc_layers=6, dec_layers=6, dim_feedforward=2048, num_queries=100,
-                      num_classes=91, height=320, width=320, rounds=5, runs=2, warmup=1),
+                      num_classes=91, height=320, width=320, rounds=5, runs=1, warmup=1),
 }
 
 
