@@ -188,6 +188,11 @@ def test_cli_from_checkpoint(tiny, tmp_path) -> None:
     assert meta.label_map == LABEL_MAP and meta.preset == "detr-tiny"
     assert main(["export-onnx", "--checkpoint", str(tmp_path / "missing.pth"), "--out",
                  str(out), "--height", "64", "--width", "64"]) == 2
+    # The dynamo exporter refuses opset 17 up front: one line, exit 2, file untouched.
+    before = out.read_bytes()
+    assert main(["export-onnx", "--checkpoint", str(ckpt), "--out", str(out), "--height", "64",
+                 "--width", "64", "--exporter", "dynamo", "--opset", "17"]) == 2
+    assert out.read_bytes() == before
 
 
 @pytest.mark.slow
