@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.dataset import resolve_dataset
 from runtime.errors import InputError
-from runtime.image_io import list_image_files
 from runtime.metadata import ModelMeta
 
 
@@ -30,8 +30,12 @@ class ImageSplit:
 
 
 def list_images(data_dir: str | os.PathLike[str], limit: int | None = None) -> list[Path]:
-    """Image files under ``data_dir`` (recursive, sorted by path), at most ``limit``."""
-    paths = list_image_files(data_dir)
+    """Calibration images of ``data_dir``, at most ``limit``.
+
+    A dataset root gives its train split (``runtime.dataset.resolve_dataset``:
+    the annotation file's images, sub-folders included), a split folder that
+    split, a plain folder every image under it (recursive, sorted by path)."""
+    paths = resolve_dataset(data_dir, default_split="train").images
     return paths[:limit] if limit else paths
 
 

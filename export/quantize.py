@@ -57,8 +57,10 @@ class QuantizeConfig:
     percentile: float = 99.999  # for method=percentile
     ap_budget: float = 0.5  # max AP drop vs FP32, COCO points (0..100 scale)
     eval_images: int = 64  # held-out images for sensitivity/AP; 0 = no fallback search
-    eval_ann: str | None = None  # COCO annotations of the images; None = look next to them,
-    #                              else FP32 pseudo ground truth (AP = agreement with FP32)
+    eval_ann: str | None = None  # COCO annotations of the held-out images; None = those of
+    #                   the resolved dataset split, else FP32 pseudo ground truth (AP = agreement)
+    eval_data: str | None = None  # held-out images from here (a dataset root: its val split)
+    #                               instead of split off the calibration data
     pseudo_gt: bool = False  # ignore annotations: score INT8 against FP32 pseudo ground truth
     pseudo_top_k: int = 10  # detections per image kept as pseudo ground truth
     second_best: bool = True  # AP with the official PostProcess; False drops no-object slots
@@ -191,7 +193,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
     both when ``config.out_path`` is set. Raises ``InputError`` for bad
     arguments, ``ModelFormatError`` if the result is not TensorRT-compatible.
     """
-    from export.calib_data import fixed_size_batches, iter_feeds, list_images, split_images
+    from export.calib_data import fixed_size_batches, iter_feeds
     from export.onnx_meta import load_onnx, read_meta, write_meta
     from export.qdq import (
         ensure_node_names,
@@ -207,9 +209,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
     if meta.precision != "fp32":
         raise InputError(onnx_path, f"model is already {meta.precision}; quantize the FP32 "
                          "export (detr-edge export-onnx --precision fp32)")
-    paths = list_images(calib_images) if isinstance(calib_images, (str, os.PathLike)) \
-        else [Path(p) for p in calib_images]
-    split = split_images(paths, config.calib_images, config.eval_images, config.seed)
+    split, found_ann = _select(calib_images, config)
     heads = head_nodes(fp32)
     candidates = [n for n in quantizable_nodes(fp32, config.quantize_attention)
                   if n.name not in heads]
@@ -247,7 +247,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
 
         try:
             report = _run(onnx_path, fp32_path, split, blocks, build, heads, meta, config,
-                          len(all_nodes), cache_path)
+                          len(all_nodes), cache_path, found_ann)
         except KeyboardInterrupt:
             print(f"\nquantize interrupted; calibration ranges "
                   f"{'are cached in ' + str(cache_path) if cache_path.exists() else 'not saved'}"
@@ -298,6 +298,30 @@ def report_path(out_path: str | os.PathLike[str]) -> Path:
     return Path(out_path).with_suffix(".quant.json")
 
 
+def _select(calib: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+            config: QuantizeConfig) -> tuple[Any, Path | None]:
+    """Calibration and held-out images, and the held-out images' annotation file.
+
+    ``calib`` as a folder goes through ``runtime.dataset.resolve_dataset`` (a
+    dataset root gives its train split). Held-out images are split off it, or
+    drawn from ``config.eval_data`` (a dataset root gives its val split)."""
+    from export.calib_data import ImageSplit, select_images, split_images
+    from runtime.dataset import resolve_dataset
+
+    if isinstance(calib, (str, os.PathLike)):
+        data = resolve_dataset(calib, default_split="train")
+        paths, ann = data.images, data.annotations
+    else:
+        paths, ann = [Path(p) for p in calib], None
+    if config.eval_data is None:
+        return split_images(paths, config.calib_images, config.eval_images, config.seed), ann
+    held = resolve_dataset(config.eval_data, default_split="val")
+    held_out = select_images(held.images, config.eval_images, config.seed) \
+        if config.eval_images else []
+    return ImageSplit(calib=select_images(paths, config.calib_images, config.seed),
+                      held_out=held_out), held.annotations
+
+
 def _check(model: onnx.ModelProto) -> list[str]:
     """check-onnx graph checks (TensorRT 10 table) on ``model``; result lines."""
     from export.check_onnx import CheckConfig, check_onnx
@@ -311,12 +335,12 @@ def _check(model: onnx.ModelProto) -> list[str]:
 
 def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, split: Any,
          blocks: dict[str, list[str]], build: Any, heads: set[str], meta: ModelMeta,
-         config: QuantizeConfig, num_candidates: int, cache_path: Path) -> QuantizeReport:
+         config: QuantizeConfig, num_candidates: int, cache_path: Path,
+         found_ann: Path | None) -> QuantizeReport:
     from tqdm import tqdm
 
     from export.sensitivity import (
         HeldOutEvaluator,
-        find_annotations,
         greedy_fallback,
         output_error,
         rank_blocks,
@@ -331,7 +355,7 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, split: Any,
         ap_budget=config.ap_budget, within_budget=None)
     if split.held_out:
         ann = None if config.pseudo_gt else (
-            config.eval_ann or find_annotations(split.held_out[0].parent))
+            config.eval_ann or found_ann)
         evaluator = HeldOutEvaluator(fp32_path, split.held_out, ann, config.pseudo_top_k,
                                      config.threads, second_best=config.second_best)
         report.ground_truth = evaluator.ground_truth

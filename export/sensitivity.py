@@ -117,14 +117,6 @@ def greedy_fallback(order: Sequence[str], evaluate: Callable[[list[str]], float]
 # ---- held-out evaluation with the runtime ------------------------------------------------
 
 
-def find_annotations(image_dir: str | os.PathLike[str]) -> Path | None:
-    """``<root>/annotations/instances_<split>.json`` for an image dir ``<root>/<split>``
-    (the layout of make-dataset and COCO), if it exists."""
-    d = Path(image_dir)
-    ann = d.parent / "annotations" / f"instances_{d.name}.json"
-    return ann if ann.is_file() else None
-
-
 class HeldOutEvaluator:
     """Runs ONNX models on held-out images with ``runtime.Detector`` (ONNX Runtime
     CPU) and scores them with ``detr.coco_eval.coco_metrics``.
@@ -192,14 +184,21 @@ class HeldOutEvaluator:
             gt = json.loads(ann.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(ann, f"cannot read COCO annotations: {exc}") from exc
-        by_name = {Path(str(img["file_name"])).name: img for img in gt.get("images", [])}
-        missing = [p.name for p in self.images if p.name not in by_name]
+        records = gt.get("images", [])
+        # ROOT/annotations/instances_<split>.json: file_names are relative to
+        # ROOT/<split> and may hold sub-folders, so match by that path; by file
+        # name alone only for annotations kept elsewhere (--eval-ann).
+        image_dir = ann.parent.parent / ann.stem.removeprefix("instances_")
+        by_path = {os.path.normpath(image_dir / str(img["file_name"])): img for img in records}
+        by_name = {Path(str(img["file_name"])).name: img for img in records}
+        found = [by_path.get(os.path.normpath(p)) or by_name.get(p.name) for p in self.images]
+        missing = [p.name for p, img in zip(self.images, found) if img is None]
         if missing:
             raise DataError(ann, f"{len(missing)} held-out image(s) are not in the annotations "
                             f"(e.g. {missing[0]}); pass the matching --eval-ann")
-        self.image_ids = [int(by_name[p.name]["id"]) for p in self.images]
+        self.image_ids = [int(img["id"]) for img in found]
         keep = set(self.image_ids)
-        return {"images": [by_name[p.name] for p in self.images],
+        return {"images": found,
                 "annotations": [a for a in gt["annotations"] if a.get("image_id") in keep],
                 "categories": gt["categories"]}
 
