@@ -140,11 +140,13 @@ def annotated_split(path: str | os.PathLike[str], split: str | None = None, *,
     """``(image folder, annotation file)`` of a dataset root's split or a split
     folder, without reading the annotations (training and ``eval`` validate them
     fully). ``DataError`` for a plain image folder or a missing image folder."""
-    found = locate_split(path, split, default_split=default_split)
-    if found is None:
-        name = split or default_split
-        raise DataError(path, f"not a dataset: no {ANNOTATIONS_DIR}/instances_{name}.json (COCO "
-                        f"layout: ROOT/{ANNOTATIONS_DIR}/instances_<split>.json + ROOT/<split>/)")
+    p = Path(path)
+    if p.is_dir() and not is_dataset_root(p) and not annotation_file(p.parent, p.name).is_file():
+        raise DataError(p, f"not a dataset: no {ANNOTATIONS_DIR}/instances_"
+                        f"{split or default_split}.json (COCO layout: ROOT/{ANNOTATIONS_DIR}/"
+                        "instances_<split>.json + ROOT/<split>/)")
+    found = locate_split(p, split, default_split=default_split)
+    assert found is not None  # a dataset root or a split folder, checked above
     root, name = found
     if not (root / name).is_dir():
         raise DataError(root / name, f"image folder of split {name!r} not found")
