@@ -92,3 +92,57 @@ def fixed_size_batches(paths: Sequence[Path], meta: ModelMeta,
     for feed in iter_feeds(paths, meta, batch_size):
         if feed["images"].shape[0] == batch_size:
             yield feed
+
+
+@dataclass(frozen=True)
+class QuantImages:
+    """Where ``quantize`` calibrates and where it decides."""
+
+    calib: list[Path]  # calibration images (train split when there is one)
+    held_out: list[Path]  # images that decide the AP budget, never calibrated on
+    annotations: Path | None  # COCO annotations of ``held_out``; None = pseudo ground truth
+    image_ids: list[int] | None  # COCO id of each held-out image (None: match by file name)
+    calib_from: str  # for the report, e.g. "train of data/shapes (2000 images, annotated)"
+    eval_from: str
+
+
+def quant_images(data: str | os.PathLike[str], num_calib: int, num_eval: int,
+                 seed: int = 0, eval_ann: str | None = None) -> QuantImages:
+    """Calibration and held-out images for ``data``: a dataset root or a split
+    folder (``runtime.dataset.resolve_dataset``), or a plain image folder.
+
+    A dataset with a ``val`` split other than the calibration split calibrates on
+    ``num_calib`` images of the train split and decides on ``num_eval`` images of
+    val, with val's annotations. Otherwise the images of the one split or folder
+    are split (seeded, disjoint); held-out images keep the split's annotations,
+    or ``eval_ann``, or none (the caller then uses pseudo ground truth).
+    """
+    from runtime.dataset import resolve_dataset
+
+    calib = resolve_dataset(data, default_split="train")
+    val = None
+    if calib.split is not None:
+        try:
+            val = resolve_dataset(calib.root, "val")
+        except InputError:  # no val split: decide on held-out train images
+            val = None
+        if val is not None and val.split == calib.split:
+            val = None
+    if val is not None and num_eval > 0:
+        order = np.random.default_rng(seed).permutation(len(val.images))[:num_eval]
+        held = [val.images[i] for i in order]
+        ids = [val.image_ids[i] for i in order] if val.image_ids else None
+        return QuantImages(select_images(calib.images, num_calib, seed), held,
+                           val.annotations, ids, calib.describe(), val.describe())
+    # One image set: hold out at most half of it (the rest calibrates).
+    held_count = min(num_eval, len(calib.images) // 2)
+    split = split_images(calib.images, num_calib, held_count, seed)
+    ids = None
+    if calib.image_ids is not None:
+        by_path = dict(zip(calib.images, calib.image_ids))
+        ids = [by_path[p] for p in split.held_out]
+    annotations = calib.annotations or (Path(eval_ann) if eval_ann else None)
+    if eval_ann:
+        annotations, ids = Path(eval_ann), None
+    return QuantImages(split.calib, split.held_out, annotations, ids, calib.describe(),
+                       f"held-out images of {calib.describe()}")

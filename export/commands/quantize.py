@@ -9,8 +9,9 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", required=True, help="FP32 detr-edge ONNX model (export-onnx)")
     parser.add_argument("--calib-data", required=True, metavar="DIR",
-                        help="a dataset root (its train split, with annotations), a split folder "
-                        "or an image folder; a seeded split gives calibration and held-out images")
+                        help="dataset root (calibrates on its train split, decides on val with "
+                        "its annotations), a split folder, or a plain image folder (a seeded "
+                        "split gives calibration and held-out images)")
     parser.add_argument("--out", required=True, help="INT8 Q/DQ ONNX to write "
                         "(the report goes to <out>.quant.json)")
     parser.add_argument("--calib-images", type=int, default=256,
@@ -21,15 +22,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="percentile for --method percentile (default 99.999)")
     parser.add_argument("--ap-budget", type=float, default=0.5,
                         help="max AP drop vs FP32 in COCO points 0..100 (default 0.5)")
-    parser.add_argument("--eval-images", type=int, default=64,
-                        help="held-out images for sensitivity/AP; 0 = no fallback (default 64)")
-    parser.add_argument("--eval-data", default=None, metavar="DIR",
-                        help="take the held-out images from here instead of splitting them off "
-                        "--calib-data (a dataset root gives its val split, with annotations)")
+    parser.add_argument("--eval-images", type=int, default=500,
+                        help="held-out images that decide the AP budget (at most; default 500); "
+                        "0 = every block INT8, no search")
     parser.add_argument("--eval-ann", default=None, metavar="JSON",
-                        help="COCO annotations of the held-out images (default: the dataset's "
-                        "annotations/instances_<split>.json when the data is a dataset root or "
-                        "split folder, else the FP32 model's detections as pseudo ground truth)")
+                        help="COCO annotations of a plain image folder (a dataset's own are "
+                        "found; without any, the FP32 model's detections are the ground truth "
+                        "and the budget is scaled to that metric)")
     parser.add_argument("--pseudo-gt", action="store_true",
                         help="score INT8 against the FP32 model's top detections even when "
                         "annotations exist (AP = agreement with FP32)")
@@ -62,8 +61,8 @@ def run(args: argparse.Namespace) -> int:
     config = QuantizeConfig(
         out_path=args.out, calib_images=args.calib_images, method=args.method,
         percentile=args.percentile, ap_budget=args.ap_budget, eval_images=args.eval_images,
-        eval_ann=args.eval_ann, eval_data=args.eval_data, pseudo_gt=args.pseudo_gt,
-        seed=args.seed, quantize_attention=args.quantize_attention,
+        eval_ann=args.eval_ann, pseudo_gt=args.pseudo_gt, seed=args.seed,
+        quantize_attention=args.quantize_attention,
         quantize_add=not args.no_quantize_add, target=args.target,
         granularity=args.granularity, latency_runs=args.latency_runs, threads=args.threads,
         cache_dir=args.cache_dir, progress=sys.stderr.isatty())
