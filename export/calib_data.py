@@ -145,4 +145,4 @@ def quant_images(data: str | os.PathLike[str], num_calib: int, num_eval: int,
     if eval_ann:
         annotations, ids = Path(eval_ann), None
     return QuantImages(split.calib, split.held_out, annotations, ids, calib.describe(),
-                       f"held-out images of {calib.describe()}")
+                       calib.describe())

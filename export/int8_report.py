@@ -82,8 +82,9 @@ class QuantizeReport:
     def _decision_lines(self) -> list[str]:
         budget = self.decision_budget if self.decision_budget is not None else self.ap_budget
         scale = "" if self.ground_truth == "annotations" else (
-            f" (= {self.ap_budget:.2f} real AP points on this scale, "
-            "export.int8_objective.PSEUDO_GT_BUDGET_FACTOR)")
+            f" pseudo-GT points (= {self.ap_budget:.2f} real AP points x "
+            f"{budget / self.ap_budget if self.ap_budget else 0:.1f}, the measured "
+            "correspondence, export.int8_objective.PSEUDO_GT_BUDGET_FACTOR)")
         se = f" +- {self.dap_se:.2f}" if self.dap_se is not None else ""
         verdict = "within" if self.within_budget else "OVER"
         return [(f"  decided on {self.num_eval_images} held-out images of "

@@ -11,7 +11,8 @@ fallback last, each step measured (``export.int8_objective``).
    smallest output error is kept per block. The mixed model is then measured and
    kept if its AP is higher.
 4. **Fallback by AP per millisecond**: while over budget, the next
-   ``candidates`` most sensitive INT8 blocks are each tried in FP32; the one with
+   ``candidates`` most sensitive INT8 blocks are each tried in FP32 (and the top
+   two together); the one with
    the most AP recovered per ms lost is taken, if its gain over the current
    configuration is beyond ``NOISE_Z`` paired bootstrap standard errors. A gain
    within noise stops the search: falling back more would buy latency loss, not
@@ -29,6 +30,7 @@ from typing import Any
 import numpy as np
 
 from export.int8_objective import NOISE_Z, Candidate, Objective, within
+from export.paired_bootstrap import PairedDifference
 from export.sensitivity import BlockSensitivity, output_error, rank_blocks
 
 Build = Callable[[list[str], dict[str, str]], Path]  # (FP32 blocks, block methods) -> model
@@ -131,21 +133,24 @@ def _fallback(order: list[str], build: Build, objective: Objective, settings: Se
         if not remaining:
             result.stop_reason = "every block is in FP32"
             break
+        # Each block alone, and the two most sensitive together: one-at-a-time
+        # sensitivity misses blocks that only matter jointly (an outlier channel
+        # read by two layers must leave INT8 in both before AP moves).
+        groups = [[b] for b in remaining] + ([remaining[:2]] if len(remaining) > 1 else [])
         trials = []
-        for block in remaining:
-            fallback = [*current.fallback, block]
-            trials.append(_measure(objective, build, f"+ FP32 {block}", fallback,
-                                   {b: m for b, m in current.methods.items() if b != block}))
+        for group in groups:
+            trials.append(_measure(objective, build, f"+ FP32 {', '.join(group)}",
+                                   [*current.fallback, *group],
+                                   {b: m for b, m in current.methods.items() if b not in group}))
             bar.update(1)
         result.tried += trials
         ref_ms = float(np.nanmedian([c.fp32_latency_ms for c in result.tried]))
-        scored = [(_per_ms(c, current, ref_ms), c) for c in trials]
-        score, best = max(scored, key=lambda sc: sc[0])
+        best, score = pick_step(current, trials, ref_ms)
         gain = objective.paired(best.name, current.name)
-        step = {"block": best.fallback[-1], "ap_gain": gain.diff, "gain_se": gain.se,
-                "ms_lost": (best.ratio - current.ratio) * ref_ms, "ap_per_ms": score,
-                "candidates": [c.fallback[-1] for c in trials]}
-        if gain.diff <= NOISE_Z * gain.se:
+        step = {"blocks": best.fallback[len(current.fallback):], "ap_gain": gain.diff,
+                "gain_se": gain.se, "ms_lost": (best.ratio - current.ratio) * ref_ms,
+                "ap_per_ms": score, "candidates": [c.name for c in trials]}
+        if not beyond_noise(gain):
             step["taken"] = False
             result.steps.append(step)
             result.stop_reason = (f"the best step ({best.name}) gains {gain.diff:+.2f} AP, within "
@@ -158,6 +163,18 @@ def _fallback(order: list[str], build: Build, objective: Objective, settings: Se
         result.stop_reason = "within the budget"
     bar.close()
     return current
+
+
+def pick_step(current: Candidate, trials: list[Candidate],
+              ref_ms: float) -> tuple[Candidate, float]:
+    """The trial with the most AP recovered per ms lost, and that rate."""
+    score, best = max(((_per_ms(c, current, ref_ms), c) for c in trials), key=lambda sc: sc[0])
+    return best, score
+
+
+def beyond_noise(gain: PairedDifference) -> bool:
+    """A gain counts when it exceeds ``NOISE_Z`` paired bootstrap standard errors."""
+    return gain.diff > NOISE_Z * gain.se
 
 
 def _per_ms(candidate: Candidate, current: Candidate, ref_ms: float) -> float:

@@ -258,7 +258,7 @@ def _images(calib_images: str | os.PathLike[str] | Sequence[Path], config: Quant
     split = split_images(paths, config.calib_images, config.eval_images, config.seed)
     ann = Path(config.eval_ann) if config.eval_ann else None
     return QuantImages(split.calib, split.held_out, ann, None, f"{len(paths)} given images",
-                       f"held-out images of {len(paths)} given images")
+                       f"{len(paths)} given images")
 
 
 def _drop_unreadable_cache(path: Path) -> None:
