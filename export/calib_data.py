@@ -107,42 +107,49 @@ class QuantImages:
 
 
 def quant_images(data: str | os.PathLike[str], num_calib: int, num_eval: int,
-                 seed: int = 0, eval_ann: str | None = None) -> QuantImages:
+                 seed: int = 0, eval_ann: str | None = None,
+                 eval_data: str | os.PathLike[str] | None = None,
+                 calib: Sequence[Path] | None = None) -> QuantImages:
     """Calibration and held-out images for ``data``: a dataset root or a split
     folder (``runtime.dataset.resolve_dataset``), or a plain image folder.
 
-    A dataset with a ``val`` split other than the calibration split calibrates on
-    ``num_calib`` images of the train split and decides on ``num_eval`` images of
-    val, with val's annotations. Otherwise the images of the one split or folder
-    are split (seeded, disjoint); held-out images keep the split's annotations,
-    or ``eval_ann``, or none (the caller then uses pseudo ground truth).
+    Held-out images come from ``eval_data`` when given (a dataset root gives its
+    val split), else from the ``val`` split of ``data``'s dataset when it has one
+    other than the calibration split: ``num_calib`` train images calibrate and
+    ``num_eval`` val images decide, with val's annotations. Otherwise the images
+    of the one split or folder are split (seeded, disjoint); held-out images keep
+    the split's annotations, or ``eval_ann``, or none (pseudo ground truth).
+    ``calib`` overrides the calibration images (an explicit list).
     """
     from runtime.dataset import resolve_dataset
 
-    calib = resolve_dataset(data, default_split="train")
+    source = resolve_dataset(data, default_split="train")
+    calib_paths = list(calib) if calib is not None else source.images
+    calib_from = f"{len(calib_paths)} given images" if calib is not None else source.describe()
     val = None
-    if calib.split is not None:
+    if eval_data is not None:
+        val = resolve_dataset(eval_data, default_split="val")
+    elif source.split is not None:
         try:
-            val = resolve_dataset(calib.root, "val")
+            val = resolve_dataset(source.root, "val")
         except InputError:  # no val split: decide on held-out train images
             val = None
-        if val is not None and val.split == calib.split:
+        if val is not None and val.split == source.split:
             val = None
     if val is not None and num_eval > 0:
         order = np.random.default_rng(seed).permutation(len(val.images))[:num_eval]
-        held = [val.images[i] for i in order]
         ids = [val.image_ids[i] for i in order] if val.image_ids else None
-        return QuantImages(select_images(calib.images, num_calib, seed), held,
-                           val.annotations, ids, calib.describe(), val.describe())
+        ann = Path(eval_ann) if eval_ann else val.annotations
+        return QuantImages(select_images(calib_paths, num_calib, seed),
+                           [val.images[i] for i in order], ann, None if eval_ann else ids,
+                           calib_from, val.describe())
     # One image set: hold out at most half of it (the rest calibrates).
-    held_count = min(num_eval, len(calib.images) // 2)
-    split = split_images(calib.images, num_calib, held_count, seed)
+    split = split_images(calib_paths, num_calib, min(num_eval, len(calib_paths) // 2), seed)
     ids = None
-    if calib.image_ids is not None:
-        by_path = dict(zip(calib.images, calib.image_ids))
+    if source.image_ids is not None and calib is None:
+        by_path = dict(zip(source.images, source.image_ids))
         ids = [by_path[p] for p in split.held_out]
-    annotations = calib.annotations or (Path(eval_ann) if eval_ann else None)
+    annotations = source.annotations if calib is None else None
     if eval_ann:
         annotations, ids = Path(eval_ann), None
-    return QuantImages(split.calib, split.held_out, annotations, ids, calib.describe(),
-                       calib.describe())
+    return QuantImages(split.calib, split.held_out, annotations, ids, calib_from, calib_from)

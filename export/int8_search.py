@@ -33,6 +33,7 @@ from export.int8_objective import NOISE_Z, Candidate, Objective, within
 from export.paired_bootstrap import PairedDifference
 from export.sensitivity import BlockSensitivity, output_error, rank_blocks
 
+RANKING_IMAGES = 64  # held-out images whose output error ranks blocks and methods
 Build = Callable[[list[str], dict[str, str]], Path]  # (FP32 blocks, block methods) -> model
 
 
@@ -94,11 +95,18 @@ def _sensitivity(blocks: dict[str, list[str]], build: Build, objective: Objectiv
         block = next(b for b, n in blocks.items() if n == nodes)
         bar.update(1)
         model = build([b for b in blocks if b != block], {})
-        return output_error(objective.evaluator.reference, objective.evaluator.outputs(model))
+        return _error(objective, model)
 
     ranked = rank_blocks(blocks, measure)
     bar.close()
     return ranked
+
+
+def _error(objective: Objective, model: Path) -> float:
+    """Output error against FP32 on the first ``RANKING_IMAGES`` held-out images:
+    it only ranks blocks and methods (AP decides), so a subset is enough."""
+    test = objective.evaluator.outputs(model, RANKING_IMAGES)
+    return output_error(objective.evaluator.reference[:len(test)], test)
 
 
 def _choose_methods(order: list[str], build: Build, objective: Objective,
@@ -106,15 +114,13 @@ def _choose_methods(order: list[str], build: Build, objective: Objective,
     """Per block (most sensitive first), the calibration method with the smallest
     output error, the blocks chosen before keeping theirs."""
     chosen: dict[str, str] = {}
-    evaluator = objective.evaluator
     for block in order:
         errors = {}
         for method in settings.methods:
             methods = dict(chosen)
             if method != settings.default_method:
                 methods[block] = method
-            errors[method] = output_error(evaluator.reference,
-                                          evaluator.outputs(build([], methods)))
+            errors[method] = _error(objective, build([], methods))
         best = min(errors, key=lambda m: (errors[m], m != settings.default_method))
         trials += [{"block": block, "method": m, "output_error": e, "kept": m == best}
                    for m, e in errors.items()]

@@ -60,6 +60,8 @@ class QuantizeConfig:
     eval_images: int = 500  # held-out images (val split) that decide; 0 = no search
     eval_ann: str | None = None  # COCO annotations of a plain image folder; None = the
     #                              dataset's own, else FP32 pseudo ground truth
+    eval_data: str | None = None  # held-out images from here (a dataset root: its val split);
+    #                               None = the val split of --calib-data's dataset, if any
     pseudo_gt: bool = False  # ignore annotations: score INT8 against FP32 pseudo ground truth
     pseudo_top_k: int = 10  # detections per image kept as pseudo ground truth
     second_best: bool = True  # AP with the official PostProcess; False drops no-object slots
@@ -253,8 +255,11 @@ def _images(calib_images: str | os.PathLike[str] | Sequence[Path], config: Quant
 
     if isinstance(calib_images, (str, os.PathLike)):
         return quant_images(calib_images, config.calib_images, config.eval_images, config.seed,
-                            config.eval_ann)
+                            config.eval_ann, config.eval_data)
     paths = [Path(p) for p in calib_images]
+    if config.eval_data:
+        return quant_images(config.eval_data, config.calib_images, config.eval_images,
+                            config.seed, config.eval_ann, config.eval_data, calib=paths)
     split = split_images(paths, config.calib_images, config.eval_images, config.seed)
     ann = Path(config.eval_ann) if config.eval_ann else None
     return QuantImages(split.calib, split.held_out, ann, None, f"{len(paths)} given images",

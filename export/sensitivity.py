@@ -103,12 +103,15 @@ class HeldOutEvaluator:
         return Detector(path, backend="onnxruntime", providers="cpu",
                         backend_options={"intra_op_threads": self.threads})
 
-    def outputs(self, path: str | os.PathLike[str]) -> Outputs:
+    def outputs(self, path: str | os.PathLike[str], max_images: int | None = None) -> Outputs:
         """Raw ``(logits, boxes)`` per held-out batch (last batch padded for a
-        fixed-batch model, padding rows dropped)."""
+        fixed-batch model, padding rows dropped); the first batches holding
+        ``max_images`` images when given (compare with ``reference[:len(out)]``)."""
         out = []
+        batches = self.batches if max_images is None else \
+            self.batches[:max(1, -(-max_images // self.batch_size))]
         with self._detector(path) as det:
-            for batch in self.batches:
+            for batch in batches:
                 n, images, mask = len(batch), batch.images, batch.mask
                 if det.backend.batch_size is not None and n < det.backend.batch_size:
                     extra = det.backend.batch_size - n
@@ -135,15 +138,23 @@ class HeldOutEvaluator:
             gt = json.loads(ann.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise DataError(ann, f"cannot read COCO annotations: {exc}") from exc
-        by_id = {int(img["id"]): img for img in gt.get("images", [])}
+        records = gt.get("images", [])
+        by_id = {int(img["id"]): img for img in records}
         if image_ids is None:
-            by_name = {Path(str(img["file_name"])).name: int(img["id"])
-                       for img in gt.get("images", [])}
-            missing = [p.name for p in self.images if p.name not in by_name]
+            # ROOT/annotations/instances_<split>.json: file_names are relative to
+            # ROOT/<split> and may hold sub-folders, so match by that path; by file
+            # name alone only for annotations kept elsewhere (--eval-ann).
+            image_dir = ann.parent.parent / ann.stem.removeprefix("instances_")
+            by_path = {os.path.normpath(image_dir / str(img["file_name"])): img
+                       for img in records}
+            by_name = {Path(str(img["file_name"])).name: img for img in records}
+            found = [by_path.get(os.path.normpath(p)) or by_name.get(p.name)
+                     for p in self.images]
+            missing = [p.name for p, img in zip(self.images, found) if img is None]
             if missing:
                 raise DataError(ann, f"{len(missing)} held-out image(s) are not in the "
                                 f"annotations (e.g. {missing[0]}); pass the matching --eval-ann")
-            image_ids = [by_name[p.name] for p in self.images]
+            image_ids = [int(img["id"]) for img in found]
         self.image_ids = [int(i) for i in image_ids]
         keep = set(self.image_ids)
         return {"images": [by_id[i] for i in self.image_ids],

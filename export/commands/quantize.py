@@ -25,6 +25,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--eval-images", type=int, default=500,
                         help="held-out images that decide the AP budget (at most; default 500); "
                         "0 = every block INT8, no search")
+    parser.add_argument("--eval-data", default=None, metavar="DIR",
+                        help="take the held-out images from here (a dataset root gives its val "
+                        "split, with annotations) instead of --calib-data's val split")
     parser.add_argument("--eval-ann", default=None, metavar="JSON",
                         help="COCO annotations of a plain image folder (a dataset's own are "
                         "found; without any, the FP32 model's detections are the ground truth "
@@ -61,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     config = QuantizeConfig(
         out_path=args.out, calib_images=args.calib_images, method=args.method,
         percentile=args.percentile, ap_budget=args.ap_budget, eval_images=args.eval_images,
-        eval_ann=args.eval_ann, pseudo_gt=args.pseudo_gt, seed=args.seed,
+        eval_ann=args.eval_ann, eval_data=args.eval_data, pseudo_gt=args.pseudo_gt, seed=args.seed,
         quantize_attention=args.quantize_attention,
         quantize_add=not args.no_quantize_add, target=args.target,
         granularity=args.granularity, latency_runs=args.latency_runs, threads=args.threads,
