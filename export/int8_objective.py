@@ -16,10 +16,12 @@ in FP32) is *measured*, never guessed:
 
 Metric. With annotations the AP is real COCO AP and the budget is in real AP
 points. Without them the ground truth is the FP32 model's own top detections
-("pseudo ground truth"): FP32 scores 100 by construction and INT8 loses far
-more points on that scale than in real AP, so the budget is multiplied by
-:data:`PSEUDO_GT_BUDGET_FACTOR` (measured in ``benchmarks/int8_pseudo_gt.py``, see
-the README's INT8 section).
+("pseudo ground truth"): FP32 scores 100 by construction, and INT8 loses far
+more points on that scale than in real AP, with a floor: configurations that
+lose no real AP still lose ~14-16 pseudo points (the low-score slots among the
+top 10 per image reorder under any quantization noise). So the pseudo budget is
+an affine map of the real one, :func:`pseudo_budget`, fitted in
+``benchmarks/int8_pseudo_gt.py`` (README, INT8 section).
 """
 
 from __future__ import annotations
@@ -33,10 +35,12 @@ import numpy as np
 
 from export.paired_bootstrap import PairedDifference, paired_bootstrap
 
-# Pseudo-GT AP drop per real AP point dropped, fitted through the origin over the
-# configurations measured by benchmarks/int8_pseudo_gt.py (demo model, both formats,
-# full INT8 with each calibration method and single-block fallbacks).
-PSEUDO_GT_BUDGET_FACTOR = 8.0
+# Pseudo-GT AP drop = OFFSET + SLOPE x real AP drop: least squares over the 8 INT8
+# configurations of benchmarks/int8_pseudo_gt.py on the demo model's 200 val images (both
+# formats; min-max, entropy, percentile 99.9 / 99.0, 2 calibration images): real drops
+# -0.12..2.93, pseudo drops 13.6..55.0, rms residual 4.5 pseudo points.
+PSEUDO_GT_OFFSET = 14.8
+PSEUDO_GT_SLOPE = 13.6
 NOISE_Z = 2.0  # a step's AP gain counts only beyond NOISE_Z bootstrap standard errors
 PAYS_RATIO = 0.9  # INT8 "pays" only when it runs in at most this fraction of FP32's time
 BOOTSTRAP_REPLICATES = 200  # paired resamples per standard error (SE of SE ~ 5%)
@@ -134,6 +138,11 @@ def _session(path: str | os.PathLike[str], threads: int | None) -> Any:
         options.intra_op_num_threads = threads
     options.log_severity_level = 3
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+
+
+def pseudo_budget(real_budget: float) -> float:
+    """The pseudo-GT AP drop that corresponds to a real AP drop of ``real_budget``."""
+    return PSEUDO_GT_OFFSET + PSEUDO_GT_SLOPE * real_budget
 
 
 def within(candidate: Candidate, budget: float) -> bool:

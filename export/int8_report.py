@@ -82,9 +82,8 @@ class QuantizeReport:
     def _decision_lines(self) -> list[str]:
         budget = self.decision_budget if self.decision_budget is not None else self.ap_budget
         scale = "" if self.ground_truth == "annotations" else (
-            f" pseudo-GT points (= {self.ap_budget:.2f} real AP points x "
-            f"{budget / self.ap_budget if self.ap_budget else 0:.1f}, the measured "
-            "correspondence, export.int8_objective.PSEUDO_GT_BUDGET_FACTOR)")
+            f" pseudo-GT points (mapped from {self.ap_budget:.2f} real AP points by the "
+            "measured correspondence, export.int8_objective.pseudo_budget)")
         se = f" +- {self.dap_se:.2f}" if self.dap_se is not None else ""
         verdict = "within" if self.within_budget else "OVER"
         return [(f"  decided on {self.num_eval_images} held-out images of "

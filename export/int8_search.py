@@ -150,7 +150,8 @@ def _fallback(order: list[str], build: Build, objective: Objective, settings: Se
                                    {b: m for b, m in current.methods.items() if b not in group}))
             bar.update(1)
         result.tried += trials
-        ref_ms = float(np.nanmedian([c.fp32_latency_ms for c in result.tried]))
+        timed = [c.fp32_latency_ms for c in result.tried if not np.isnan(c.fp32_latency_ms)]
+        ref_ms = float(np.median(timed)) if timed else float("nan")
         best, score = pick_step(current, trials, ref_ms)
         gain = objective.paired(best.name, current.name)
         step = {"blocks": best.fallback[len(current.fallback):], "ap_gain": gain.diff,

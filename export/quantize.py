@@ -64,6 +64,8 @@ class QuantizeConfig:
     #                               None = the val split of --calib-data's dataset, if any
     pseudo_gt: bool = False  # ignore annotations: score INT8 against FP32 pseudo ground truth
     pseudo_top_k: int = 10  # detections per image kept as pseudo ground truth
+    pseudo_budget: float | None = None  # budget in pseudo-GT points; None = mapped from
+    #                                     ap_budget (export.int8_objective.pseudo_budget)
     second_best: bool = True  # AP with the official PostProcess; False drops no-object slots
     method_blocks: int = 4  # most sensitive blocks whose calibration method is searched
     candidates: int = 3  # FP32-fallback candidates measured per search step
@@ -298,7 +300,7 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, images: Any,
          meta: ModelMeta, config: QuantizeConfig) -> QuantizeReport:
     """The search on the held-out images (or full INT8 without them); the report."""
     from export.calib_data import iter_feeds
-    from export.int8_objective import PSEUDO_GT_BUDGET_FACTOR, Objective, interleaved_latency, pays
+    from export.int8_objective import Objective, interleaved_latency, pays, pseudo_budget
     from export.int8_search import SearchSettings, search, to_dicts
     from export.sensitivity import HeldOutEvaluator
 
@@ -322,7 +324,9 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, images: Any,
                                  None if config.pseudo_gt else images.annotations,
                                  config.pseudo_top_k, config.threads,
                                  second_best=config.second_best, image_ids=images.image_ids)
-    budget = config.ap_budget * (PSEUDO_GT_BUDGET_FACTOR if evaluator.pseudo else 1.0)
+    budget = config.ap_budget if not evaluator.pseudo else (
+        config.pseudo_budget if config.pseudo_budget is not None
+        else pseudo_budget(config.ap_budget))
     report.ground_truth, report.decision_budget = evaluator.ground_truth, budget
     if config.progress:
         print(f"quantize: deciding by {report.metric} on {len(images.held_out)} held-out images "

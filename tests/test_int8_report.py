@@ -49,8 +49,9 @@ def test_report_says_what_decided_and_whether_int8_pays() -> None:
     assert "0.55x FP32" in text and "does not pay" not in text
     slow = _report(pays=False, latency_ms={"fp32": 10.0, "int8": 9.8}).format()
     assert "INT8 does not pay on this model: 0.98x FP32" in slow
-    pseudo = _report(ground_truth="FP32 top-10", decision_budget=4.0).format()
-    assert "pseudo-ground-truth AP" in pseudo and "= 0.50 real AP points x 8.0" in pseudo
+    pseudo = _report(ground_truth="FP32 top-10", decision_budget=21.6).format()
+    assert "pseudo-ground-truth AP" in pseudo and "budget of 21.60 pseudo-GT points" in pseudo
+    assert "mapped from 0.50 real AP points" in pseudo
 
 
 def test_pipeline_int8_section_and_plot(tmp_path: Path) -> None:

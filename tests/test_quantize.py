@@ -24,7 +24,7 @@ pytest.importorskip("pycocotools")
 from tiny_detr_like import export_detr_tiny, export_tiny_detr_like, write_images
 
 from export.calib_data import iter_feeds, list_images, select_images, split_images
-from export.int8_objective import PSEUDO_GT_BUDGET_FACTOR, Candidate
+from export.int8_objective import Candidate
 from export.int8_search import beyond_noise, pick_step
 from export.onnx_meta import read_meta
 from export.paired_bootstrap import PairedDifference
@@ -204,7 +204,7 @@ def test_outlier_block_is_found_and_fixed_by_scales_or_fallback(data: dict[str, 
     out = tmp_path / "outlier.int8.onnx"
     # No annotations: the budget is on the pseudo-GT scale, 0.5 of its points here.
     model, report = quantize_int8(data["outlier"], str(data["many"]), _config(
-        tmp_path, out_path=str(out), ap_budget=0.5 / PSEUDO_GT_BUDGET_FACTOR, eval_images=48,
+        tmp_path, out_path=str(out), pseudo_budget=0.5, eval_images=48,
         second_best=False))  # no-object slots dropped: the outlier's class damage shows
     assert report.decision_budget == pytest.approx(0.5)
     assert report.sensitivity[0]["block"] == "encoder.layers.1", report.format()
@@ -230,7 +230,7 @@ def test_outlier_block_is_found_and_fixed_by_scales_or_fallback(data: dict[str, 
 def test_zero_budget_stops_when_a_step_gains_nothing_beyond_noise(data: dict[str, Path],
                                                                   tmp_path: Path) -> None:
     model, report = quantize_int8(data["outlier"], str(data["many"]),
-                                  _config(tmp_path, ap_budget=0.0, latency_runs=0, eval_images=48,
+                                  _config(tmp_path, pseudo_budget=0.0, latency_runs=0, eval_images=48,
                                           second_best=False))
     assert report.steps, report.stop_reason
     taken = [s for s in report.steps if s["taken"]]

@@ -32,6 +32,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="COCO annotations of a plain image folder (a dataset's own are "
                         "found; without any, the FP32 model's detections are the ground truth "
                         "and the budget is scaled to that metric)")
+    parser.add_argument("--pseudo-budget", type=float, default=None,
+                        help="budget in pseudo-ground-truth AP points when no annotations "
+                        "decide (default: mapped from --ap-budget, see the README's INT8 "
+                        "section)")
     parser.add_argument("--pseudo-gt", action="store_true",
                         help="score INT8 against the FP32 model's top detections even when "
                         "annotations exist (AP = agreement with FP32)")
@@ -64,7 +68,8 @@ def run(args: argparse.Namespace) -> int:
     config = QuantizeConfig(
         out_path=args.out, calib_images=args.calib_images, method=args.method,
         percentile=args.percentile, ap_budget=args.ap_budget, eval_images=args.eval_images,
-        eval_ann=args.eval_ann, eval_data=args.eval_data, pseudo_gt=args.pseudo_gt, seed=args.seed,
+        eval_ann=args.eval_ann, eval_data=args.eval_data, pseudo_gt=args.pseudo_gt,
+        pseudo_budget=args.pseudo_budget, seed=args.seed,
         quantize_attention=args.quantize_attention,
         quantize_add=not args.no_quantize_add, target=args.target,
         granularity=args.granularity, latency_runs=args.latency_runs, threads=args.threads,
