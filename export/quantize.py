@@ -300,7 +300,13 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, images: Any,
          meta: ModelMeta, config: QuantizeConfig) -> QuantizeReport:
     """The search on the held-out images (or full INT8 without them); the report."""
     from export.calib_data import iter_feeds
-    from export.int8_objective import Objective, interleaved_latency, pays, pseudo_budget
+    from export.int8_objective import (
+        PAYS_RATIO,
+        Objective,
+        interleaved_latency,
+        pays,
+        pseudo_budget,
+    )
     from export.int8_search import SearchSettings, search, to_dicts
     from export.sensitivity import HeldOutEvaluator
 
@@ -318,7 +324,7 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, images: Any,
                                           config.warmup_runs, config.threads)
         if config.latency_runs:
             report.latency_ms = {"fp32": fp32_ms, "int8": ms}
-            report.pays = report.latency_ratio <= 0.9
+            report.pays = report.latency_ratio <= PAYS_RATIO
         return report
     evaluator = HeldOutEvaluator(fp32_path, images.held_out,
                                  None if config.pseudo_gt else images.annotations,
