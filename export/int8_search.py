@@ -161,7 +161,7 @@ def _fallback(order: list[str], build: Build, objective: Objective, settings: Se
             step["taken"] = False
             result.steps.append(step)
             result.stop_reason = (f"the best step ({best.name}) gains {gain.diff:+.2f} AP, within "
-                                  f"noise ({NOISE_Z:g} x SE {gain.se:.2f})")
+                                  f"noise (<= {NOISE_Z:g} SE = {NOISE_Z * gain.se:.2f})")
             break
         step["taken"] = True
         result.steps.append(step)
