@@ -180,14 +180,8 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
     both when ``config.out_path`` is set. Raises ``InputError`` for bad
     arguments, ``ModelFormatError`` if the result is not in the target format.
     """
-    from export.onnx_meta import load_onnx, read_meta, write_meta
-    from export.qdq import (
-        ensure_node_names,
-        group_blocks,
-        head_nodes,
-        inspect_qdq,
-        quantizable_nodes,
-    )
+    from export.onnx_meta import load_onnx, read_meta
+    from export.qdq import ensure_node_names, group_blocks, head_nodes, quantizable_nodes
 
     config.validate()
     fp32 = ensure_node_names(load_onnx(onnx_path))
@@ -223,6 +217,17 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
         import onnx
 
         final = onnx.load(os.fspath(build(report.fallback_blocks, report.block_methods)))
+    _finish(final, report, meta, heads, onnx_path, config)
+    return final, report
+
+
+def _finish(final: onnx.ModelProto, report: QuantizeReport, meta: ModelMeta, heads: set[str],
+            onnx_path: str | os.PathLike[str], config: QuantizeConfig) -> None:
+    """Check the chosen model's Q/DQ format and graph, write its metadata, and write
+    it and the report when ``config.out_path`` is set."""
+    from export.onnx_meta import write_meta
+    from export.qdq import inspect_qdq
+
     info = inspect_qdq(final, config.target)
     if info.problems:
         raise ModelFormatError(onnx_path, f"INT8 model is not in the {config.target} Q/DQ "
@@ -248,7 +253,6 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
         atomic_write_bytes(config.out_path, final.SerializeToString())
         atomic_write_text(report_path(config.out_path),
                           json.dumps(report.to_dict(), indent=2, default=float))
-    return final, report
 
 
 def _images(calib_images: str | os.PathLike[str] | Sequence[Path], config: QuantizeConfig) -> Any:
@@ -342,6 +346,24 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, images: Any,
     result = search(blocks, build, objective, SearchSettings(
         budget=budget, default_method=config.method, method_blocks=config.method_blocks,
         candidates=config.candidates, progress=config.progress))
+    _fill(report, result, objective, heads, blocks, budget)
+    if config.latency_runs:
+        # The written model is timed again, 3x longer: the verdict rests on this figure.
+        final = result.final
+        final.fp32_latency_ms, final.latency_ms = interleaved_latency(
+            fp32_path, build(final.fallback, final.methods), feed, 3 * config.latency_runs,
+            config.warmup_runs, config.threads)
+        report.frontier = to_dicts(result)["tried"]
+        report.latency_ms = {"fp32": final.fp32_latency_ms, "int8": final.latency_ms}
+        report.pays = pays(final)
+    return report
+
+
+def _fill(report: QuantizeReport, result: Any, objective: Any, heads: set[str],
+          blocks: dict[str, list[str]], budget: float) -> None:
+    """The search's outcome into the report (everything but the final timing)."""
+    from export.int8_search import to_dicts
+
     final = result.final
     final.chosen = True
     parts = to_dicts(result)
@@ -355,12 +377,3 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, images: Any,
     if final.dap_se > budget / 2:
         report.stop_reason += (f"; noise: the SE {final.dap_se:.2f} is not well under the "
                                f"budget {budget:.2f}: use more held-out images")
-    if config.latency_runs:
-        # The written model is timed again, 3x longer: the verdict rests on this figure.
-        final.fp32_latency_ms, final.latency_ms = interleaved_latency(
-            fp32_path, build(final.fallback, final.methods), feed, 3 * config.latency_runs,
-            config.warmup_runs, config.threads)
-        report.frontier = to_dicts(result)["tried"]
-        report.latency_ms = {"fp32": final.fp32_latency_ms, "int8": final.latency_ms}
-        report.pays = pays(final)
-    return report

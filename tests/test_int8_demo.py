@@ -20,7 +20,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("pycocotools")
 
 from benchmarks.int8_frontier import RATIO_TARGETS
-from benchmarks.pipeline import DEMO_CHECKPOINT, PipelineConfig, trained_input_size
+from benchmarks.pipeline import DEMO_CHECKPOINT, PipelineConfig
 from export.quantize import QuantizeConfig, quantize_int8
 
 
@@ -35,10 +35,10 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     make_shapes_dataset(data, ShapesConfig(
         seed=1, num_train=32, num_val=48, image_size=p.image_size, max_objects=p.max_objects,
         size_band_probs=p.size_band_probs, max_large=p.max_large))
-    size = trained_input_size(DEMO_CHECKPOINT, default=p.image_size)
     onnx_path = root / "fp32.onnx"
-    export_onnx(ExportConfig(checkpoint=str(DEMO_CHECKPOINT), out=str(onnx_path), height=size,
-                             width=size, calib_data=str(data / "train"), calib_images=2))
+    # The demo model was trained at 128x128 (detr/assets/README.md): the pipeline's canvas.
+    export_onnx(ExportConfig(checkpoint=str(DEMO_CHECKPOINT), out=str(onnx_path), height=128,
+                             width=128, calib_data=str(data / "train"), calib_images=2))
     return {"data": data, "onnx": onnx_path, "root": root}
 
 
