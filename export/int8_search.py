@@ -65,6 +65,12 @@ def search(blocks: dict[str, list[str]], build: Build, objective: Objective,
     if within(result.final, settings.budget):
         result.stop_reason = "full INT8 is within the budget"
         return result
+    if -result.final.dap <= NOISE_Z * result.final.dap_se:
+        # No step can recover more than the whole loss: none could be told from noise.
+        result.stop_reason = (f"full INT8's loss ({result.final.dap:+.2f} AP) is within noise "
+                              f"(<= {NOISE_Z:g} SE = {NOISE_Z * result.final.dap_se:.2f}): no "
+                              "fallback step could be told from noise")
+        return result
     result.sensitivity = _sensitivity(blocks, build, objective, settings)
     order = [s.block for s in result.sensitivity]
     current = result.final
