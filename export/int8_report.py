@@ -44,6 +44,7 @@ class QuantizeReport:
     steps: list[dict[str, Any]] = field(default_factory=list)  # fallback decisions
     stop_reason: str = ""
     check_onnx: list[str] = field(default_factory=list)  # check-onnx result lines
+    decoding: str = ""  # how AP was counted (runtime.decode.decoding_protocol)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -313,6 +313,7 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, images: Any,
     )
     from export.int8_search import SearchSettings, search, to_dicts
     from export.sensitivity import HeldOutEvaluator
+    from runtime.decode import decoding_protocol
 
     report = QuantizeReport(
         source=str(onnx_path), output=None, target=config.target, method=config.method,
@@ -338,6 +339,7 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, images: Any,
         config.pseudo_budget if config.pseudo_budget is not None
         else pseudo_budget(config.ap_budget))
     report.ground_truth, report.decision_budget = evaluator.ground_truth, budget
+    report.decoding = decoding_protocol(config.second_best)
     if config.progress:
         print(f"quantize: deciding by {report.metric} on {len(images.held_out)} held-out images "
               f"of {images.eval_from}, budget {budget:.2f}", file=sys.stderr)

@@ -155,6 +155,8 @@ def test_int8_passes_check_onnx_and_has_int8_metadata(quantized: tuple) -> None:
     assert all(v > 0 for v in written["latency_ms"].values())
     text = report.format()
     assert "dAP +0.00 +- 0.00" in text and "by pseudo-ground-truth AP" in text
+    assert "AP decoding: official PostProcess" in text and written["decoding"].startswith(
+        "official PostProcess")
     # This toy model is too small for INT8 kernels to win: the report must say so.
     ratio = written["latency_ms"]["int8"] / written["latency_ms"]["fp32"]
     assert written["pays"] is (ratio <= 0.9)
@@ -224,7 +226,7 @@ def test_outlier_block_is_found_and_fixed_by_scales_or_fallback(data: dict[str, 
     assert meta.extra["int8"]["fallback_blocks"] == report.fallback_blocks
     assert meta.extra["int8"]["block_methods"] == report.block_methods
     assert "decided on 48 held-out images" in report.format()
-    assert "pseudo-ground-truth AP" in report.format()
+    assert "pseudo-ground-truth AP" in report.format() and report.decoding == "drop no-object slots"
 
 
 def test_zero_budget_stops_when_a_step_gains_nothing_beyond_noise(data: dict[str, Path],
