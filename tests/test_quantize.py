@@ -246,8 +246,7 @@ def test_zero_budget_stops_when_a_step_gains_nothing_beyond_noise(data: dict[str
 
 
 def test_quantizing_no_nodes_leaves_the_model_fp32(data: dict[str, Path], tmp_path: Path) -> None:
-    # ORT treats an empty nodes_to_quantize as "everything"; every block in FP32
-    # must really give a model without Q/DQ.
+    # ORT reads an empty nodes_to_quantize as "everything": all-FP32 must have no Q/DQ.
     from export.qdq_format import quantize_nodes
 
     meta = read_meta(onnx.load(str(data["tiny"])))
