@@ -87,8 +87,9 @@ class QuantizeReport:
             "measured correspondence, export.int8_objective.pseudo_budget)")
         se = f" +- {self.dap_se:.2f}" if self.dap_se is not None else ""
         verdict = "within" if self.within_budget else "OVER"
+        decoding = f", AP decoding: {self.decoding}" if self.decoding else ""
         return [(f"  decided on {self.num_eval_images} held-out images of "
-                f"{self.eval_data or '?'} by {self.metric}"),
+                f"{self.eval_data or '?'} by {self.metric}{decoding}"),
                 (f"  AP FP32 {self.fp32_ap:.2f}, INT8 {self.int8_ap:.2f}: dAP "
                 f"{self.int8_ap - self.fp32_ap:+.2f}{se} (paired bootstrap SE over images), "
                 f"{verdict} the budget of {budget:.2f}{scale}")]
