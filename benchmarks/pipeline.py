@@ -1,39 +1,49 @@
 """``detr-edge pipeline``: the main job, one command from data to benchmark report.
 
 Stages (each prints a header and its wall time):
-1. dataset   - synthetic shapes (``detr.data.synthetic``), the demo model's recipe;
-2. model     - the committed demo checkpoint, or ``train_minutes`` of ``detr.train``;
+1. dataset   - the user's COCO-layout dataset (``--data``), checked and described
+               (``benchmarks.dataset_check``); without ``--data``, the synthetic
+               shapes of the demo model's recipe (``detr.data.synthetic``);
+2. model     - ``--checkpoint``, ``train_minutes`` of ``detr.train`` on the train
+               split, or the committed demo checkpoint;
 3. onnx-fp32 - ``export.onnx_export`` (parity-checked against PyTorch);
 4. onnx-fp16 - the same exporter with ``precision='fp16'``;
 5. int8      - ``export.quantize`` (explicit Q/DQ within an AP budget), in TensorRT's
-               format and (int8-cpu) in ONNX Runtime's uint8 CPU format;
+               format and (int8-cpu) in ONNX Runtime's uint8 CPU format: calibrated on
+               the train split, the budget measured on the val split's annotations;
 6. engines   - ``export.engine_builder`` when TensorRT and a GPU are present;
-7. benchmark - ``benchmarks.suite.run_benchmark`` over everything above.
+7. benchmark - ``benchmarks.suite.run_benchmark`` over everything above, on the val split.
+
+The canvas (the exported input ``H x W``) holds every image of the dataset at the
+model's training resize (``benchmarks.dataset_check.choose_canvas``) unless
+``canvas`` is given.
 
 Resuming: every stage records a fingerprint of its inputs (config + SHA-256 of
 input files) in ``out/stages/<name>.json``; when the fingerprint matches and the
-outputs exist, the stage is skipped. An interrupted pipeline therefore resumes
-where it stopped, and a changed checkpoint re-runs everything downstream.
+outputs exist, the stage is skipped (``benchmarks.pipeline_stages.StageCache``).
+An interrupted pipeline therefore resumes where it stopped, and a changed
+checkpoint re-runs everything downstream.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from runtime import json_limits
+from benchmarks import pipeline_stages as stages
+from benchmarks.dataset_check import DatasetSummary
+from benchmarks.pipeline_stages import DataPaths, StageCache, file_digest
 from runtime.atomic import atomic_write_text
-from runtime.errors import DetrEdgeError, InputError
+from runtime.errors import InputError
+
+__all__ = ["DEMO_CHECKPOINT", "PipelineConfig", "PipelineResult", "StageCache", "run_pipeline"]
 
 # The committed demo model (trained by detr/assets/README.md's recipe).
 DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "detr" / "assets" / "detr-tiny-shapes.pth"
-
 
 # dataset, model, onnx-fp32, onnx-fp16, int8, int8-cpu, engines, benchmark
 NUM_STAGES = 8
@@ -44,21 +54,27 @@ class PipelineConfig:
     """The main job's settings; defaults finish in well under 15 min on 2 CPU cores."""
 
     out: str = "runs/demo"  # everything goes here: data/, model/, artifacts/, report/
-    train_minutes: float = 0.0  # 0 = start from the committed demo checkpoint
+    data: str | None = None  # a COCO-layout dataset root; None = generate the demo shapes
+    train_split: str = "train"  # calibration (and training) split of data
+    val_split: str = "val"  # INT8 budget and benchmark split of data (COCO: val2017)
+    train_minutes: float = 0.0  # 0 = start from checkpoint (or the committed demo one)
     checkpoint: str | None = None  # start from this checkpoint instead of the demo one
+    preset: str = "detr-tiny"  # model trained by train_minutes
+    canvas: tuple[int, int] | None = None  # export (H, W); None = from the dataset's sizes
     max_images: int = 200  # eval images per benchmark row: all 200 val images (~1 min a row)
     runs: int = 20  # timed runs per latency measurement (detr-tiny at 192 px: ~0.1 s each)
     warmup: int = 2  # untimed runs before them
     batch_sizes: tuple[int, ...] = (1,)  # throughput batch sizes (the ONNX graphs are batch 1)
-    image_size: int = 192  # dataset image side (the model input comes from the checkpoint)
-    num_train: int = 2000  # training images (generated only when training)
-    num_val: int = 200  # validation images
+    image_size: int = 192  # demo dataset image side (the model input comes from the checkpoint)
+    num_train: int = 2000  # demo training images (generated only when training)
+    num_val: int = 200  # demo validation images
     max_objects: int = 4  # objects per image (the demo model's dataset, detr/assets/README.md)
     size_band_probs: tuple[float, float, float] = (0.0, 0.6, 0.4)  # small/medium/large: demo's
     max_large: int = 1  # at most one large shape per image (demo's dataset)
-    seed: int = 0  # dataset seed
+    seed: int = 0  # demo dataset seed
     calib_images: int = 32  # INT8 calibration images (from the train split, never val)
-    quant_eval_images: int = 16  # held-out train images the quantizer's AP budget check uses
+    quant_eval_images: int = 200  # val images that decide the INT8 AP budget (all 200 of the
+    #                               demo: the paired dAP SE is ~0.2 AP, under half the budget)
     build_engines: bool = True  # try TensorRT engines (skipped rows without TensorRT/GPU)
     measure_memory: bool = True  # per-row peak-RSS subprocess in the benchmark
     progress: bool = True  # tqdm bars
@@ -71,6 +87,12 @@ class PipelineConfig:
         if self.image_size % 32:
             raise InputError("image_size", f"{self.image_size} must be a multiple of 32 "
                              "(the exported canvas follows the backbone stride)")
+        if self.canvas is not None and (len(self.canvas) != 2 or min(self.canvas) < 32
+                                        or any(v % 32 for v in self.canvas)):
+            raise InputError("--canvas", f"need H W, multiples of 32, got {self.canvas}")
+        if self.data is not None and self.train_minutes == 0 and self.checkpoint is None:
+            raise InputError("--data", "the demo model knows only the demo shapes: give "
+                             "--checkpoint (trained on this dataset) or --train-minutes M")
 
 
 @dataclass
@@ -84,40 +106,8 @@ class PipelineResult:
     stage_seconds: dict[str, float] = field(default_factory=dict)
     stage_status: dict[str, str] = field(default_factory=dict)  # ran | reused | skipped: why
     report: Any = None  # benchmarks.report.Report
-
-
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file (1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-class StageCache:
-    """Per-stage input fingerprints under ``out/stages`` (see module docstring)."""
-
-    def __init__(self, out: Path) -> None:
-        self.dir = out / "stages"
-
-    @staticmethod
-    def fingerprint(inputs: dict[str, Any]) -> str:
-        return hashlib.sha256(json.dumps(inputs, sort_keys=True, default=str).encode()).hexdigest()
-
-    def is_fresh(self, name: str, inputs: dict[str, Any], outputs: list[Path]) -> bool:
-        stamp = self.dir / f"{name}.json"
-        if not stamp.is_file() or not all(p.exists() for p in outputs):
-            return False
-        try:
-            doc = json_limits.read_json_file(stamp, what="stage file")
-            return isinstance(doc, dict) and doc.get("fingerprint") == self.fingerprint(inputs)
-        except (OSError, DetrEdgeError):  # unreadable or hostile: redo the stage
-            return False
-
-    def mark(self, name: str, inputs: dict[str, Any]) -> None:
-        atomic_write_text(self.dir / f"{name}.json", json.dumps(
-            {"fingerprint": self.fingerprint(inputs), "inputs": inputs}, default=str, indent=1))
+    dataset: DatasetSummary | None = None
+    canvas: tuple[int, int] = (0, 0)  # exported (H, W)
 
 
 def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> PipelineResult:
@@ -128,7 +118,6 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
     cache = StageCache(out)
     result = PipelineResult(out=out, checkpoint=out / "model" / "checkpoint.pth",
                             artifacts=out / "artifacts", report_dir=out / "report")
-    data = out / "data"
     total0 = time.perf_counter()
 
     def stage(name: str, inputs: dict[str, Any], outputs: list[Path],
@@ -151,42 +140,35 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         log(f"--- {name}: {status} in {result.stage_seconds[name]:.1f} s")
 
     # 1. dataset ---------------------------------------------------------------------------
-    from detr.data.synthetic import ShapesConfig, make_shapes_dataset
-
-    # Without training, the train split only feeds INT8 calibration and its held-out check.
-    num_train = (config.num_train if config.train_minutes > 0
-                 else config.calib_images + config.quant_eval_images)
-    shapes = ShapesConfig(seed=config.seed, num_train=num_train, num_val=config.num_val,
-                          image_size=config.image_size, max_objects=config.max_objects,
-                          size_band_probs=config.size_band_probs, max_large=config.max_large)
-    stage("dataset", {"shapes": asdict(shapes)},
-          [data / "annotations" / "instances_val.json", data / "annotations" / "instances_train.json"],
-          lambda: _quiet(make_shapes_dataset(data, shapes)))
+    data, data_inputs = _dataset_stage(config, out, stage)
+    source = Path(config.checkpoint) if config.checkpoint else DEMO_CHECKPOINT
+    given = source.is_file() and config.train_minutes == 0
+    if config.train_minutes == 0 and not given:
+        raise InputError(source, "checkpoint not found (train one with --train-minutes M)")
+    t0 = time.perf_counter()  # the checks count as dataset time (they run every time)
+    summary = _check(data, _label_map(source) if given else None, out, log)
+    result.stage_seconds["dataset"] += time.perf_counter() - t0
+    result.dataset = summary
 
     # 2. model -----------------------------------------------------------------------------
-    source = Path(config.checkpoint) if config.checkpoint else DEMO_CHECKPOINT
     if config.train_minutes > 0:
-        model_inputs: dict[str, Any] = {"train_minutes": config.train_minutes,
-                                        "dataset": asdict(shapes)}
-        stage("model", model_inputs, [result.checkpoint],
-              lambda: _train_for(config, data, result.checkpoint, log))
+        plan = _train_plan(config, summary)
+        stage("model", {"plan": asdict(plan), "dataset": data_inputs}, [result.checkpoint],
+              stages.bind(stages.train_for, plan, data, result.checkpoint, config.progress, log))
     else:
-        if not source.is_file():
-            raise InputError(source, "checkpoint not found (train one with --train-minutes M)")
         stage("model", {"checkpoint": file_digest(source)}, [result.checkpoint],
-              lambda: _copy(source, result.checkpoint))
+              stages.bind(stages.copy_checkpoint, source, result.checkpoint))
     ckpt_digest = file_digest(result.checkpoint)
-    # Export and benchmark at the canvas the model was trained for (the demo model saw the
-    # 192 px images resized to 128): a larger canvas would show it objects at other sizes.
-    size = trained_input_size(result.checkpoint, default=config.image_size)
-    log(f"model input: {size}x{size}")
+    canvas = config.canvas or _canvas(result.checkpoint, summary, log)
+    result.canvas = canvas
     art = result.artifacts
 
     # 3.-4. ONNX FP32 / FP16 ----------------------------------------------------------------
     for precision in ("fp32", "fp16"):
         onnx_path = art / f"model_{precision}.onnx"
-        stage(f"onnx-{precision}", {"checkpoint": ckpt_digest, "size": size},
-              [onnx_path], _bind(_export, result.checkpoint, onnx_path, size, precision, data, log))
+        stage(f"onnx-{precision}", {"checkpoint": ckpt_digest, "canvas": canvas}, [onnx_path],
+              stages.bind(stages.export, result.checkpoint, onnx_path, canvas, precision, data,
+                          log))
     fp32_onnx = art / "model_fp32.onnx"
 
     # 5. INT8 -------------------------------------------------------------------------------
@@ -194,31 +176,27 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         int8 = art / f"model_{name.replace('-', '_')}.onnx"
         stage(name, {"onnx": file_digest(fp32_onnx), "calib_images": config.calib_images,
                      "eval_images": config.quant_eval_images, "target": target,
-                     "dataset": asdict(shapes)}, [int8],
-              _bind(_quantize, fp32_onnx, int8, data, config, log, target))
+                     "dataset": data_inputs}, [int8],
+              stages.bind(stages.quantize, fp32_onnx, int8, data, config.calib_images,
+                          config.quant_eval_images, target, config.progress, log))
 
     # 6. TensorRT engines -------------------------------------------------------------------
     stage("engines", {"onnx": [file_digest(p) for p in sorted(art.glob("*.onnx"))]},
           sorted(art.glob("*.engine")) or [art / "model_fp32.engine"],
-          lambda: _engines(art, data, config, log))
+          stages.bind(stages.engines, art, data, config.build_engines, log))
 
-    # 7. benchmark --------------------------------------------------------------------------
+    # 7. benchmark (always re-measured: timings are the point of the run) -------------------
     from benchmarks.suite import BenchmarkConfig, run_benchmark
 
-    bench = BenchmarkConfig(checkpoint=str(result.checkpoint), data=str(data),
-                            artifacts=str(art), height=size, width=size,
-                            batch_sizes=config.batch_sizes, runs=config.runs,
+    bench = BenchmarkConfig(checkpoint=str(result.checkpoint), data=str(data.root),
+                            split=data.val_split, artifacts=str(art), height=canvas[0],
+                            width=canvas[1], batch_sizes=config.batch_sizes, runs=config.runs,
                             warmup=config.warmup, max_images=config.max_images,
                             out=str(result.report_dir), measure_memory=config.measure_memory,
                             progress=config.progress)
-
-    def _bench() -> str:
-        result.report = run_benchmark(bench, log=log)
-        return "ran"
-
     log(f"\n=== [{NUM_STAGES}/{NUM_STAGES}] benchmark ===")
     t0 = time.perf_counter()
-    _bench()  # always re-measured: timings are the point of the run
+    result.report = run_benchmark(bench, log=log)
     result.stage_seconds["benchmark"] = time.perf_counter() - t0
     result.stage_status["benchmark"] = "ran"
     log(f"--- benchmark: ran in {result.stage_seconds['benchmark']:.1f} s")
@@ -226,118 +204,88 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
     log("\nstage times: " + ", ".join(f"{k} {v:.1f}s ({result.stage_status[k].split(' ')[0]})"
                                       for k, v in result.stage_seconds.items())
         + f"; total {time.perf_counter() - total0:.1f} s")
-    log(f"report: {result.report_dir / 'report.md'} (also report.json, plot.png)")
+    from benchmarks.int8_frontier import write_int8_section
+
+    for line in write_int8_section(art, result.report_dir):
+        log(line)
+    log(f"report: {result.report_dir / 'report.md'} (also report.json, plot.png, "
+        "int8_frontier.png)")
     return result
 
 
-def trained_input_size(checkpoint: Path, default: int) -> int:
-    """Square input side for a checkpoint: what ``detr-edge eval`` uses for it (its
-    ``train_config`` eval size, else its largest training scale), rounded up to the
-    backbone stride 32; ``default`` for checkpoints without a training record
-    (official / Hugging Face weights)."""
+Stage = Callable[[str, dict[str, Any], list[Path], Callable[[], str | None]], None]
+
+
+def _dataset_stage(config: PipelineConfig, out: Path,
+                   stage: Stage) -> tuple[DataPaths, dict[str, Any]]:
+    """The dataset the other stages use, and its fingerprint for their caches."""
+    if config.data is not None:
+        from runtime.dataset import annotated_split
+
+        root = Path(config.data)
+        for split in (config.train_split, config.val_split):
+            annotated_split(root, split)  # early, clear error for a wrong root or split
+        data = DataPaths(root, config.train_split, config.val_split)
+        anns = [root / "annotations" / f"instances_{s}.json" for s in (data.train_split,
+                                                                        data.val_split)]
+        inputs = {"root": str(root.resolve()), "annotations": [file_digest(a) for a in anns]}
+        stage("dataset", inputs, [], lambda: "checked")  # never cached: the checks always run
+        return data, inputs
+    from detr.data.synthetic import ShapesConfig, make_shapes_dataset
+
+    # Without training, the train split only feeds INT8 calibration.
+    num_train = config.num_train if config.train_minutes > 0 else config.calib_images
+    shapes = ShapesConfig(seed=config.seed, num_train=num_train, num_val=config.num_val,
+                          image_size=config.image_size, max_objects=config.max_objects,
+                          size_band_probs=config.size_band_probs, max_large=config.max_large)
+    data = DataPaths(out / "data", "train", "val")
+    stage("dataset", {"shapes": asdict(shapes)},
+          [data.root / "annotations" / "instances_val.json",
+           data.root / "annotations" / "instances_train.json"],
+          lambda: (make_shapes_dataset(data.root, shapes), "ran")[1])
+    return data, {"shapes": asdict(shapes)}
+
+
+def _check(data: DataPaths, label_map: list[int] | None, out: Path,
+           log: Callable[[str], None]) -> DatasetSummary:
+    from benchmarks.dataset_check import check_dataset
+
+    summary = check_dataset(data.root, [data.train_split, data.val_split], label_map)
+    log(summary.describe())
+    atomic_write_text(out / "dataset.json", json.dumps(summary.to_dict(), indent=1))
+    return summary
+
+
+def _label_map(checkpoint: Path) -> list[int] | None:
     import detr
 
-    train_config = detr.load_checkpoint(checkpoint).raw.get("train_config")
-    if not isinstance(train_config, dict):
-        return default
-    size = train_config.get("eval_size") or max(train_config.get("scales") or [0])
-    if not isinstance(size, int) or size <= 0:
-        return default
-    return -(-size // 32) * 32
+    return detr.load_checkpoint(checkpoint).label_map or None
 
 
-def _bind(fn: Callable[..., str], *args: Any) -> Callable[[], str]:
-    """``fn`` with its arguments fixed now (a loop variable in a lambda would be late-bound)."""
-    return lambda: fn(*args)
+def _train_plan(config: PipelineConfig, summary: DatasetSummary) -> stages.TrainPlan:
+    """Demo: the demo recipe's square canvas. A user's dataset: the resize rule
+    from its size distribution, enough queries for its most crowded image."""
+    from benchmarks.dataset_check import training_rule
+
+    train = summary.splits[0]
+    if config.data is None:
+        rule, queries = (config.image_size, config.image_size), 10
+    else:
+        rule = training_rule(train.sizes, default=config.image_size)
+        queries = min(100, max(10, 2 * summary.max_objects()))
+    return stages.TrainPlan(minutes=config.train_minutes, preset=config.preset, rule=rule,
+                            batch_size=max(1, min(8, train.images)), num_queries=queries)
 
 
-def _quiet(_: Any) -> str:
-    return "ran"
+def _canvas(checkpoint: Path, summary: DatasetSummary,
+            log: Callable[[str], None]) -> tuple[int, int]:
+    import detr
+    from benchmarks.dataset_check import canvas_fill, checkpoint_rule, choose_canvas
 
-
-def _copy(src: Path, dst: Path) -> str:
-    from runtime.atomic import atomic_write_bytes
-
-    atomic_write_bytes(dst, src.read_bytes())
-    return "ran"
-
-
-def _export(checkpoint: Path, out: Path, size: int, precision: str, data: Path,
-            log: Callable[[str], None]) -> str:
-    from export.onnx_export import ExportConfig, export_onnx
-
-    res = export_onnx(ExportConfig(checkpoint=str(checkpoint), out=str(out), height=size,
-                                   width=size, precision=precision,
-                                   calib_data=str(data / "train"), calib_images=4))
-    log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
-    fmt = getattr(res.parity, "format", None)
-    if callable(fmt):
-        log(fmt())
-    return "ran"
-
-
-def _quantize(fp32: Path, out: Path, data: Path, config: PipelineConfig,
-              log: Callable[[str], None], target: str) -> str:
-    from export.quantize import QuantizeConfig, quantize_int8
-
-    # Calibrate (and pick the Q/DQ fallback) on train images; the benchmark evaluates val.
-    _, report = quantize_int8(fp32, str(data / "train"), QuantizeConfig(
-        out_path=str(out), calib_images=config.calib_images, eval_images=config.quant_eval_images,
-        latency_runs=3, warmup_runs=1, progress=config.progress, target=target))
-    fmt = getattr(report, "format", None)
-    if callable(fmt):
-        log(fmt())
-    log(f"wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
-    return "ran"
-
-
-def _engines(art: Path, data: Path, config: PipelineConfig, log: Callable[[str], None]) -> str:
-    from benchmarks.artifacts import tensorrt_unavailable_reason
-
-    reason = tensorrt_unavailable_reason() if config.build_engines else "disabled (--no-engines)"
-    if reason:
-        log(f"TensorRT engines skipped: {reason}")
-        return f"skipped: {reason}"
-    from benchmarks.artifacts import row_precision
-    from export.engine_builder import EngineBuildConfig, build_engine
-    from export.onnx_meta import load_onnx, read_meta
-
-    for onnx_path in sorted(art.glob("model_*.onnx")):
-        if row_precision(read_meta(load_onnx(onnx_path), onnx_path)) == "int8-cpu":
-            log(f"no engine for {onnx_path.name}: the cpu Q/DQ format is not a TensorRT input")
-            continue
-        engine = onnx_path.with_suffix(".engine")
-        try:
-            build_engine(EngineBuildConfig(onnx_path=str(onnx_path), out_path=str(engine),
-                                           calib_data=str(data / "train")))
-            log(f"wrote {engine}")
-        except (DetrEdgeError, RuntimeError) as exc:
-            log(f"engine for {onnx_path.name} failed: {exc}")
-    return "ran"
-
-
-def _train_for(config: PipelineConfig, data: Path, checkpoint: Path,
-               log: Callable[[str], None]) -> str:
-    """Train detr-tiny epoch by epoch (resuming) until ``train_minutes`` are used."""
-    from detr.train.config import TrainConfig
-    from detr.train.loop import train
-
-    run_dir = checkpoint.parent / "train"
-    deadline = time.perf_counter() + config.train_minutes * 60
-    epoch = 0
-    last = None
-    while True:
-        epoch += 1
-        t0 = time.perf_counter()
-        last = train(TrainConfig(
-            data=str(data), out=str(run_dir), preset="detr-tiny", epochs=epoch,
-            resume=epoch > 1, batch_size=min(8, config.num_train), lr=2e-4, lr_backbone=2e-4,
-            scales=(config.image_size,), max_size=config.image_size, crop=False,
-            num_workers=0, eval_every=0, progress=config.progress,
-            model_overrides={"num_queries": 10, "dropout": 0.0}))
-        took = time.perf_counter() - t0
-        log(f"epoch {epoch} done in {took:.0f} s")
-        if time.perf_counter() + took > deadline:
-            break
-    shutil.copyfile(last.checkpoint, checkpoint)
-    return "ran"
+    rule = checkpoint_rule(detr.load_checkpoint(checkpoint).raw)
+    sizes = summary.sizes()
+    canvas = choose_canvas(sizes, *rule)
+    log(f"canvas {canvas[0]}x{canvas[1]} (HxW): holds all {len(sizes)} images at the "
+        f"training resize (shorter side {rule[0]}, longer <= {rule[1]}); images fill "
+        f"{100 * canvas_fill(sizes, canvas, *rule):.0f}% of it on average")
+    return canvas

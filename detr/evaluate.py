@@ -107,15 +107,11 @@ def protocol_of(config: EvalConfig) -> dict[str, Any]:
 
 
 def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
-    """``(image folder, annotation file)`` of ``root/{split}`` with clear errors."""
-    root = Path(root)
-    images = root / split
-    ann = root / "annotations" / f"instances_{split}.json"
-    if not ann.is_file():
-        raise DataError(ann, f"annotation file of split {split!r} not found")
-    if not images.is_dir():
-        raise DataError(images, f"image folder of split {split!r} not found")
-    return images, ann
+    """``(image folder, annotation file)`` of ``root/{split}`` (``root`` may be the
+    split folder itself; ``runtime.dataset.annotated_split``) with clear errors."""
+    from runtime.dataset import annotated_split
+
+    return annotated_split(root, split)
 
 
 def read_gt(ann: Path) -> dict[str, Any]:

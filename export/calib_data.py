@@ -16,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.dataset import resolve_dataset
 from runtime.errors import InputError
-from runtime.image_io import list_image_files
 from runtime.metadata import ModelMeta
 
 
@@ -30,8 +30,12 @@ class ImageSplit:
 
 
 def list_images(data_dir: str | os.PathLike[str], limit: int | None = None) -> list[Path]:
-    """Image files under ``data_dir`` (recursive, sorted by path), at most ``limit``."""
-    paths = list_image_files(data_dir)
+    """Calibration images of ``data_dir``, at most ``limit``.
+
+    A dataset root gives its train split (``runtime.dataset.resolve_dataset``:
+    the annotation file's images, sub-folders included), a split folder that
+    split, a plain folder every image under it (recursive, sorted by path)."""
+    paths = resolve_dataset(data_dir, default_split="train").images
     return paths[:limit] if limit else paths
 
 
@@ -88,3 +92,64 @@ def fixed_size_batches(paths: Sequence[Path], meta: ModelMeta,
     for feed in iter_feeds(paths, meta, batch_size):
         if feed["images"].shape[0] == batch_size:
             yield feed
+
+
+@dataclass(frozen=True)
+class QuantImages:
+    """Where ``quantize`` calibrates and where it decides."""
+
+    calib: list[Path]  # calibration images (train split when there is one)
+    held_out: list[Path]  # images that decide the AP budget, never calibrated on
+    annotations: Path | None  # COCO annotations of ``held_out``; None = pseudo ground truth
+    image_ids: list[int] | None  # COCO id of each held-out image (None: match by file name)
+    calib_from: str  # for the report, e.g. "train of data/shapes (2000 images, annotated)"
+    eval_from: str
+
+
+def quant_images(data: str | os.PathLike[str], num_calib: int, num_eval: int,
+                 seed: int = 0, eval_ann: str | None = None,
+                 eval_data: str | os.PathLike[str] | None = None,
+                 calib: Sequence[Path] | None = None) -> QuantImages:
+    """Calibration and held-out images for ``data``: a dataset root or a split
+    folder (``runtime.dataset.resolve_dataset``), or a plain image folder.
+
+    Held-out images come from ``eval_data`` when given (a dataset root gives its
+    val split), else from the ``val`` split of ``data``'s dataset when it has one
+    other than the calibration split: ``num_calib`` train images calibrate and
+    ``num_eval`` val images decide, with val's annotations. Otherwise the images
+    of the one split or folder are split (seeded, disjoint); held-out images keep
+    the split's annotations, or ``eval_ann``, or none (pseudo ground truth).
+    ``calib`` overrides the calibration images (an explicit list).
+    """
+    from runtime.dataset import resolve_dataset
+
+    source = resolve_dataset(data, default_split="train")
+    calib_paths = list(calib) if calib is not None else source.images
+    calib_from = f"{len(calib_paths)} given images" if calib is not None else source.describe()
+    val = None
+    if eval_data is not None:
+        val = resolve_dataset(eval_data, default_split="val")
+    elif source.split is not None:
+        try:
+            val = resolve_dataset(source.root, "val")
+        except InputError:  # no val split: decide on held-out train images
+            val = None
+        if val is not None and val.split == source.split:
+            val = None
+    if val is not None and num_eval > 0:
+        order = np.random.default_rng(seed).permutation(len(val.images))[:num_eval]
+        ids = [val.image_ids[i] for i in order] if val.image_ids else None
+        ann = Path(eval_ann) if eval_ann else val.annotations
+        return QuantImages(select_images(calib_paths, num_calib, seed),
+                           [val.images[i] for i in order], ann, None if eval_ann else ids,
+                           calib_from, val.describe())
+    # One image set: hold out at most half of it (the rest calibrates).
+    split = split_images(calib_paths, num_calib, min(num_eval, len(calib_paths) // 2), seed)
+    ids = None
+    if source.image_ids is not None and calib is None:
+        by_path = dict(zip(source.images, source.image_ids))
+        ids = [by_path[p] for p in split.held_out]
+    annotations = source.annotations if calib is None else None
+    if eval_ann:
+        annotations, ids = Path(eval_ann), None
+    return QuantImages(split.calib, split.held_out, annotations, ids, calib_from, calib_from)

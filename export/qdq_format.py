@@ -23,6 +23,8 @@ rejects the cpu format (uint8 Q/DQ, nonzero zero points), and
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
 from collections.abc import Sequence
@@ -118,14 +120,16 @@ def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
     level = root.level
     root.setLevel(logging.ERROR)
     try:
-        quantize_static(os.fspath(source), os.fspath(out_path), reader,
-                        quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
-                        per_channel=True,
-                        activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8,
-                        weight_type=QuantType.QInt8, nodes_to_quantize=chosen,
-                        nodes_to_exclude=exclude,
-                        calibrate_method=method, extra_options=extra,
-                        calibration_cache_path=os.fspath(cache_path))
+        # The entropy / percentile calibrators print their progress to stdout.
+        with contextlib.redirect_stdout(io.StringIO()):
+            quantize_static(os.fspath(source), os.fspath(out_path), reader,
+                            quant_format=QuantFormat.QDQ, op_types_to_quantize=op_types,
+                            per_channel=True,
+                            activation_type=QuantType.QUInt8 if cpu else QuantType.QInt8,
+                            weight_type=QuantType.QInt8, nodes_to_quantize=chosen,
+                            nodes_to_exclude=exclude,
+                            calibrate_method=method, extra_options=extra,
+                            calibration_cache_path=os.fspath(cache_path))
     finally:
         root.setLevel(level)
         if source != Path(fp32_path):

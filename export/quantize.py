@@ -7,8 +7,10 @@ are fragile), so this keeps accuracy in three ways:
   activation x activation MatMuls only on request), the output heads
   ``class_embed`` / ``bbox_embed`` never;
 - ranges come from real images through ``runtime.preprocess``;
-- sensitive blocks fall back to FP32 until the AP drop on held-out images is
-  within the budget (``export.sensitivity``).
+- a measured search (``export.int8_search``): full INT8 first, then better
+  calibration ranges per block, then FP32 fallback chosen by AP recovered per
+  ms lost, decided on held-out images (the val split of a dataset, with its
+  annotations) with a paired bootstrap error (``export.int8_objective``).
 
 The Q/DQ format (``export.qdq_format``) is TensorRT's by default: symmetric
 INT8, zero point 0, per-tensor activations, per-channel weights
@@ -17,8 +19,8 @@ provider runs it as integer kernels (``export.qdq_layout``). ``target="cpu"``
 writes ONNX Runtime's own uint8-activation format instead: faster on a CPU,
 not a TensorRT input. Quantization itself is ONNX Runtime's ``quantize_static``. The
 calibration ranges are cached (keyed by model, images and method), so every
-fallback configuration is re-quantized without re-calibrating, and a rerun
-after Ctrl-C resumes from the cache.
+configuration is re-quantized without re-calibrating, and a rerun after Ctrl-C
+resumes from the cache.
 """
 
 from __future__ import annotations
@@ -29,18 +31,17 @@ import json
 import os
 import sys
 import tempfile
-import time
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from export.int8_report import QuantizeReport
 from export.qdq_format import TARGETS, quantize_nodes
 from runtime import json_limits
 from runtime.atomic import atomic_write_bytes, atomic_write_text
-from runtime.decode import decoding_protocol
 from runtime.errors import DataError, InputError, ModelFormatError
 from runtime.metadata import ModelMeta
 
@@ -57,12 +58,18 @@ class QuantizeConfig:
     method: str = "minmax"  # activation ranges: minmax | entropy | percentile
     percentile: float = 99.999  # for method=percentile
     ap_budget: float = 0.5  # max AP drop vs FP32, COCO points (0..100 scale)
-    eval_images: int = 64  # held-out images for sensitivity/AP; 0 = no fallback search
-    eval_ann: str | None = None  # COCO annotations of the images; None = look next to them,
-    #                              else FP32 pseudo ground truth (AP = agreement with FP32)
+    eval_images: int = 500  # held-out images (val split) that decide; 0 = no search
+    eval_ann: str | None = None  # COCO annotations of a plain image folder; None = the
+    #                              dataset's own, else FP32 pseudo ground truth
+    eval_data: str | None = None  # held-out images from here (a dataset root: its val split);
+    #                               None = the val split of --calib-data's dataset, if any
     pseudo_gt: bool = False  # ignore annotations: score INT8 against FP32 pseudo ground truth
     pseudo_top_k: int = 10  # detections per image kept as pseudo ground truth
+    pseudo_budget: float | None = None  # budget in pseudo-GT points; None = mapped from
+    #                                     ap_budget (export.int8_objective.pseudo_budget)
     second_best: bool = True  # AP with the official PostProcess; False drops no-object slots
+    method_blocks: int = 4  # most sensitive blocks whose calibration method is searched
+    candidates: int = 3  # FP32-fallback candidates measured per search step
     seed: int = 0  # image selection / split
     quantize_attention: bool = False  # also quantize activation x activation MatMuls
     quantize_add: bool = True  # Q/DQ on residual Add outputs too: ORT CPU runs QLinearAdd
@@ -90,59 +97,6 @@ class QuantizeConfig:
             raise InputError("--calib-images/--eval-images", "must be positive")
 
 
-@dataclass
-class QuantizeReport:
-    source: str  # FP32 ONNX
-    output: str | None  # INT8 ONNX written (None = not written)
-    target: str  # Q/DQ format: tensorrt | cpu (export.qdq_format)
-    method: str
-    num_calib_images: int
-    num_eval_images: int
-    ground_truth: str  # "annotations" | "FP32 top-k" | "none"
-    quantized_nodes: int  # Conv/MatMul/Gemm in INT8 in the final model
-    candidate_nodes: int  # quantizable nodes (heads excluded)
-    fallback_blocks: list[str]  # blocks kept in FP32 by the search
-    fallback_nodes: list[str]  # their node names (+ heads, always FP32)
-    fp32_ap: float | None  # COCO points 0..100 on the held-out images
-    int8_ap: float | None
-    ap_budget: float
-    within_budget: bool | None
-    sensitivity: list[dict[str, Any]] = field(default_factory=list)  # block, nodes, output_error
-    search: list[dict[str, Any]] = field(default_factory=list)  # fallback, ap per step
-    latency_ms: dict[str, float] = field(default_factory=dict)  # fp32/int8 median ORT CPU ms
-    check_onnx: list[str] = field(default_factory=list)  # check-onnx result lines
-    decoding: str = ""  # how AP was counted (runtime.decode.decoding_protocol)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def format(self) -> str:
-        def ap(v: float | None) -> str:
-            return "n/a" if v is None else f"{v:6.2f}"
-
-        lines = [(f"quantize {self.source} -> {self.output or '(not written)'} "
-                  f"({self.target} Q/DQ format)"),
-                 (f"  method {self.method}, {self.num_calib_images} calibration / "
-                  f"{self.num_eval_images} held-out images, ground truth: {self.ground_truth}"
-                  f"{', AP decoding: ' + self.decoding if self.decoding else ''}"),
-                 f"  {'model':<6} {'AP':>7} {'latency ms':>11}"]
-        for name, value in (("fp32", self.fp32_ap), ("int8", self.int8_ap)):
-            ms = self.latency_ms.get(name, float("nan"))
-            lines.append(f"  {name:<6} {ap(value):>7} {ms:>11.2f}")
-        if self.fp32_ap is not None and self.int8_ap is not None:
-            verdict = "within" if self.within_budget else "OVER"
-            lines.append(f"  AP drop {self.fp32_ap - self.int8_ap:.2f} points, {verdict} the "
-                         f"budget of {self.ap_budget:.2f}")
-        lines.append(f"  INT8 nodes {self.quantized_nodes}/{self.candidate_nodes}; "
-                     f"FP32 fallback: {', '.join(self.fallback_blocks) or 'none'} "
-                     "(+ class_embed/bbox_embed heads)")
-        if self.sensitivity:
-            lines.append(f"  {'block':<28} {'nodes':>5} {'output error':>13}")
-            lines += [f"  {s['block']:<28} {len(s['nodes']):>5} {s['output_error']:>13.5f}"
-                      for s in self.sensitivity]
-        return "\n".join(lines)
-
-
 class _Reader:
     """onnxruntime ``CalibrationDataReader`` over preprocessed calibration feeds."""
 
@@ -153,54 +107,82 @@ class _Reader:
         return next(self._feeds, None)
 
 
-def _cache_key(model: onnx.ModelProto, images: Sequence[Path], config: QuantizeConfig) -> str:
+def _cache_key(model: onnx.ModelProto, images: Sequence[Path], config: QuantizeConfig,
+               method: str) -> str:
     h = hashlib.sha256(model.SerializeToString(deterministic=True))
     # The cpu target calibrates more tensors (ReLU/Add outputs): its own cache.
-    h.update(json.dumps([config.method, config.percentile, config.quantize_attention,
+    h.update(json.dumps([method, config.percentile, config.quantize_attention,
                          [str(p) for p in images]] + (["cpu-s2d"] if config.target == "cpu" else [])
                         ).encode())
     return h.hexdigest()[:16]
 
 
-def median_latency_ms(path: str | os.PathLike[str], feed: dict[str, np.ndarray], runs: int,
-                      warmup: int, threads: int | None) -> float:
-    """Median wall time of ``runs`` ORT CPU runs after ``warmup`` untimed ones."""
-    import onnxruntime as ort
+class _Builder:
+    """INT8 models of configurations (FP32 blocks, calibration method per block),
+    each made once; one calibration per method, cached on disk."""
 
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    session = ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
-    for _ in range(warmup):
-        session.run(None, feed)
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        session.run(None, feed)
-        times.append((time.perf_counter() - start) * 1e3)
-    return float(np.median(times)) if times else float("nan")
+    def __init__(self, fp32: onnx.ModelProto, fp32_path: Path, work: Path,
+                 blocks: dict[str, list[str]], calib: list[Path], meta: ModelMeta,
+                 config: QuantizeConfig, cache_dir: Path) -> None:
+        from export.int8_ranges import tensor_blocks
+
+        self.fp32, self.fp32_path, self.work, self.blocks = fp32, fp32_path, work, blocks
+        self.calib, self.meta, self.config, self.cache_dir = calib, meta, config, cache_dir
+        self.nodes = [n for nodes in blocks.values() for n in nodes]
+        self.owner = tensor_blocks(fp32, blocks)
+        self.made: dict[tuple[frozenset[str], tuple[tuple[str, str], ...]], Path] = {}
+
+    def cache(self, method: str) -> Path:
+        return self.cache_dir / \
+            f"detr-edge-calib-{_cache_key(self.fp32, self.calib, self.config, method)}.json"
+
+    def _reader(self) -> _Reader:
+        from export.calib_data import fixed_size_batches, iter_feeds
+
+        batch = self.meta.batch_size or 1
+        return _Reader(fixed_size_batches(self.calib, self.meta, batch) if self.meta.batch_size
+                       else iter_feeds(self.calib, self.meta, batch))
+
+    def _calibrated(self, method: str) -> Path:
+        """The calibration cache of ``method`` (calibrating every node once if absent)."""
+        path = self.cache(method)
+        _drop_unreadable_cache(path)
+        if not path.is_file():
+            quantize_nodes(self.fp32_path, self.work / f"calib_{method}.onnx", self.nodes,
+                           self._reader(), path, dataclasses.replace(self.config, method=method))
+        return path
+
+    def __call__(self, fallback: Sequence[str], methods: dict[str, str] | None = None) -> Path:
+        from export.int8_ranges import merge_caches
+
+        methods = {b: m for b, m in (methods or {}).items() if m != self.config.method}
+        key = (frozenset(fallback), tuple(sorted(methods.items())))
+        if key not in self.made:
+            cache = self._calibrated(self.config.method)
+            if methods:
+                cache = merge_caches(cache, {m: self._calibrated(m) for m in set(methods.values())},
+                                     methods, self.owner, self.cache_dir)
+            skip = {n for b in fallback for n in self.blocks[b]}
+            path = self.work / f"int8_{len(self.made)}.onnx"
+            quantize_nodes(self.fp32_path, path, [n for n in self.nodes if n not in skip],
+                           self._reader(), cache, self.config)
+            self.made[key] = path
+        return self.made[key]
 
 
 def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequence[Path],
                   config: QuantizeConfig) -> tuple[onnx.ModelProto, QuantizeReport]:
     """Quantize the FP32 detr-edge ONNX at ``onnx_path`` to INT8 Q/DQ.
 
-    calib_images: an image folder or a list of image paths; a seeded split gives
-    ``config.eval_images`` held-out images (AP/sensitivity, never calibrated on)
-    and up to ``config.calib_images`` calibration images.
+    calib_images: a dataset root, a split folder or an image folder
+    (``export.calib_data.quant_images``: train calibrates, val decides), or a list
+    of image paths (seeded split, pseudo ground truth unless ``eval_ann``).
     Returns the INT8 model (metadata precision 'int8') and the report; writes
     both when ``config.out_path`` is set. Raises ``InputError`` for bad
-    arguments, ``ModelFormatError`` if the result is not TensorRT-compatible.
+    arguments, ``ModelFormatError`` if the result is not in the target format.
     """
-    from export.calib_data import fixed_size_batches, iter_feeds, list_images, split_images
-    from export.onnx_meta import load_onnx, read_meta, write_meta
-    from export.qdq import (
-        ensure_node_names,
-        group_blocks,
-        head_nodes,
-        inspect_qdq,
-        quantizable_nodes,
-    )
+    from export.onnx_meta import load_onnx, read_meta
+    from export.qdq import ensure_node_names, group_blocks, head_nodes, quantizable_nodes
     from runtime.backends.onnxruntime_backend import ort_failures
 
     config.validate()
@@ -209,9 +191,7 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
     if meta.precision != "fp32":
         raise InputError(onnx_path, f"model is already {meta.precision}; quantize the FP32 "
                          "export (detr-edge export-onnx --precision fp32)")
-    paths = list_images(calib_images) if isinstance(calib_images, (str, os.PathLike)) \
-        else [Path(p) for p in calib_images]
-    split = split_images(paths, config.calib_images, config.eval_images, config.seed)
+    images = _images(calib_images, config)
     heads = head_nodes(fp32)
     candidates = [n for n in quantizable_nodes(fp32, config.quantize_attention)
                   if n.name not in heads]
@@ -219,46 +199,38 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
         raise ModelFormatError(onnx_path, "no Conv/MatMul/Gemm with constant weights to quantize")
     blocks = group_blocks(fp32, candidates) if config.granularity == "block" \
         else {n.name: [n.name] for n in candidates}
-    all_nodes = [n.name for n in candidates]
-
     cache_dir = Path(config.cache_dir) if config.cache_dir else (
         Path(config.out_path).parent if config.out_path else Path(tempfile.gettempdir()))
-    cache_path = cache_dir / f"detr-edge-calib-{_cache_key(fp32, split.calib, config)}.json"
     cache_dir.mkdir(parents=True, exist_ok=True)
-    _drop_unreadable_cache(cache_path)
-    batch = meta.batch_size or 1
-    feeds = fixed_size_batches(split.calib, meta, batch) if meta.batch_size \
-        else iter_feeds(split.calib, meta, batch)
 
     with tempfile.TemporaryDirectory(prefix="detr-edge-quant.") as tmp:
         work = Path(tmp)
         fp32_path = work / "fp32.onnx"
         atomic_write_bytes(fp32_path, fp32.SerializeToString())
-        made: dict[frozenset[str], Path] = {}
-
-        def build(keep_fp32: Sequence[str]) -> Path:
-            """INT8 model with the nodes of ``keep_fp32`` blocks left in FP32."""
-            key = frozenset(keep_fp32)
-            if key not in made:
-                skip = {n for b in keep_fp32 for n in blocks[b]}
-                path = work / f"int8_{len(made)}.onnx"
-                quantize_nodes(fp32_path, path, [n for n in all_nodes if n not in skip],
-                               _Reader(feeds), cache_path, config)
-                made[key] = path
-            return made[key]
-
+        build = _Builder(fp32, fp32_path, work, blocks, images.calib, meta, config, cache_dir)
         try:
             with ort_failures(onnx_path):
-                report = _run(onnx_path, fp32_path, split, blocks, build, heads, meta, config,
-                              len(all_nodes), cache_path)
+                report = _run(onnx_path, fp32_path, images, blocks, build, heads, meta, config)
         except KeyboardInterrupt:
+            cached = build.cache(config.method)
             print(f"\nquantize interrupted; calibration ranges "
-                  f"{'are cached in ' + str(cache_path) if cache_path.exists() else 'not saved'}"
+                  f"{'are cached in ' + str(cached) if cached.exists() else 'not saved'}"
                   ": rerun the same command to resume", file=sys.stderr)
             raise
         import onnx
 
-        final = onnx.load(os.fspath(made[frozenset(report.fallback_blocks)]))
+        final = onnx.load(os.fspath(build(report.fallback_blocks, report.block_methods)))
+    _finish(final, report, meta, heads, onnx_path, config)
+    return final, report
+
+
+def _finish(final: onnx.ModelProto, report: QuantizeReport, meta: ModelMeta, heads: set[str],
+            onnx_path: str | os.PathLike[str], config: QuantizeConfig) -> None:
+    """Check the chosen model's Q/DQ format and graph, write its metadata, and write
+    it and the report when ``config.out_path`` is set."""
+    from export.onnx_meta import write_meta
+    from export.qdq import inspect_qdq
+
     info = inspect_qdq(final, config.target)
     if info.problems:
         raise ModelFormatError(onnx_path, f"INT8 model is not in the {config.target} Q/DQ "
@@ -268,9 +240,11 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
         raise ModelFormatError(onnx_path, f"output heads were quantized: {quantized_heads}")
     report.quantized_nodes = len(info.quantized)
     int8_meta = meta.replace(precision="int8", extra={**meta.extra, "int8": {
-        "method": config.method, "target": config.target,
-        "fallback_blocks": report.fallback_blocks,
-        "fp32_ap": report.fp32_ap, "int8_ap": report.int8_ap, "source": Path(onnx_path).name}})
+        "method": config.method, "target": config.target, "block_methods": report.block_methods,
+        "fallback_blocks": report.fallback_blocks, "fp32_ap": report.fp32_ap,
+        "int8_ap": report.int8_ap, "ground_truth": report.ground_truth,
+        "latency_ratio": report.latency_ratio, "pays": report.pays,
+        "source": Path(onnx_path).name}})
     write_meta(final, int8_meta)
     report.check_onnx = _check(final) if config.target == "tensorrt" else [
         "SKIP check-onnx: the cpu format (uint8 activations) is for ONNX Runtime, not TensorRT"]
@@ -282,7 +256,23 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
         atomic_write_bytes(config.out_path, final.SerializeToString())
         atomic_write_text(report_path(config.out_path),
                           json.dumps(report.to_dict(), indent=2, default=float))
-    return final, report
+
+
+def _images(calib_images: str | os.PathLike[str] | Sequence[Path], config: QuantizeConfig) -> Any:
+    """``export.calib_data.QuantImages`` for a path or an explicit image list."""
+    from export.calib_data import QuantImages, quant_images, split_images
+
+    if isinstance(calib_images, (str, os.PathLike)):
+        return quant_images(calib_images, config.calib_images, config.eval_images, config.seed,
+                            config.eval_ann, config.eval_data)
+    paths = [Path(p) for p in calib_images]
+    if config.eval_data:
+        return quant_images(config.eval_data, config.calib_images, config.eval_images,
+                            config.seed, config.eval_ann, config.eval_data, calib=paths)
+    split = split_images(paths, config.calib_images, config.eval_images, config.seed)
+    ann = Path(config.eval_ann) if config.eval_ann else None
+    return QuantImages(split.calib, split.held_out, ann, None, f"{len(paths)} given images",
+                       f"{len(paths)} given images")
 
 
 def _drop_unreadable_cache(path: Path) -> None:
@@ -312,78 +302,83 @@ def _check(model: onnx.ModelProto) -> list[str]:
     return [f"{r.status} {r.name}: {r.detail}" for r in checked.results]
 
 
-def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, split: Any,
-         blocks: dict[str, list[str]], build: Any, heads: set[str], meta: ModelMeta,
-         config: QuantizeConfig, num_candidates: int, cache_path: Path) -> QuantizeReport:
-    from tqdm import tqdm
-
-    from export.sensitivity import (
-        HeldOutEvaluator,
-        find_annotations,
-        greedy_fallback,
-        output_error,
-        rank_blocks,
+def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, images: Any,
+         blocks: dict[str, list[str]], build: Callable[..., Path], heads: set[str],
+         meta: ModelMeta, config: QuantizeConfig) -> QuantizeReport:
+    """The search on the held-out images (or full INT8 without them); the report."""
+    from export.calib_data import iter_feeds
+    from export.int8_objective import (
+        PAYS_RATIO,
+        Objective,
+        interleaved_latency,
+        pays,
+        pseudo_budget,
     )
+    from export.int8_search import SearchSettings, search, to_dicts
+    from export.sensitivity import HeldOutEvaluator
+    from runtime.decode import decoding_protocol
 
-    full = build([])  # calibrates (or reads the cache) and quantizes everything
     report = QuantizeReport(
         source=str(onnx_path), output=None, target=config.target, method=config.method,
-        num_calib_images=len(split.calib), num_eval_images=len(split.held_out),
-        ground_truth="none", quantized_nodes=0, candidate_nodes=num_candidates,
-        fallback_blocks=[], fallback_nodes=sorted(heads), fp32_ap=None, int8_ap=None,
-        ap_budget=config.ap_budget, within_budget=None)
-    if split.held_out:
-        ann = None if config.pseudo_gt else (
-            config.eval_ann or find_annotations(split.held_out[0].parent))
-        evaluator = HeldOutEvaluator(fp32_path, split.held_out, ann, config.pseudo_top_k,
-                                     config.threads, second_best=config.second_best)
-        report.ground_truth = evaluator.ground_truth
-        report.decoding = decoding_protocol(config.second_best)
-        fp32_ap = evaluator.ap(fp32_path)
-        first = evaluator.ap(full)
-        order: list[str] = []
-        if fp32_ap - first > config.ap_budget:
-            bar = tqdm(list(blocks), desc="sensitivity", disable=not config.progress,
-                       leave=False)
-
-            def measure(nodes: list[str]) -> float:
-                block = next(b for b, n in blocks.items() if n == nodes)
-                bar.update(1)
-                others = [b for b in blocks if b != block]
-                return output_error(evaluator.reference, evaluator.outputs(build(others)))
-
-            ranked = rank_blocks(blocks, measure)
-            bar.close()
-            report.sensitivity = [dataclasses.asdict(r) for r in ranked]
-            order = [r.block for r in ranked]
-        aps = {frozenset(): first}
-        steps = tqdm(desc="fallback search", unit="model", disable=not config.progress or
-                     not order, leave=False)
-
-        def evaluate(fallback: list[str]) -> float:
-            key = frozenset(fallback)
-            if key not in aps:
-                aps[key] = evaluator.ap(build(fallback))
-                steps.update(1)
-                steps.set_postfix(ap=f"{aps[key]:.2f}", fp32=f"{fp32_ap:.2f}")
-            return aps[key]
-
-        search = greedy_fallback(order, evaluate, fp32_ap, config.ap_budget)
-        steps.close()
-        report.search = [dataclasses.asdict(s) for s in search.steps]
-        report.fallback_blocks = search.final.fallback
-        report.fallback_nodes = sorted(heads | {n for b in search.final.fallback
-                                                for n in blocks[b]})
-        report.fp32_ap, report.int8_ap = fp32_ap, search.final.ap
-        report.within_budget = search.within_budget
+        num_calib_images=len(images.calib), num_eval_images=len(images.held_out),
+        ground_truth="none", quantized_nodes=0,
+        candidate_nodes=sum(len(v) for v in blocks.values()), fallback_blocks=[],
+        fallback_nodes=sorted(heads), fp32_ap=None, int8_ap=None, ap_budget=config.ap_budget,
+        within_budget=None, calib_data=images.calib_from, eval_data=images.eval_from)
+    batch = max(meta.batch_size or 1, 1)
+    feed = next(iter_feeds((images.held_out or images.calib)[:batch], meta, batch))
+    if not images.held_out:
+        fp32_ms, ms = interleaved_latency(fp32_path, build([]), feed, config.latency_runs,
+                                          config.warmup_runs, config.threads)
+        if config.latency_runs:
+            report.latency_ms = {"fp32": fp32_ms, "int8": ms}
+            report.pays = report.latency_ratio <= PAYS_RATIO
+        return report
+    evaluator = HeldOutEvaluator(fp32_path, images.held_out,
+                                 None if config.pseudo_gt else images.annotations,
+                                 config.pseudo_top_k, config.threads,
+                                 second_best=config.second_best, image_ids=images.image_ids)
+    budget = config.ap_budget if not evaluator.pseudo else (
+        config.pseudo_budget if config.pseudo_budget is not None
+        else pseudo_budget(config.ap_budget))
+    report.ground_truth, report.decision_budget = evaluator.ground_truth, budget
+    report.decoding = decoding_protocol(config.second_best)
+    if config.progress:
+        print(f"quantize: deciding by {report.metric} on {len(images.held_out)} held-out images "
+              f"of {images.eval_from}, budget {budget:.2f}", file=sys.stderr)
+    objective = Objective(evaluator, fp32_path, feed, config.latency_runs, config.warmup_runs,
+                          config.threads, config.seed)
+    result = search(blocks, build, objective, SearchSettings(
+        budget=budget, default_method=config.method, method_blocks=config.method_blocks,
+        candidates=config.candidates, progress=config.progress))
+    _fill(report, result, objective, heads, blocks, budget)
     if config.latency_runs:
-        from export.calib_data import iter_feeds
-
-        sample = (split.held_out or split.calib)[:max(meta.batch_size or 1, 1)]
-        feed = next(iter_feeds(sample, meta, len(sample)))
-        final = build(report.fallback_blocks)
-        report.latency_ms = {
-            name: median_latency_ms(path, feed, config.latency_runs, config.warmup_runs,
-                                    config.threads)
-            for name, path in (("fp32", fp32_path), ("int8", final))}
+        # The written model is timed again, 3x longer: the verdict rests on this figure.
+        final = result.final
+        final.fp32_latency_ms, final.latency_ms = interleaved_latency(
+            fp32_path, build(final.fallback, final.methods), feed, 3 * config.latency_runs,
+            config.warmup_runs, config.threads)
+        report.frontier = to_dicts(result)["tried"]
+        report.latency_ms = {"fp32": final.fp32_latency_ms, "int8": final.latency_ms}
+        report.pays = pays(final)
     return report
+
+
+def _fill(report: QuantizeReport, result: Any, objective: Any, heads: set[str],
+          blocks: dict[str, list[str]], budget: float) -> None:
+    """The search's outcome into the report (everything but the final timing)."""
+    from export.int8_search import to_dicts
+
+    final = result.final
+    final.chosen = True
+    parts = to_dicts(result)
+    report.frontier, report.sensitivity = parts["tried"], parts["sensitivity"]
+    report.method_trials, report.steps = parts["method_trials"], parts["steps"]
+    report.stop_reason = result.stop_reason
+    report.fallback_blocks, report.block_methods = list(final.fallback), dict(final.methods)
+    report.fallback_nodes = sorted(heads | {n for b in final.fallback for n in blocks[b]})
+    report.fp32_ap, report.int8_ap, report.dap_se = objective.fp32_ap, final.ap, final.dap_se
+    report.within_budget = -final.dap <= budget + 1e-9
+    if final.dap_se > budget / 2:
+        report.stop_reason += (f"; noise: the SE {final.dap_se:.2f} is not well under the "
+                               f"budget {budget:.2f}: use more held-out images")

@@ -5,19 +5,17 @@ module (and the quantize report) is in COCO *points* 0..100, converted once in
 :meth:`HeldOutEvaluator.ap`. An ``ap_budget`` of 0.5 means INT8 may lose at
 most half an AP point against the FP32 ONNX model on the held-out images.
 
-Procedure (one-at-a-time sensitivity, then greedy fallback):
-1. For each block (backbone stage, input_proj, encoder/decoder layer) build a
-   model where *only* that block is INT8 and measure how far its outputs move
-   from FP32 on the held-out images (:func:`output_error`).
-2. Starting from "everything quantized", fall back the most sensitive block to
-   FP32, re-measure AP, repeat until ``AP_fp32 - AP_int8 <= budget``.
+Sensitivity: for each block (backbone stage, input_proj, encoder/decoder layer)
+a model where *only* that block is INT8 shows how far its outputs move from FP32
+on the held-out images (:func:`output_error`); ``export.int8_search`` tries the
+most sensitive blocks first.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,27 +51,6 @@ class BlockSensitivity:
     output_error: float  # output_error() of the model with only this block INT8
 
 
-@dataclass
-class FallbackStep:
-    fallback: list[str]  # blocks kept in FP32 at this step
-    ap: float  # INT8 AP (COCO points 0..100) of this configuration
-
-
-@dataclass
-class FallbackSearch:
-    fp32_ap: float  # AP of the FP32 model, COCO points
-    budget: float  # allowed drop, COCO points
-    steps: list[FallbackStep] = field(default_factory=list)
-
-    @property
-    def final(self) -> FallbackStep:
-        return self.steps[-1]
-
-    @property
-    def within_budget(self) -> bool:
-        return self.fp32_ap - self.final.ap <= self.budget + 1e-9
-
-
 def rank_blocks(blocks: dict[str, list[str]],
                 measure: Callable[[list[str]], float]) -> list[BlockSensitivity]:
     """Most sensitive first. ``measure(nodes)`` = output error with only ``nodes``
@@ -82,46 +59,7 @@ def rank_blocks(blocks: dict[str, list[str]],
     return sorted(results, key=lambda r: -r.output_error)
 
 
-def greedy_fallback(order: Sequence[str], evaluate: Callable[[list[str]], float],
-                    fp32_ap: float, budget: float, prune: bool = True) -> FallbackSearch:
-    """Fall back blocks in ``order`` (most sensitive first) until the AP drop is
-    within ``budget``. ``evaluate(fallback_blocks)`` -> INT8 AP in COCO points.
-
-    Greedy phase: add blocks along ``order`` until within budget (with every
-    block in FP32 the drop is 0, so it always ends). Prune phase (``prune``):
-    one-at-a-time sensitivity ignores interactions, so a block added early may
-    turn out unnecessary; each fallen block except the last is re-quantized
-    and stays INT8 if the model is still within budget.
-    """
-    search = FallbackSearch(fp32_ap=fp32_ap, budget=budget)
-    fallback: list[str] = []
-    search.steps.append(FallbackStep(list(fallback), evaluate(list(fallback))))
-    for block in order:
-        if search.within_budget:
-            break
-        fallback.append(block)
-        search.steps.append(FallbackStep(list(fallback), evaluate(list(fallback))))
-    if not prune or not search.within_budget:
-        return search
-    best = search.final
-    for block in best.fallback[:-1]:
-        trial = [b for b in best.fallback if b != block]
-        step = FallbackStep(trial, evaluate(trial))
-        if fp32_ap - step.ap <= budget + 1e-9:
-            best = step
-            search.steps.append(step)
-    return search
-
-
 # ---- held-out evaluation with the runtime ------------------------------------------------
-
-
-def find_annotations(image_dir: str | os.PathLike[str]) -> Path | None:
-    """``<root>/annotations/instances_<split>.json`` for an image dir ``<root>/<split>``
-    (the layout of make-dataset and COCO), if it exists."""
-    d = Path(image_dir)
-    ann = d.parent / "annotations" / f"instances_{d.name}.json"
-    return ann if ann.is_file() else None
 
 
 class HeldOutEvaluator:
@@ -136,7 +74,8 @@ class HeldOutEvaluator:
 
     def __init__(self, fp32_path: str | os.PathLike[str], images: Sequence[Path],
                  annotations: str | os.PathLike[str] | None = None, pseudo_top_k: int = 10,
-                 threads: int | None = None, second_best: bool = True) -> None:
+                 threads: int | None = None, second_best: bool = True,
+                 image_ids: Sequence[int] | None = None) -> None:
         from runtime.detector import Detector
         from runtime.preprocess import preprocess
 
@@ -150,10 +89,11 @@ class HeldOutEvaluator:
         self.batches = [preprocess(list(images[i:i + self.batch_size]), self.meta)
                         for i in range(0, len(images), self.batch_size)]
         self.images = list(images)
-        self.gt = self._load_gt(annotations) if annotations else None
+        self.gt = self._load_gt(annotations, image_ids) if annotations else None
         self.reference = self.outputs(fp32_path)
         if self.gt is None:
             self.gt = self._pseudo_gt(fp32_path, pseudo_top_k)
+        self.pseudo = annotations is None
         self.ground_truth = "annotations" if annotations else f"FP32 top-{pseudo_top_k}"
 
     def _detector(self, path: str | os.PathLike[str]) -> Any:
@@ -162,12 +102,15 @@ class HeldOutEvaluator:
         return Detector(path, backend="onnxruntime", providers="cpu",
                         backend_options={"intra_op_threads": self.threads})
 
-    def outputs(self, path: str | os.PathLike[str]) -> Outputs:
+    def outputs(self, path: str | os.PathLike[str], max_images: int | None = None) -> Outputs:
         """Raw ``(logits, boxes)`` per held-out batch (last batch padded for a
-        fixed-batch model, padding rows dropped)."""
+        fixed-batch model, padding rows dropped); the first batches holding
+        ``max_images`` images when given (compare with ``reference[:len(out)]``)."""
         out = []
+        batches = self.batches if max_images is None else \
+            self.batches[:max(1, -(-max_images // self.batch_size))]
         with self._detector(path) as det:
-            for batch in self.batches:
+            for batch in batches:
                 n, images, mask = len(batch), batch.images, batch.mask
                 if det.backend.batch_size is not None and n < det.backend.batch_size:
                     extra = det.backend.batch_size - n
@@ -185,19 +128,34 @@ class HeldOutEvaluator:
                 dets.extend(det.detect(batch, second_best=self.second_best))
         return dets
 
-    def _load_gt(self, annotations: str | os.PathLike[str]) -> dict[str, Any]:
+    def _load_gt(self, annotations: str | os.PathLike[str],
+                 image_ids: Sequence[int] | None) -> dict[str, Any]:
+        """The annotations of the held-out images: by ``image_ids`` when the dataset
+        resolver gave them, else matched by file name."""
+        ann = Path(annotations)
         from detr.data.coco_schema import read_coco_json
 
-        ann = Path(annotations)
         gt = read_coco_json(ann)  # bounded JSON, schema-checked (ids, boxes, categories)
-        by_name = {Path(str(img["file_name"])).name: img for img in gt.get("images", [])}
-        missing = [p.name for p in self.images if p.name not in by_name]
-        if missing:
-            raise DataError(ann, f"{len(missing)} held-out image(s) are not in the annotations "
-                            f"(e.g. {missing[0]}); pass the matching --eval-ann")
-        self.image_ids = [int(by_name[p.name]["id"]) for p in self.images]
+        records = gt.get("images", [])
+        by_id = {int(img["id"]): img for img in records}
+        if image_ids is None:
+            # ROOT/annotations/instances_<split>.json: file_names are relative to
+            # ROOT/<split> and may hold sub-folders, so match by that path; by file
+            # name alone only for annotations kept elsewhere (--eval-ann).
+            image_dir = ann.parent.parent / ann.stem.removeprefix("instances_")
+            by_path = {os.path.normpath(image_dir / str(img["file_name"])): img
+                       for img in records}
+            by_name = {Path(str(img["file_name"])).name: img for img in records}
+            found = [by_path.get(os.path.normpath(p)) or by_name.get(p.name)
+                     for p in self.images]
+            missing = [p.name for p, img in zip(self.images, found) if img is None]
+            if missing:
+                raise DataError(ann, f"{len(missing)} held-out image(s) are not in the "
+                                f"annotations (e.g. {missing[0]}); pass the matching --eval-ann")
+            image_ids = [int(img["id"]) for img in found]
+        self.image_ids = [int(i) for i in image_ids]
         keep = set(self.image_ids)
-        return {"images": [by_name[p.name] for p in self.images],
+        return {"images": [by_id[i] for i in self.image_ids],
                 "annotations": [a for a in gt["annotations"] if a.get("image_id") in keep],
                 "categories": gt["categories"]}
 
@@ -226,16 +184,31 @@ class HeldOutEvaluator:
                       for c, n in zip(self.meta.label_map, self.meta.class_names)]
         return {"images": images, "annotations": annotations, "categories": categories}
 
-    def ap(self, path: str | os.PathLike[str]) -> float:
-        """COCO box AP@[.5:.95] of the model at ``path``, in points 0..100."""
-        from detr.coco_eval import coco_metrics, detections_to_coco_results, load_coco_gt
+    def _ground_truth(self) -> Any:
+        from detr.coco_eval import load_coco_gt
 
         if self._coco is None:
             if not self.gt or not self.gt["annotations"]:
                 raise DataError("held-out images", "no ground-truth boxes to compute AP on "
-                                "(use more --eval-images or an annotated --eval-ann)")
+                                "(use more --eval-images or an annotated dataset)")
             self._coco = load_coco_gt(self.gt)
+        return self._coco
+
+    def matches(self, path: str | os.PathLike[str]) -> Any:
+        """Per-image COCO matches of the model at ``path`` (``detr.coco_resample``):
+        its AP on any resampled image set, for paired bootstrap errors."""
+        from detr.coco_eval import detections_to_coco_results
+        from detr.coco_resample import coco_matches
+
         results = detections_to_coco_results(self.image_ids, self.detections(path),
                                              list(self.meta.label_map))
-        metrics = coco_metrics(self._coco, results)
+        return coco_matches(self._ground_truth(), results, self.image_ids)
+
+    def ap(self, path: str | os.PathLike[str]) -> float:
+        """COCO box AP@[.5:.95] of the model at ``path``, in points 0..100."""
+        from detr.coco_eval import coco_metrics, detections_to_coco_results
+
+        results = detections_to_coco_results(self.image_ids, self.detections(path),
+                                             list(self.meta.label_map))
+        metrics = coco_metrics(self._ground_truth(), results)
         return 100.0 * max(float(metrics["AP"]), 0.0)  # coco_metrics: 0..1 -> COCO points

@@ -92,6 +92,15 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
         fh.write(text)
 
 
+def atomic_copy(src: str | os.PathLike[str], dst: str | os.PathLike[str]) -> None:
+    """Copy ``src`` to ``dst`` atomically (streamed in 1 MiB chunks): an interrupted
+    copy or a full disk leaves ``dst`` as it was, never a truncated file."""
+    import shutil
+
+    with open(src, "rb") as fin, atomic_write(dst, "wb") as fout:
+        shutil.copyfileobj(fin, fout, 1 << 20)
+
+
 def _new_file_mode(dest: Path) -> int:
     """Permissions for the replacement: those of the old file, else 0o666 & ~umask."""
     try:

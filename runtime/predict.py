@@ -14,13 +14,12 @@ from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.decode import Detections
 from runtime.errors import InputError
 from runtime.files import is_regular, kind_of
-from runtime.image_io import list_image_files
 
 
 @dataclass
 class PredictConfig:
     model: Path  # ONNX model with detr-edge metadata, or detr-edge engine file
-    images: list[Path]  # image files and/or folders (searched recursively)
+    images: list[Path]  # image files, folders (searched recursively) and/or dataset roots
     out_dir: Path  # receives predictions.json, images.json and annotated/
     threshold: float = 0.5  # minimum score kept (COCO AP wants 0.0; viewing wants ~0.5)
     backend: str = "auto"  # auto | onnxruntime | tensorrt
@@ -30,6 +29,7 @@ class PredictConfig:
     batch_size: int | None = None  # images per call for dynamic-batch models
     draw: bool = True  # write annotated images
     max_pixels: int | None = None  # image pixel limit; None = runtime.image_io's default
+    split: str | None = None  # split of a dataset root in images (None: val, or COCO's val2017)
 
 
 @dataclass
@@ -40,13 +40,30 @@ class PredictSummary:
     annotated: list[Path] = field(default_factory=list)
 
 
-def collect_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
-    """Files as given, folders expanded to their image files (recursive, sorted)."""
+def collect_images(paths: Sequence[str | os.PathLike[str]],
+                   split: str | None = None) -> list[Path]:
+    """Files as given, folders through ``runtime.dataset.resolve_dataset``: a
+    dataset root gives the images of its ``split`` (default val), a split folder
+    its images, a plain folder its image files (recursive, sorted)."""
+    return collect_inputs(paths, split)[0]
+
+
+def collect_inputs(paths: Sequence[str | os.PathLike[str]],
+                   split: str | None = None) -> tuple[list[Path], list[int]]:
+    """``(image files, COCO image ids)`` of ``paths`` (see :func:`collect_images`).
+
+    Ids: a single dataset root or split folder gives its annotation file's ids,
+    so ``predictions.json`` scores against those annotations as is; otherwise
+    :func:`assign_image_ids`."""
+    from runtime.dataset import resolve_dataset
+
     found: list[Path] = []
+    resolved = []
     for raw in paths:
         p = Path(raw)
         if p.is_dir():
-            found.extend(list_image_files(p))
+            resolved.append(resolve_dataset(p, split, default_split="val"))
+            found.extend(resolved[-1].images)
         elif p.is_file() and is_regular(p):
             found.append(p)
         elif p.exists():
@@ -55,7 +72,9 @@ def collect_images(paths: Sequence[str | os.PathLike[str]]) -> list[Path]:
             raise InputError(p, "no such file or folder")
     if not found:
         raise InputError(", ".join(str(p) for p in paths), "no image files found")
-    return found
+    if len(paths) == 1 and resolved and resolved[0].image_ids is not None:
+        return found, list(resolved[0].image_ids)
+    return found, assign_image_ids(found)
 
 
 def assign_image_ids(files: Sequence[Path]) -> list[int]:
@@ -108,10 +127,9 @@ def predict(config: PredictConfig) -> PredictSummary:
     from runtime.preprocess import preprocess
     from runtime.staging import StagedOutputs, check_disjoint
 
-    files = collect_images(config.images)
+    files, ids = collect_inputs(config.images, config.split)
     check_disjoint(config.out_dir, config.images)
     _check_model_not_output(config.model, config.out_dir)
-    ids = assign_image_ids(files)
     detector = Detector(config.model, backend=config.backend, providers=config.providers,
                         batch_size=config.batch_size)
     results: list[dict[str, Any]] = []

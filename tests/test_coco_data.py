@@ -119,10 +119,11 @@ def test_pycocotools_prints_silenced(tmp_path: Path, capsys: pytest.CaptureFixtu
 def test_missing_folders(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="dataset folder not found"):
         build_dataset(tmp_path / "nope", "val")
-    with pytest.raises(DataError, match=r"val: image folder not found"):
+    with pytest.raises(DataError, match=r"not a dataset: no annotations/instances_val\.json"):
         build_dataset(tmp_path, "val")
-    (tmp_path / "val").mkdir()
-    with pytest.raises(DataError, match=r"instances_val\.json: file not found"):
+    (tmp_path / "annotations").mkdir()
+    (tmp_path / "annotations" / "instances_val.json").write_text("{}")
+    with pytest.raises(DataError, match=r"val: image folder of split 'val' not found"):
         build_dataset(tmp_path, "val")
 
 

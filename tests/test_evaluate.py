@@ -112,4 +112,4 @@ def test_eval_command_writes_files(shapes, tmp_path, capsys):
 
     assert main(["eval", "--checkpoint", str(ckpt), "--data", str(shapes), "--split", "nope",
                  "--size", "80", "80"]) == 2
-    assert "annotation file of split 'nope' not found" in capsys.readouterr().err
+    assert "dataset has no split 'nope'" in capsys.readouterr().err

@@ -11,20 +11,23 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
-from benchmarks.pipeline import PipelineConfig, StageCache, run_pipeline, trained_input_size
-from runtime.errors import InputError
+from benchmarks.dataset_check import checkpoint_rule, choose_canvas, training_rule
+from benchmarks.pipeline import PipelineConfig, StageCache, run_pipeline
+from runtime.errors import DataError, InputError
 
 
-def _tiny_checkpoint(path: Path, extra: dict | None = None) -> Path:
-    """A random detr-tiny for the 6 default shape classes (category ids 2..17)."""
+def _tiny_checkpoint(path: Path, extra: dict | None = None, categories: tuple | None = None
+                     ) -> Path:
+    """A random detr-tiny for ``categories`` (default: the 6 shape classes, ids 2..17)."""
     import detr
     from detr.data.synthetic import DEFAULT_CATEGORIES
 
+    categories = categories or DEFAULT_CATEGORIES
     torch.manual_seed(1)
     config = detr.get_config("detr-tiny", num_queries=10)
-    model = detr.build_model_from_config(config, len(DEFAULT_CATEGORIES))
-    detr.save_checkpoint(path, model, config, [n for _, n in DEFAULT_CATEGORIES],
-                         [i for i, _ in DEFAULT_CATEGORIES],
+    model = detr.build_model_from_config(config, len(categories))
+    detr.save_checkpoint(path, model, config, [n for _, n in categories],
+                         [i for i, _ in categories],
                          extra={"training_resize": {"shorter": 64, "max_size": 64, "padded": False},
                                 **(extra or {})})
     return path
@@ -79,14 +82,69 @@ def test_pipeline_bad_options(tmp_path: Path) -> None:
                                     quant_eval_images=0, progress=False), log=lambda _: None)
 
 
-def test_model_input_is_the_size_the_checkpoint_was_trained_at(tmp_path: Path) -> None:
-    assert trained_input_size(_tiny_checkpoint(tmp_path / "a.pth"), default=192) == 192
-    trained = {"scales": [96, 128], "eval_size": None}
-    assert trained_input_size(_tiny_checkpoint(tmp_path / "b.pth", {"train_config": trained}),
-                              default=192) == 128
-    odd = {"scales": [100], "eval_size": None}  # rounded up to the backbone stride
-    assert trained_input_size(_tiny_checkpoint(tmp_path / "c.pth", {"train_config": odd}),
-                              default=192) == 128
-    evals = {"scales": [128], "eval_size": 64}
-    assert trained_input_size(_tiny_checkpoint(tmp_path / "d.pth", {"train_config": evals}),
-                              default=192) == 64
+def test_canvas_holds_every_image_at_the_training_resize() -> None:
+    # Landscape 120x160 and portrait 160x120 at shorter side 128, longer <= 160:
+    # both stay 120x160 / 160x120, so the canvas must be 160 high and 160 wide.
+    assert choose_canvas([(120, 160), (160, 120)], 128, 160) == (160, 160)
+    assert choose_canvas([(120, 160), (150, 200)], 128, 160) == (128, 160)  # landscape only
+    assert choose_canvas([(192, 192)], 128, 128) == (128, 128)  # the demo model's square
+    assert choose_canvas([(100, 100)], 100, 100) == (128, 128)  # rounded up to stride 32
+    assert choose_canvas([(480, 640), (640, 427)], 800, 1333) == (1216, 1088)  # COCO-like
+
+
+def test_checkpoint_and_training_rules() -> None:
+    assert checkpoint_rule({"train_config": {"scales": [96, 128], "max_size": 160}}) == (128, 160)
+    assert checkpoint_rule({"train_config": {"scales": [128], "eval_size": 64,
+                                             "max_size": None}}) == (64, 1333)
+    assert checkpoint_rule({"model": {}}) == (800, 1333)  # official weights: the paper's rule
+    assert training_rule([(120, 160), (160, 120), (96, 176)], default=192) == (128, 214)
+    assert training_rule([], default=192) == (192, 320)
+
+
+HARD_CATEGORIES = ((3, "circle"), (8, "square"), (21, "triangle"), (34, "star"), (55, "cross"))
+
+
+@pytest.mark.slow
+def test_pipeline_on_a_users_dataset(tmp_path: Path) -> None:
+    """``pipeline --data`` on the hard kind of dataset: sub-folders, odd names, grayscale
+    files, portrait and landscape sizes; calibration on train, INT8 budget on val."""
+    from runtime.cli import main
+
+    data = tmp_path / "my data"
+    assert main(["make-dataset", "shapes-hard", "--out", str(data), "--num-train", "6",
+                 "--num-val", "4", "--sizes", "64x96", "96x64", "--seed", "2"]) == 0
+    ckpt = _tiny_checkpoint(tmp_path / "hard.pth", {"train_config": {
+        "scales": [64], "max_size": 96, "batch_size": 2}}, HARD_CATEGORIES)
+    config = PipelineConfig(out=str(tmp_path / "run"), data=str(data), checkpoint=str(ckpt),
+                            max_images=4, calib_images=3, quant_eval_images=2, runs=2, warmup=1,
+                            measure_memory=False, build_engines=False, progress=False)
+    lines: list[str] = []
+    result = run_pipeline(config, log=lines.append)
+    assert result.canvas == (96, 96)  # portrait and landscape at 64 / 96 both fit
+    assert result.stage_status["dataset"] == "checked"
+    described = json.loads((result.out / "dataset.json").read_text())
+    assert described["splits"] == {"train": {"images": 6, "annotations": described["splits"]
+                                             ["train"]["annotations"]},
+                                   "val": {"images": 4, "annotations": described["splits"]
+                                           ["val"]["annotations"]}}
+    assert set(described["categories"]) == {"3", "8", "21", "34", "55"}
+    assert described["orientation"]["square"] == 0
+    quant = json.loads((result.artifacts / "model_int8.quant.json").read_text())
+    assert quant["ground_truth"] == "annotations" and quant["num_eval_images"] == 2
+    doc = json.loads((result.report_dir / "report.json").read_text())
+    ok = {(r["backend"], r["precision"]) for r in doc["rows"] if r["status"] == "ok"}
+    assert {("pytorch", "fp32"), ("onnxruntime", "fp32"), ("onnxruntime", "int8")} <= ok
+    assert any("canvas 96x96" in line for line in lines)
+
+    # A checkpoint for other classes is refused before any export.
+    other = _tiny_checkpoint(tmp_path / "other.pth")
+    with pytest.raises(DataError, match="checkpoint's classes"):
+        run_pipeline(PipelineConfig(out=str(tmp_path / "r2"), data=str(data),
+                                    checkpoint=str(other), progress=False), log=lambda _: None)
+
+
+def test_pipeline_data_needs_a_model(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="--checkpoint .* or --train-minutes"):
+        run_pipeline(PipelineConfig(out=str(tmp_path), data=str(tmp_path)))
+    with pytest.raises(InputError, match="--canvas"):
+        run_pipeline(PipelineConfig(out=str(tmp_path), canvas=(100, 128)))

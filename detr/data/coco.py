@@ -190,9 +190,11 @@ class CocoDetection(torch.utils.data.Dataset):
 def build_dataset(root: str | Path, split: str, transforms: Transforms | None = None,
                   return_masks: bool = False) -> CocoDetection:
     """Dataset for the layout ``root/{split}/`` + ``root/annotations/instances_{split}.json``
-    (what ``detr-edge make-dataset`` writes, and COCO 2017 with split ``train2017``)."""
-    root = Path(root)
-    if not root.is_dir():
+    (what ``detr-edge make-dataset`` writes, and COCO 2017 with split ``train2017``).
+    ``root`` may also be that split's folder (``runtime.dataset.locate_split``)."""
+    from runtime.dataset import annotated_split
+
+    if not Path(root).is_dir():
         raise DataError(root, "dataset folder not found")
-    return CocoDetection(root / split, root / "annotations" / f"instances_{split}.json",
-                         transforms=transforms, return_masks=return_masks)
+    img_folder, ann_file = annotated_split(root, split)
+    return CocoDetection(img_folder, ann_file, transforms=transforms, return_masks=return_masks)

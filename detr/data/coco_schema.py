@@ -9,10 +9,11 @@ negative width"`` or ``"annotation 3 refers to unknown category_id 99"``.
 from __future__ import annotations
 
 import math
-from pathlib import Path, PurePosixPath, PureWindowsPath
+from pathlib import Path
 from typing import Any
 
 from runtime import json_limits
+from runtime.dataset import check_file_name
 from runtime.errors import DataError
 
 
@@ -88,19 +89,6 @@ def _check_categories(doc: dict[str, Any], where: Path) -> set[int]:
     return set(ids)
 
 
-def _check_file_name(image_id: int, name: Any, where: Path) -> None:
-    if not isinstance(name, str) or not name:
-        raise DataError(where, f"image {image_id} needs a non-empty string 'file_name'")
-    # Keep every image inside the image folder: no absolute paths, no '..'.
-    for flavour in (PurePosixPath, PureWindowsPath):
-        p = flavour(name)
-        if p.is_absolute() or p.anchor or ".." in p.parts:
-            raise DataError(where, f"image {image_id} file_name {name!r} must be a relative "
-                            "path inside the image folder")
-    if "\x00" in name:
-        raise DataError(where, f"image {image_id} file_name contains a NUL character")
-
-
 def _check_images(doc: dict[str, Any], where: Path) -> set[int]:
     images = _list_of_objects(doc, "images", where)
     if not images:
@@ -108,7 +96,7 @@ def _check_images(doc: dict[str, Any], where: Path) -> set[int]:
     ids = [_record_id("image", i, im, where) for i, im in enumerate(images)]
     _check_unique("image", ids, where)
     for im in images:
-        _check_file_name(im["id"], im.get("file_name"), where)
+        check_file_name(im["id"], im.get("file_name"), where)
         for key in ("height", "width"):
             if key in im and not (_is_int(im[key]) and im[key] > 0):
                 raise DataError(where, f"image {im['id']} has {key} {im[key]!r}: "

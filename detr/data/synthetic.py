@@ -20,8 +20,14 @@ new shape whose placement would leave an earlier one less than 30% visible is
 re-placed (a few tries) or skipped, so no object in the image is hidden beyond
 70% and no drawn object is left unannotated.
 
+The "hard" variant (:data:`HARD_DEFAULTS`, ``make-dataset shapes-hard``) keeps
+the drawing and changes what a user's own data changes: non-square images of
+several sizes (portrait and landscape), files spread over nested sub-folders
+(``file_name`` holds the relative path), names with spaces and odd characters,
+a share of grayscale PNGs among RGB JPEGs, and 5 classes with non-contiguous ids.
+
 Determinism: image ``i`` of split ``s`` uses ``numpy.random.default_rng([seed,
-s, i])``, images are JPEG at a fixed quality (or PNG), JSON is written with a
+s, i])`` (its file name, folder and colour mode ``[seed, s, i, 1]``), images are JPEG at a fixed quality (or PNG), JSON is written with a
 fixed key order: two runs with the same config give identical bytes (with the
 same Pillow/libjpeg build).
 """
@@ -74,6 +80,11 @@ class ShapesConfig:
     # Probabilities of the small / medium / large size bands for each object.
     size_band_probs: tuple[float, float, float] = field(default=(0.35, 0.45, 0.2))
     max_large: int = 2  # at most this many large shapes per image, so they do not cover all
+    # (height, width) choices, one drawn per image; overrides image_size/variable_size.
+    sizes: tuple[tuple[int, int], ...] | None = None
+    gray_fraction: float = 0.0  # share of images written as single-channel grayscale PNGs
+    subfolders: int = 0  # spread images over this many (nested) sub-folders; 0 = flat
+    odd_names: bool = False  # file names with spaces, '#', '&', quotes, brackets, non-ASCII
 
     def validate(self) -> None:
         """Raise ``InputError`` naming the bad option."""
@@ -102,6 +113,31 @@ class ShapesConfig:
             raise InputError("size_band_probs", f"need 3 non-negative numbers, got {probs}")
         if self.max_large < 0:
             raise InputError("max_large", f"must be >= 0, got {self.max_large}")
+        if self.sizes is not None and (not self.sizes or any(
+                len(hw) != 2 or min(hw) < 32 for hw in self.sizes)):
+            raise InputError("sizes", f"need (height, width) pairs >= 32 pixels, got {self.sizes}")
+        if not 0.0 <= self.gray_fraction <= 1.0:
+            raise InputError("gray_fraction", f"must be in [0, 1], got {self.gray_fraction}")
+        if self.subfolders < 0:
+            raise InputError("subfolders", f"must be >= 0, got {self.subfolders}")
+
+
+# What ``make-dataset shapes-hard`` changes from ShapesConfig's defaults: a user's
+# own dataset as issue 16 met it. Sizes are (height, width), three landscape and
+# three portrait, so batches mix orientations and training pads them.
+HARD_DEFAULTS: dict[str, Any] = {
+    "categories": ((3, "circle"), (8, "square"), (21, "triangle"), (34, "star"), (55, "cross")),
+    "sizes": ((120, 160), (160, 120), (96, 176), (176, 96), (144, 192), (192, 144)),
+    "gray_fraction": 0.3,
+    "subfolders": 4,
+    "odd_names": True,
+    "max_objects": 4,
+    "size_band_probs": (0.0, 0.6, 0.4),
+    "max_large": 1,
+}
+# File-name patterns of the hard variant ({i}: image id, {e}: extension).
+_ODD_NAMES = ("IMG {i:05d} - copy (2).{e}", "scan #{i} Ölmühle.{e}",
+              "photo_{i}&v=1 'final'.{e}", "{i:05d}[a]{{b}},c;d.{e}")
 
 
 @dataclass
@@ -138,7 +174,9 @@ def render_image(config: ShapesConfig, split: str, index: int
     background.
     """
     rng = np.random.default_rng([config.seed, _SPLIT_IDS[split], index])
-    if config.variable_size is None:
+    if config.sizes is not None:
+        h, w = config.sizes[int(rng.integers(len(config.sizes)))]
+    elif config.variable_size is None:
         h = w = config.image_size
     else:
         lo, hi = config.variable_size
@@ -196,10 +234,31 @@ def render_image(config: ShapesConfig, split: str, index: int
     return img, objects, ids
 
 
-def _encode(img: np.ndarray, config: ShapesConfig) -> bytes:
+def file_name_for(config: ShapesConfig, split: str, index: int) -> tuple[str, bool]:
+    """``(file_name relative to the split folder, grayscale?)`` of image ``index``.
+
+    Flat ``000001.jpg`` by default; the hard variant draws a sub-folder, an odd
+    name and the colour mode from its own generator, so the drawing is unchanged."""
+    rng = np.random.default_rng([config.seed, _SPLIT_IDS[split], index, 1])
+    gray = bool(rng.random() < config.gray_fraction)
+    ext = "png" if gray else config.image_format
+    image_id = index + 1
+    name = (_ODD_NAMES[int(rng.integers(len(_ODD_NAMES)))].format(i=image_id, e=ext)
+            if config.odd_names else f"{image_id:06d}.{ext}")
+    if config.subfolders:
+        k = int(rng.integers(config.subfolders))
+        # Every other folder is nested one level deeper, with a space and non-ASCII.
+        folder = f"group {k}" + ("/más fotos" if k % 2 else "")
+        name = f"{folder}/{name}"
+    return name, gray
+
+
+def _encode(img: np.ndarray, config: ShapesConfig, gray: bool = False) -> bytes:
     buf = io.BytesIO()
     pil = Image.fromarray(img)
-    if config.image_format == "jpg":
+    if gray:  # single-channel file: loaders must convert it to RGB
+        pil.convert("L").save(buf, format="PNG", compress_level=6)
+    elif config.image_format == "jpg":
         pil.save(buf, format="JPEG", quality=config.jpeg_quality, optimize=False)
     else:
         pil.save(buf, format="PNG", compress_level=6)
@@ -228,8 +287,10 @@ def _write_split(out_dir: Path, split: str, count: int, config: ShapesConfig,
     for i in tqdm(range(count), desc=f"shapes {split}", unit="img", disable=not progress):
         img, objects, _ = render_image(config, split, i)
         image_id = i + 1
-        file_name = f"{image_id:06d}.{config.image_format}"
-        _write_image(out_dir / split / file_name, _encode(img, config))
+        file_name, gray = file_name_for(config, split, i)
+        path = out_dir / split / file_name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _write_image(path, _encode(img, config, gray))
         images.append({"id": image_id, "file_name": file_name,
                        "height": int(img.shape[0]), "width": int(img.shape[1])})
         for obj in objects:

@@ -31,7 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: the ONNX's own precision (strongly typed). fp16/int8 on "
                         "an FP32 ONNX use TensorRT 10 builder flags (not in TensorRT 11)")
     parser.add_argument("--calib-data", default=None, metavar="DIR",
-                        help="images for TensorRT 10 INT8 calibration (--precision int8)")
+                        help="images for TensorRT 10 INT8 calibration (--precision int8): a "
+                        "dataset root (its train split), a split folder or an image folder")
     parser.add_argument("--calib-images", type=int, default=256,
                         help="calibration images (default 256)")
     parser.add_argument("--calib-batch", type=int, default=None,

@@ -12,8 +12,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--trt-version", type=int, choices=(10, 11), default=10,
                         help="TensorRT major version whose ONNX parser is targeted (default 10)")
     parser.add_argument("--calib-data", default=None, metavar="DIR",
-                        help="images for the FP16 overflow scan (default: random normalised "
-                        "inputs)")
+                        help="images for the FP16 overflow scan: a dataset root (its train "
+                        "split), a split folder or an image folder (default: random inputs)")
     parser.add_argument("--num-inputs", type=int, default=2,
                         help="how many inputs the overflow scan runs (default 2)")
     parser.add_argument("--no-overflow-scan", action="store_true",

@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ONNX opset (default: 17 for torchscript, 18 for dynamo)")
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
     parser.add_argument("--calib-data", default=None, metavar="DIR",
-                        help="images for the parity report and FP16 ranges "
-                        "(default: random normalised inputs)")
+                        help="images for the parity report and FP16 ranges: a dataset root (its "
+                        "train split), a split folder or an image folder (default: random inputs)")
     parser.add_argument("--calib-images", type=int, default=8, metavar="N",
                         help="images used from --calib-data (default 8)")
     parser.add_argument("--report", default=None, metavar="FILE", help="write a JSON report")

@@ -11,7 +11,9 @@ from runtime import options as opt
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--onnx", required=True, help="FP32 detr-edge ONNX model (export-onnx)")
     parser.add_argument("--calib-data", required=True, metavar="DIR",
-                        help="image folder; a seeded split gives calibration and held-out images")
+                        help="dataset root (calibrates on its train split, decides on val with "
+                        "its annotations), a split folder, or a plain image folder (a seeded "
+                        "split gives calibration and held-out images)")
     parser.add_argument("--out", required=True, help="INT8 Q/DQ ONNX to write "
                         "(the report goes to <out>.quant.json)")
     parser.add_argument("--calib-images", type=int, default=256,
@@ -22,12 +24,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="percentile for --method percentile (default 99.999)")
     parser.add_argument("--ap-budget", type=float, default=0.5,
                         help="max AP drop vs FP32 in COCO points 0..100 (default 0.5)")
-    parser.add_argument("--eval-images", type=int, default=64,
-                        help="held-out images for sensitivity/AP; 0 = no fallback (default 64)")
+    parser.add_argument("--eval-images", type=int, default=500,
+                        help="held-out images that decide the AP budget (at most; default 500); "
+                        "0 = every block INT8, no search")
+    parser.add_argument("--eval-data", default=None, metavar="DIR",
+                        help="take the held-out images from here (a dataset root gives its val "
+                        "split, with annotations) instead of --calib-data's val split")
     parser.add_argument("--eval-ann", default=None, metavar="JSON",
-                        help="COCO annotations of the images (default: "
-                        "<DIR>/../annotations/instances_<DIR name>.json if present, else the "
-                        "FP32 model's detections as pseudo ground truth)")
+                        help="COCO annotations of a plain image folder (a dataset's own are "
+                        "found; without any, the FP32 model's detections are the ground truth "
+                        "and the budget is scaled to that metric)")
+    parser.add_argument("--pseudo-budget", type=float, default=None,
+                        help="budget in pseudo-ground-truth AP points when no annotations "
+                        "decide (default: mapped from --ap-budget, see the README's INT8 "
+                        "section)")
     parser.add_argument("--pseudo-gt", action="store_true",
                         help="score INT8 against the FP32 model's top detections even when "
                         "annotations exist (AP = agreement with FP32)")
@@ -65,7 +75,9 @@ def run(args: argparse.Namespace) -> int:
     config = QuantizeConfig(
         out_path=args.out, calib_images=args.calib_images, method=args.method,
         percentile=args.percentile, ap_budget=args.ap_budget, eval_images=args.eval_images,
-        eval_ann=args.eval_ann, pseudo_gt=args.pseudo_gt, seed=args.seed, quantize_attention=args.quantize_attention,
+        eval_ann=args.eval_ann, eval_data=args.eval_data, pseudo_gt=args.pseudo_gt,
+        pseudo_budget=args.pseudo_budget, seed=args.seed,
+        quantize_attention=args.quantize_attention,
         quantize_add=not args.no_quantize_add, target=args.target,
         granularity=args.granularity, latency_runs=args.latency_runs, threads=args.threads,
         cache_dir=args.cache_dir, progress=sys.stderr.isatty())

@@ -12,7 +12,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path,
                         help="ONNX model exported by detr-edge, or a detr-edge engine file")
     parser.add_argument("--images", required=True, nargs="+", type=Path, metavar="PATH",
-                        help="image files and/or folders (searched recursively)")
+                        help="image files and/or folders (searched recursively); a dataset "
+                        "root (annotations/instances_<split>.json) gives its --split images, "
+                        "and a single one gives predictions.json its annotation image ids")
+    parser.add_argument("--split", default=None,
+                        help="split of a dataset root given in --images (default val)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
                         help="output folder: predictions.json (COCO results), annotated/")
     parser.add_argument("--threshold", type=float, default=0.5,
@@ -44,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
                            threshold=args.threshold, backend=args.backend,
                            providers=args.providers, top_k=args.top_k,
                            second_best=args.second_best, batch_size=args.batch_size,
-                           draw=not args.no_draw, max_pixels=args.max_pixels)
+                           draw=not args.no_draw, max_pixels=args.max_pixels,
+                           split=args.split)
     summary = predict(config)
     print(f"{summary.num_detections} detections in {summary.num_images} images -> "
           f"{summary.results_path}")
