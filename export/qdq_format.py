@@ -84,6 +84,7 @@ def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from export.qdq_layout import apply_cpu_layout
+    from export.quantize import weight_bits
 
     model = onnx.load(os.fspath(fp32_path), load_external_data=False)
     cpu = config.target == "cpu"
@@ -129,6 +130,7 @@ def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
                             weight_type=QuantType.QInt8, nodes_to_quantize=chosen,
                             nodes_to_exclude=exclude,
                             calibrate_method=method, extra_options=extra,
+                            reduce_range=weight_bits(config) == 7,  # weights only
                             calibration_cache_path=os.fspath(cache_path))
     finally:
         root.setLevel(level)

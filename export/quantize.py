@@ -28,6 +28,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import os
 import sys
 import tempfile
@@ -74,6 +75,9 @@ class QuantizeConfig:
     quantize_attention: bool = False  # also quantize activation x activation MatMuls
     quantize_add: bool = True  # Q/DQ on residual Add outputs too: ORT CPU runs QLinearAdd
     target: str = "tensorrt"  # Q/DQ format: tensorrt (symmetric int8) | cpu (ORT uint8)
+    # Weight bits of the cpu format: 7 never saturates ORT's u8 x s8 kernels on AVX2 CPUs
+    # without VNNI (runtime.cpu_features); 8 is for VNNI/ARM-only deployments. TensorRT: 8.
+    weight_bits: int | None = None  # None = 7 for target cpu, 8 for tensorrt
     granularity: str = "block"  # fallback unit: block (backbone stage, encoder layer..) | layer
     latency_runs: int = 20  # timed ORT runs per model (median reported)
     warmup_runs: int = 3  # untimed runs first
@@ -91,10 +95,24 @@ class QuantizeConfig:
                              "e.g. 0.5 for half an AP point")
         if self.target not in TARGETS:
             raise InputError("--target", f"unknown target {self.target!r} ({'|'.join(TARGETS)})")
+        if self.weight_bits not in (None, 7, 8) or (self.weight_bits == 7
+                                                     and self.target == "tensorrt"):
+            raise InputError("--weight-bits", f"7 or 8 (7 only for --target cpu), got "
+                             f"{self.weight_bits}")
         if self.granularity not in ("block", "layer"):
             raise InputError("--granularity", f"unknown {self.granularity!r} (block|layer)")
         if self.calib_images <= 0 or self.eval_images < 0 or self.latency_runs < 0:
             raise InputError("--calib-images/--eval-images", "must be positive")
+
+
+def _json_number(value: float | None) -> float | None:
+    """``None`` for NaN/inf (not measured): metadata readers refuse non-JSON numbers."""
+    return None if value is None or not math.isfinite(value) else float(value)
+
+
+def weight_bits(config: QuantizeConfig) -> int:
+    """The weight bits ``config`` quantizes with (see ``QuantizeConfig.weight_bits``)."""
+    return config.weight_bits or (7 if config.target == "cpu" else 8)
 
 
 class _Reader:
@@ -240,10 +258,11 @@ def _finish(final: onnx.ModelProto, report: QuantizeReport, meta: ModelMeta, hea
         raise ModelFormatError(onnx_path, f"output heads were quantized: {quantized_heads}")
     report.quantized_nodes = len(info.quantized)
     int8_meta = meta.replace(precision="int8", extra={**meta.extra, "int8": {
-        "method": config.method, "target": config.target, "block_methods": report.block_methods,
-        "fallback_blocks": report.fallback_blocks, "fp32_ap": report.fp32_ap,
-        "int8_ap": report.int8_ap, "ground_truth": report.ground_truth,
-        "latency_ratio": report.latency_ratio, "pays": report.pays,
+        "method": config.method, "target": config.target,
+        "weight_bits": weight_bits(config), "block_methods": report.block_methods,
+        "fallback_blocks": report.fallback_blocks, "fp32_ap": _json_number(report.fp32_ap),
+        "int8_ap": _json_number(report.int8_ap), "ground_truth": report.ground_truth,
+        "latency_ratio": _json_number(report.latency_ratio), "pays": report.pays,
         "source": Path(onnx_path).name}})
     write_meta(final, int8_meta)
     report.check_onnx = _check(final) if config.target == "tensorrt" else [
@@ -337,7 +356,10 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, images: Any,
     evaluator = HeldOutEvaluator(fp32_path, images.held_out,
                                  None if config.pseudo_gt else images.annotations,
                                  config.pseudo_top_k, config.threads,
-                                 second_best=config.second_best, image_ids=images.image_ids)
+                                 second_best=config.second_best, image_ids=images.image_ids,
+                                 # TensorRT's arithmetic on any CPU: fused ORT kernels
+                                 # saturate on AVX2 without VNNI (runtime.cpu_features).
+                                 exact_int8=config.target == "tensorrt")
     budget = config.ap_budget if not evaluator.pseudo else (
         config.pseudo_budget if config.pseudo_budget is not None
         else pseudo_budget(config.ap_budget))

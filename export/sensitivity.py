@@ -75,11 +75,12 @@ class HeldOutEvaluator:
     def __init__(self, fp32_path: str | os.PathLike[str], images: Sequence[Path],
                  annotations: str | os.PathLike[str] | None = None, pseudo_top_k: int = 10,
                  threads: int | None = None, second_best: bool = True,
-                 image_ids: Sequence[int] | None = None) -> None:
+                 image_ids: Sequence[int] | None = None, exact_int8: bool = False) -> None:
         from runtime.detector import Detector
         from runtime.preprocess import preprocess
 
         self.threads = threads
+        self.exact_int8 = exact_int8  # run Q/DQ unfused (OnnxRuntimeBackend's exact_int8)
         self.second_best = second_best  # official PostProcess, as the paper's AP
         self._coco: Any = None
         with Detector(fp32_path, backend="onnxruntime", providers="cpu",
@@ -100,7 +101,8 @@ class HeldOutEvaluator:
         from runtime.detector import Detector
 
         return Detector(path, backend="onnxruntime", providers="cpu",
-                        backend_options={"intra_op_threads": self.threads})
+                        backend_options={"intra_op_threads": self.threads,
+                                         "exact_int8": self.exact_int8})
 
     def outputs(self, path: str | os.PathLike[str], max_images: int | None = None) -> Outputs:
         """Raw ``(logits, boxes)`` per held-out batch (last batch padded for a

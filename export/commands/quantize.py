@@ -53,6 +53,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "that also runs on ONNX Runtime. cpu: ONNX Runtime's uint8-activation "
                         "format, faster on CPUs (ReLUs fold into the zero point) but not a "
                         "TensorRT input")
+    parser.add_argument("--weight-bits", type=int, choices=(7, 8), default=None,
+                        help="weight bits of the cpu format (default 7: ONNX Runtime's int8 "
+                        "kernels saturate with 8-bit weights on AVX2 CPUs without VNNI; 8 only "
+                        "for VNNI/ARM deployments). TensorRT's format always uses 8")
     parser.add_argument("--seed", type=int, default=0, help="image selection seed (default 0)")
     parser.add_argument("--latency-runs", type=int, default=20,
                         help="timed ONNX Runtime CPU runs per model (default 20)")
@@ -79,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
         pseudo_budget=args.pseudo_budget, seed=args.seed,
         quantize_attention=args.quantize_attention,
         quantize_add=not args.no_quantize_add, target=args.target,
+        weight_bits=args.weight_bits,
         granularity=args.granularity, latency_runs=args.latency_runs, threads=args.threads,
         cache_dir=args.cache_dir, progress=sys.stderr.isatty())
     _, report = quantize_int8(args.onnx, args.calib_data, config)

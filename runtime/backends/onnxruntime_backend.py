@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -89,12 +90,28 @@ def read_onnx_meta(session: Any, path: str | os.PathLike[str]) -> ModelMeta:
     return ModelMeta.from_json(custom[METADATA_KEY], source=str(path))
 
 
+def saturates_here(meta: ModelMeta) -> bool:
+    """An INT8 model with 8-bit weights (TensorRT's format, or a cpu-format model made
+    with ``--weight-bits 8``) on a CPU where ORT's int8 kernels saturate."""
+    from runtime.cpu_features import int8_dot_product_safe
+
+    if meta.precision != "int8" or int8_dot_product_safe():
+        return False
+    int8 = meta.extra.get("int8") if isinstance(meta.extra, dict) else None
+    bits = int8.get("weight_bits", 8) if isinstance(int8, dict) else 8
+    return bits == 8
+
+
 class OnnxRuntimeBackend(Backend):
     """An ``onnxruntime.InferenceSession`` on an exported detr-edge ONNX model."""
 
     def __init__(self, path: str | os.PathLike[str],
                  providers: Sequence[ProviderSpec] | str | None = None,
-                 intra_op_threads: int | None = None) -> None:
+                 intra_op_threads: int | None = None, exact_int8: bool = False) -> None:
+        """``exact_int8``: graph optimisations off, so Q/DQ pairs run as written
+        (float DequantizeLinear -> op): the exact integer semantics TensorRT computes,
+        on any CPU. ORT's fused int8 kernels saturate on AVX2 CPUs without VNNI
+        (``runtime.cpu_features``); slower, for accuracy decisions, not for speed."""
         ort = _import_ort()
         p = Path(path)
         if not p.is_file():
@@ -106,11 +123,18 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 4  # fatal only
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        if exact_int8:
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
             self.session = ort.InferenceSession(str(p), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own pybind exception types
             raise ModelFormatError(p, f"not a loadable ONNX model ({first_line(exc)})") from exc
         self.meta = read_onnx_meta(self.session, p)
+        if not exact_int8 and saturates_here(self.meta):
+            warnings.warn(f"{p.name}: this CPU has AVX2 but no VNNI, where ONNX Runtime's int8 "
+                          "kernels saturate with 8-bit weights (less accurate); quantize with "
+                          "--target cpu (7-bit weights) for CPU deployments", RuntimeWarning,
+                          stacklevel=2)
         self.path = p
         self.providers = list(self.session.get_providers())
         self.name = f"onnxruntime[{self.providers[0]}]"
