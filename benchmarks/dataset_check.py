@@ -30,7 +30,6 @@ from runtime.errors import DataError
 
 STRIDE = 32  # ResNet output stride: canvases are multiples of it
 SIZE_CHECK_IMAGES = 20  # images per split whose real size is compared with the record
-PAPER_RULE = (800, 1333)  # DETR's eval resize: shorter side 800, longer side <= 1333
 
 
 @dataclass
@@ -128,22 +127,21 @@ def check_dataset(root: str | Path, splits: list[str],
 
 
 def rule_size(h: int, w: int, shorter: int, max_size: int) -> tuple[int, int]:
-    """``(h, w)`` of an ``h x w`` image under the training resize rule."""
-    from detr.data.transforms import _size_with_max
+    """``(h, w)`` of an ``h x w`` image under the training resize rule
+    (``runtime.preprocess.shorter_side_size``, the rule training uses)."""
+    from runtime.preprocess import shorter_side_size
 
-    return _size_with_max(w, h, shorter, max_size)
+    return shorter_side_size(h, w, shorter, max_size)
 
 
 def checkpoint_rule(raw: Any) -> tuple[int, int]:
-    """``(shorter side, longer-side cap)`` a checkpoint was trained with: its
-    ``train_config``'s eval size (else largest scale) and max size; the paper's
-    800 / 1333 for weights without a training record (official, Hugging Face)."""
-    cfg = raw.get("train_config") if isinstance(raw, dict) else None
-    if not isinstance(cfg, dict):
-        return PAPER_RULE
-    scales = cfg.get("scales") or [PAPER_RULE[0]]
-    shorter = cfg.get("eval_size") or max(scales)
-    return int(shorter), int(cfg.get("max_size") or PAPER_RULE[1])
+    """``(shorter side, longer-side cap)`` a checkpoint was trained with
+    (``detr.training_resize.from_checkpoint``: its record, its ``train_config``,
+    else the paper's 800 / 1333)."""
+    from detr.training_resize import from_checkpoint
+
+    rule = from_checkpoint(raw)
+    return rule.shorter, rule.max_size
 
 
 def choose_canvas(sizes: list[tuple[int, int]], shorter: int,
@@ -170,9 +168,11 @@ def training_rule(sizes: list[tuple[int, int]], default: int) -> tuple[int, int]
     """``(shorter, max_size)`` to train a new model on images of ``sizes``: the
     median shorter side rounded to the stride (64..800; ``default`` without
     images), the longer side capped at the paper's ratio 1333 / 800."""
+    from detr.training_resize import PAPER_MAX_SIZE, PAPER_SHORTER
+
     if not sizes:
         shorter = default
     else:
         short = sorted(min(h, w) for h, w in sizes)[len(sizes) // 2]
         shorter = min(800, max(64, round(short / STRIDE) * STRIDE))
-    return shorter, math.ceil(shorter * PAPER_RULE[1] / PAPER_RULE[0])
+    return shorter, math.ceil(shorter * PAPER_MAX_SIZE / PAPER_SHORTER)

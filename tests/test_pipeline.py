@@ -94,8 +94,8 @@ def test_canvas_holds_every_image_at_the_training_resize() -> None:
 
 def test_checkpoint_and_training_rules() -> None:
     assert checkpoint_rule({"train_config": {"scales": [96, 128], "max_size": 160}}) == (128, 160)
-    assert checkpoint_rule({"train_config": {"scales": [128], "eval_size": 64,
-                                             "max_size": None}}) == (64, 1333)
+    assert checkpoint_rule({"training_resize": {"shorter": 64, "max_size": 96, "padded": True},
+                            "train_config": {"scales": [128]}}) == (64, 96)  # the record wins
     assert checkpoint_rule({"model": {}}) == (800, 1333)  # official weights: the paper's rule
     assert training_rule([(120, 160), (160, 120), (96, 176)], default=192) == (128, 214)
     assert training_rule([], default=192) == (192, 320)
@@ -113,8 +113,8 @@ def test_pipeline_on_a_users_dataset(tmp_path: Path) -> None:
     data = tmp_path / "my data"
     assert main(["make-dataset", "shapes-hard", "--out", str(data), "--num-train", "6",
                  "--num-val", "4", "--sizes", "64x96", "96x64", "--seed", "2"]) == 0
-    ckpt = _tiny_checkpoint(tmp_path / "hard.pth", {"train_config": {
-        "scales": [64], "max_size": 96, "batch_size": 2}}, HARD_CATEGORIES)
+    ckpt = _tiny_checkpoint(tmp_path / "hard.pth", {"training_resize": {
+        "shorter": 64, "max_size": 96, "padded": True}}, HARD_CATEGORIES)
     config = PipelineConfig(out=str(tmp_path / "run"), data=str(data), checkpoint=str(ckpt),
                             max_images=4, calib_images=3, quant_eval_images=2, runs=2, warmup=1,
                             measure_memory=False, build_engines=False, progress=False)
