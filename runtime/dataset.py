@@ -24,7 +24,6 @@ evaluation need it.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -178,10 +177,9 @@ def check_file_name(image_id: Any, name: Any, where: str | os.PathLike[str]) -> 
 
 def read_image_records(ann: Path) -> list[tuple[int, str]]:
     """``(image id, file_name)`` of every ``images`` record of ``ann``, sorted by id."""
-    try:
-        doc = json.loads(ann.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(ann, f"cannot read COCO annotations: {exc}") from exc
+    from runtime import json_limits
+
+    doc = json_limits.read_json_file(ann, what="annotation file")  # bounded, one-line errors
     images = doc.get("images") if isinstance(doc, dict) else None
     if not isinstance(images, list) or not images:
         raise DataError(ann, "needs a non-empty 'images' list")
