@@ -229,3 +229,21 @@ def test_interrupt_leaves_valid_files(model, tmp_path, sig, code, name) -> None:
     assert [r["frame"] for r in records] == list(range(n))
     assert _decoded_count(out / "annotated.mp4") == n  # playable, index written
     assert not list(out.glob(".*.tmp"))  # no temporary file left behind
+
+
+def test_stream_and_tracking_without_torch(model, tmp_path) -> None:
+    from test_runtime_no_torch import _run
+
+    clip = _video(tmp_path / "c.mp4", 8)
+    proc = _run(f"""
+        import sys
+        from runtime.cli import main
+        code = main(["predict", "--model", {str(model)!r}, "--source", {str(clip)!r},
+                     "--out", {str(tmp_path / "o")!r}, "--track"])
+        assert code == 0, code
+        loaded = [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+        assert not loaded, loaded
+        print("OK")
+    """)
+    assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
+    assert (tmp_path / "o" / "tracks.txt").exists()
