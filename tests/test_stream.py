@@ -247,3 +247,59 @@ def test_stream_and_tracking_without_torch(model, tmp_path) -> None:
     """)
     assert proc.returncode == 0 and "OK" in proc.stdout, proc.stderr[-2000:]
     assert (tmp_path / "o" / "tracks.txt").exists()
+
+
+def _flaky_server(data: bytes, plan: list[str]):
+    """HTTP server answering request i by ``plan[i]`` ('half': the first half of ``data``
+    then a dropped connection; 'full': all of it; '503': an error) and 503 after."""
+    import socket
+    from http.server import BaseHTTPRequestHandler
+
+    calls: list[str] = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            step = plan[len(calls)] if len(calls) < len(plan) else "503"
+            calls.append(step)
+            if step == "503":
+                self.send_error(503)
+                return
+            self.send_response(200)
+            self.send_header("Content-Type", "video/mp2t")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data if step == "full" else data[:len(data) // 2])
+            self.wfile.flush()
+            if step == "half":
+                self.connection.shutdown(socket.SHUT_RDWR)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server, f"http://127.0.0.1:{server.server_address[1]}/live.ts", calls
+
+
+@pytest.mark.parametrize("plan", [["half", "503", "full"], ["half"]])
+def test_dropped_stream_reconnects_or_ends_cleanly(model, tmp_path, capsys, plan) -> None:
+    data = _ts(tmp_path / "s.ts", 60).read_bytes()
+    server, url, calls = _flaky_server(data, plan)
+    out = tmp_path / "out"
+    try:
+        code = main(["predict", "--model", str(model), "--source", url, "--out", str(out),
+                     "--no-live", "--reconnect", "2", "--no-video"])
+    finally:
+        server.shutdown()
+        server.server_close()
+    err = capsys.readouterr().err
+    summary = json.loads((out / "summary.json").read_text())
+    records = _jsonl(out / "detections.jsonl")
+    assert len(records) == summary["frames_processed"] > 0
+    if plan[-1] == "full":  # the drop, a failed attempt, then a good reconnect
+        assert code == 0 and summary["reconnects"] == 1 and calls == plan
+        assert summary["frames_processed"] > 60  # half a stream, then all of it again
+    else:  # the drop, then every reopen attempt refused: one line, files complete
+        assert code == 2 and len(err.strip().splitlines()) == 1
+        assert "stream dropped" in err and "2 reconnect attempts failed" in err
+        assert "stream dropped" in summary["interrupted"] and len(calls) == 3

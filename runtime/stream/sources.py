@@ -4,7 +4,7 @@ Every source yields :class:`Frame` objects (``rgb`` uint8 ``[H, W, 3]``) in
 order. Video is decoded with PyAV (FFmpeg), imported when a video source is
 opened so image folders work without the ``video`` extra.
 
-Live sources (network URLs and cameras) reconnect after a drop: up to
+Network URLs and cameras reconnect after a drop (live or not): up to
 ``SourceConfig.reconnect_attempts`` reopen attempts in a row, ``reconnect_delay_s``
 apart; then :class:`StreamDroppedError`. A clean end of stream is the end, not a
 drop (an HTTP-served file ends that way).
@@ -196,7 +196,7 @@ class VideoSource(FrameSource):
                     index += 1
                 return  # clean end of stream
             except (self.av.FFmpegError, OSError) as exc:
-                if not self.live:
+                if self.kind == "video":  # a file does not come back: no reconnect
                     raise DataError(self.config.spec, f"decoding failed at frame {index} "
                                     f"({_short(exc)})") from exc
                 self._reconnect(exc)
@@ -213,7 +213,8 @@ class VideoSource(FrameSource):
                 return
             except InputError as exc:
                 last = exc
-        raise StreamDroppedError(self.config.spec, f"stream dropped ({_short(last)}); "
+        why = last.problem if isinstance(last, InputError) else _short(last)
+        raise StreamDroppedError(self.config.spec, f"stream dropped, then {why}; "
                                  f"{self.config.reconnect_attempts} reconnect attempts failed")
 
     def close(self) -> None:
