@@ -116,11 +116,10 @@ def preprocess_1080p(canvases: list[tuple[int, int]], runs: int) -> dict[str, An
                          label_map=[1])
         session = ort.InferenceSession(preprocess_graph(meta, 1080, 1920).SerializeToString(),
                                        providers=["CPUExecutionProvider"])
-        feed = {"images": frame[None]}
         out[f"{H}x{W}"] = {
             "numpy_ms": time_call(lambda m=meta: preprocess([frame], m), runs=runs,
                                   warmup=2).median_ms,
-            "fused_ort_cpu_ms": time_call(lambda s=session: s.run(["canvas"], feed), runs=runs,
+            "fused_ort_cpu_ms": time_call(lambda s=session: s.run(["canvas"], {"images": frame[None]}), runs=runs,
                                           warmup=2).median_ms}
     return out
 

@@ -71,8 +71,8 @@ def test_fused_tiny_model_detects_like_plain(tmp_path) -> None:
 
 def test_fused_model_refuses_other_frame_sizes(tmp_path) -> None:
     meta = tiny_meta(64, 64)
-    fused, fused_meta = fuse_preprocess(onnx.load(make_tiny_onnx(tmp_path / "p.onnx", meta)),
-                                        meta, 48, 80)
+    _, fused_meta = fuse_preprocess(onnx.load(make_tiny_onnx(tmp_path / "p.onnx", meta)),
+                                    meta, 48, 80)
     assert fused_source_size(fused_meta) == (48, 80)
     with pytest.raises(InputError, match="fused-preprocess for uint8 frames of 48x80x3"):
         stack_frames([np.zeros((50, 80, 3), np.uint8)], fused_meta)

@@ -9,9 +9,9 @@ import pytest
 
 pytest.importorskip("av")
 
-from detr.data.shapes_video import ShapesVideoConfig, make_shapes_video  # noqa: E402
-from runtime.cli import main  # noqa: E402
-from runtime.errors import InputError  # noqa: E402
+from detr.data.shapes_video import ShapesVideoConfig, make_shapes_video
+from runtime.cli import main
+from runtime.errors import InputError
 
 
 def _gt(path):

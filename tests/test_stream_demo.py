@@ -14,8 +14,8 @@ pytest.importorskip("av")
 pytest.importorskip("trackers")
 pytest.importorskip("torch")
 
-from runtime.decode import Detections  # noqa: E402
-from runtime.stream.pipeline import StreamConfig, run_stream  # noqa: E402
+from runtime.decode import Detections
+from runtime.stream.pipeline import StreamConfig, run_stream
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "detr" / "assets" / "detr-tiny-shapes.pth"
