@@ -18,6 +18,7 @@ model of ``benchmarks.r50_speed``; exporting and quantizing it takes minutes).
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import statistics
 import tempfile
@@ -117,10 +118,11 @@ def preprocess_1080p(canvases: list[tuple[int, int]], runs: int) -> dict[str, An
         session = ort.InferenceSession(preprocess_graph(meta, 1080, 1920).SerializeToString(),
                                        providers=["CPUExecutionProvider"])
         out[f"{H}x{W}"] = {
-            "numpy_ms": time_call(lambda m=meta: preprocess([frame], m), runs=runs,
+            "numpy_ms": time_call(functools.partial(preprocess, [frame], meta), runs=runs,
                                   warmup=2).median_ms,
-            "fused_ort_cpu_ms": time_call(lambda s=session: s.run(["canvas"], {"images": frame[None]}), runs=runs,
-                                          warmup=2).median_ms}
+            "fused_ort_cpu_ms": time_call(functools.partial(session.run, ["canvas"],
+                                                            {"images": frame[None]}),
+                                          runs=runs, warmup=2).median_ms}
     return out
 
 
@@ -178,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
         clip = make_clip(work / "clip720", args.frames)
-        models = {"demo detr-tiny 128x128": (demo_model(work), (1, 8), (128, 128))}
+        models: dict[str, tuple[Path, tuple[int, ...], tuple[int, int]]] = {
+            "demo detr-tiny 128x128": (demo_model(work), (1, 8), (128, 128))}
         if args.r50:
             models["DETR-R50 800x1066 INT8 cpu format"] = (r50_int8_cpu(work), (1,),
                                                            (800, 1066))

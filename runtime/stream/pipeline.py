@@ -158,7 +158,8 @@ class _Runner:
         live = self.source.live
         size = self.batch if live else self.config.queue_size * self.batch
         frames: queue.Queue[Any] = queue.Queue(maxsize=size)
-        qs = [queue.Queue(maxsize=self.config.queue_size) for _ in range(3)]
+        qs: list[queue.Queue[Any]] = [queue.Queue(maxsize=self.config.queue_size)
+                                      for _ in range(3)]
         threads = [
             threading.Thread(target=self._decode_loop, args=(frames,), daemon=True),
             self._thread("preprocess", self.work.preprocess, frames, qs[0], gather=True),

@@ -71,7 +71,7 @@ class Outputs:
             except Exception as exc:  # noqa: BLE001  # close the others, then re-raise the first
                 errors.append(exc)
                 continue
-            if kind != "video" or writer.frames:
+            if writer is not self.video or self.video.frames:
                 summary.outputs[kind] = str(writer.path)
         if self.video is not None and self.video.frames:
             summary.video_codec = self.video.codec

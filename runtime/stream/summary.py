@@ -103,6 +103,7 @@ def evaluate_tracks(gt_path: Path, results_path: Path, iou: float = 0.5) -> dict
     except ValueError as exc:
         raise InputError(gt_path, f"cannot evaluate tracks ({exc})") from exc
     clear, ident = result.CLEAR, result.Identity
+    assert clear is not None and ident is not None  # both were asked for
     return {"MOTA": float(clear.MOTA), "MOTP": float(clear.MOTP), "IDF1": float(ident.IDF1),
             "IDSW": int(clear.IDSW), "FP": int(clear.CLR_FP), "FN": int(clear.CLR_FN),
             "gt_ids": int(clear.MT + clear.PT + clear.ML)}
