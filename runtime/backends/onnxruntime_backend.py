@@ -145,14 +145,14 @@ class OnnxRuntimeBackend(Backend):
 
     def infer(self, images: np.ndarray, mask: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
-        if self.fused is not None:
+        feed: dict[str, np.ndarray]
+        if self.fused is not None:  # uint8 [B, Hs, Ws, 3] frames: the graph preprocesses
             feed = {"images": check_frames(self.meta, images, self.batch_size)}
-            logits, boxes = self.session.run(["logits", "boxes"], feed)
-            return np.asarray(logits, dtype=np.float32), np.asarray(boxes, dtype=np.float32)
-        images, mask = check_batch(self.meta, images, mask, self.batch_size)
-        feed: dict[str, np.ndarray] = {"images": images.astype(self._image_dtype, copy=False)}
-        if self.has_mask and mask is not None:
-            feed["mask"] = mask
+        else:
+            images, mask = check_batch(self.meta, images, mask, self.batch_size)
+            feed = {"images": images.astype(self._image_dtype, copy=False)}
+            if self.has_mask and mask is not None:
+                feed["mask"] = mask
         with ort_failures(self.path):
             logits, boxes = self.session.run(["logits", "boxes"], feed)
         return np.asarray(logits, dtype=np.float32), np.asarray(boxes, dtype=np.float32)
