@@ -145,7 +145,8 @@ class Detector:
         model; the frames stacked as uint8 [B, Hs, Ws, 3] for a ``--fused-preprocess`` one."""
         if self.fused_source is None:
             return preprocess(sources, self.meta)
-        return stack_frames([np.asarray(load_image(s)) for s in sources], self.meta)
+        return stack_frames([s if _is_rgb_frame(s) else np.asarray(load_image(s))
+                             for s in sources], self.meta)
 
     def _as_batch(self, array: np.ndarray) -> Batch:
         """A user-preprocessed [B,3,H,W] float array -> Batch (no padding, scale 1)."""
@@ -194,3 +195,9 @@ class Detector:
             det.category_ids = np.asarray(self.meta.label_map, dtype=np.int64)[det.labels] \
                 if len(det) else np.zeros((0,), dtype=np.int64)
         return dets
+
+
+def _is_rgb_frame(src: Any) -> bool:
+    """A uint8 [H, W, 3] array (a decoded video frame): used as is, no PIL round trip."""
+    return isinstance(src, np.ndarray) and src.dtype == np.uint8 and src.ndim == 3 \
+        and src.shape[2] == 3

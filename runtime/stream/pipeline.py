@@ -103,9 +103,13 @@ def run_stream(config: StreamConfig) -> StreamSummary:
         summary.interrupted = "SIGTERM" if isinstance(exc, Terminated) else "SIGINT"
     finally:
         work.close()
-        source.close()
-        outputs.close(summary)
-        detector.close()
+        # Never close what a thread still uses: a decoder blocked in a network read
+        # (ends at its own timeout), stages after a second Ctrl-C.
+        if not runner.alive(decoder=True):
+            source.close()
+        if not runner.alive(decoder=False):
+            outputs.close(summary)
+            detector.close()
     summary.reconnects = getattr(source, "reconnects", 0)
     if runner.error is not None:
         summary.interrupted = str(runner.error)
@@ -135,6 +139,12 @@ class _Runner:
         self.abort = threading.Event()  # a stage failed: everyone stops at once
         self.error: BaseException | None = None
         self.batch = work.detector.batch_size if config.pipelined else 1
+        self.threads: list[threading.Thread] = []
+
+    def alive(self, decoder: bool) -> bool:
+        """Whether the decode thread (``decoder``) or a later stage is still running."""
+        threads = self.threads[:1] if decoder else self.threads[1:]
+        return any(t.is_alive() for t in threads)
 
     # ---- the two modes -----------------------------------------------------------------
 
@@ -149,10 +159,14 @@ class _Runner:
             self.summary.wall_s = time.perf_counter() - start
 
     def _run_sequential(self) -> None:
-        for frame in self._decoded():
-            chunk = self._timed("preprocess", self.work.preprocess, Chunk([frame]))
-            chunk = self._timed("inference", self.work.infer, chunk)
-            self._timed("write", self.work.write, self._timed("set_decode", self.work.post, chunk))
+        try:
+            for frame in self._decoded():
+                chunk = self._timed("preprocess", self.work.preprocess, Chunk([frame]))
+                chunk = self._timed("inference", self.work.infer, chunk)
+                chunk = self._timed("set_decode", self.work.post, chunk)
+                self._timed("write", self.work.write, chunk)
+        except InputError as exc:  # e.g. a dropped stream: finalize the files, then raise
+            self.error = exc
 
     def _run_threads(self) -> None:
         live = self.source.live
@@ -160,7 +174,7 @@ class _Runner:
         frames: queue.Queue[Any] = queue.Queue(maxsize=size)
         qs: list[queue.Queue[Any]] = [queue.Queue(maxsize=self.config.queue_size)
                                       for _ in range(3)]
-        threads = [
+        self.threads = threads = [
             threading.Thread(target=self._decode_loop, args=(frames,), daemon=True),
             self._thread("preprocess", self.work.preprocess, frames, qs[0], gather=True),
             self._thread("inference", self.work.infer, qs[0], qs[1]),
@@ -176,8 +190,13 @@ class _Runner:
         except KeyboardInterrupt:
             self.stop.set()
             self.source.stop()
-            for t in threads[1:]:  # drain what is in flight; a second Ctrl-C aborts
-                t.join()
+            try:
+                for t in threads[1:]:  # drain what is in flight
+                    t.join()
+            except KeyboardInterrupt:  # a second Ctrl-C: stop every stage now
+                self.abort.set()
+                for t in threads[1:]:
+                    t.join(timeout=2.0)
             raise
         finally:
             self.stop.set()
