@@ -2,7 +2,7 @@
 the model alone, preprocessing cost per 1080p frame (numpy vs in-graph), and MOTA /
 IDF1 of the demo model + ByteTrack on synthetic clips.
 
-``python -m benchmarks.stream_speed [--frames N] [--repeats R] [--r50] [--work DIR]``
+``python -m benchmarks.stream_speed [--models demo r50] [--frames N] [--repeats R] [--work DIR]``
 
 Throughput: a 720p H.264 clip of moving shapes (``detr.data.shapes_video``) through
 ``runtime.stream.run_stream``, ONNX Runtime CPU, outputs written (JSON Lines, and the
@@ -11,7 +11,7 @@ at a time: decode, preprocess, infer, decode sets, draw, encode) and pipelined
 (threads + bounded queues). Model alone = ``Detector.infer_batch`` on a ready batch
 of one frame (median of the runs). The modes run round-robin ``repeats`` times, so
 load from other processes hits all of them; medians and the min-max range are
-printed. ``--r50`` adds DETR-R50 at 800x1066, INT8 cpu format, random weights (the
+printed. ``--models r50`` measures DETR-R50 at 800x1066, INT8 cpu format, random weights (the
 model of ``benchmarks.r50_speed``; exporting and quantizing it takes minutes).
 """
 
@@ -160,7 +160,9 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"preprocess 1080p -> {canvas}: numpy {p['numpy_ms']:.1f} ms, fused (ORT "
                      f"CPU) {p['fused_ort_cpu_ms']:.1f} ms; share of pre + model: "
                      + ", ".join(f"{k} {v:.0%}" for k, v in p.get("share", {}).items()))
-    t = result["tracking"]
+    t = result.get("tracking")
+    if not t:
+        return lines
     lines.append(f"tracking ({len(t['clips'])} clips): MOTA {t['mean']['MOTA']:.3f}, "
                  f"IDF1 {t['mean']['IDF1']:.3f}; per clip MOTA/IDF1 " + "; ".join(
                      f"{m['MOTA']:.2f}/{m['IDF1']:.2f}" for m in t["clips"]))
@@ -169,41 +171,48 @@ def report_lines(result: dict[str, Any]) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", choices=("demo", "r50"), default=["demo"],
+                        help="demo: detr-tiny 128x128; r50: DETR-R50 800x1066 INT8 cpu format "
+                        "(exporting and quantizing it takes minutes)")
     parser.add_argument("--frames", type=int, default=90, help="frames of the 720p clip")
     parser.add_argument("--repeats", type=int, default=3, help="round-robin repeats per mode")
     parser.add_argument("--runs", type=int, default=30, help="timed runs (model, preprocess)")
-    parser.add_argument("--clips", type=int, default=5, help="synthetic clips for MOTA/IDF1")
-    parser.add_argument("--r50", action="store_true", help="add DETR-R50 INT8 cpu format")
+    parser.add_argument("--clips", type=int, default=5,
+                        help="synthetic clips for MOTA/IDF1 (0 = skip; demo model)")
     parser.add_argument("--work", default=None, help="cache folder (default: temporary)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(args.work or tmp)
         work.mkdir(parents=True, exist_ok=True)
-        clip = make_clip(work / "clip720", args.frames)
-        models: dict[str, tuple[Path, tuple[int, ...], tuple[int, int]]] = {
-            "demo detr-tiny 128x128": (demo_model(work), (1, 8), (128, 128))}
-        if args.r50:
-            models["DETR-R50 800x1066 INT8 cpu format"] = (r50_int8_cpu(work), (1,),
-                                                           (800, 1066))
-        result: dict[str, Any] = {"throughput": {}}
-        alone: dict[str, float] = {}
-        for name, (model, batches, (H, W)) in models.items():
-            row = throughput(model, clip, work, args.repeats, batches)
-            row["model_alone_ms"] = {b: model_alone_ms(model, clip, args.runs, b)
-                                     for b in batches}
-            result["throughput"][name] = row
-            alone[f"{H}x{W}"] = row["model_alone_ms"][1]
-        result["preprocess_1080p"] = preprocess_1080p([m[2] for m in models.values()],
-                                                      args.runs)
-        for canvas, p in result["preprocess_1080p"].items():
-            p["share"] = {k.replace("_ms", ""): v / (v + alone[canvas]) for k, v in p.items()
-                          if k.endswith("_ms")}
-        result["tracking"] = tracking_quality(models[next(iter(models))][0], work, args.clips,
-                                              seed=1)
+        result = measure(args, work)
         for line in report_lines(result):
             print(line)
         (work / "stream_speed.json").write_text(json.dumps(result, indent=1, default=float))
     return 0
+
+
+def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    clip = make_clip(work / f"clip720-{args.frames}", args.frames)
+    models: dict[str, tuple[Path, tuple[int, ...], tuple[int, int]]] = {}
+    if "demo" in args.models:
+        models["demo detr-tiny 128x128"] = (demo_model(work), (1, 8), (128, 128))
+    if "r50" in args.models:
+        models["DETR-R50 800x1066 INT8 cpu format"] = (r50_int8_cpu(work), (1,), (800, 1066))
+    result: dict[str, Any] = {"throughput": {}, "preprocess_1080p": {}}
+    alone: dict[str, float] = {}
+    for name, (model, batches, (H, W)) in models.items():
+        row = throughput(model, clip, work, args.repeats, batches)
+        row["model_alone_ms"] = {b: model_alone_ms(model, clip, args.runs, b) for b in batches}
+        result["throughput"][name] = row
+        alone[f"{H}x{W}"] = row["model_alone_ms"][1]
+    result["preprocess_1080p"] = preprocess_1080p([m[2] for m in models.values()], args.runs)
+    for canvas, p in result["preprocess_1080p"].items():
+        p["share"] = {k.replace("_ms", ""): v / (v + alone[canvas]) for k, v in p.items()
+                      if k.endswith("_ms")}
+    if "demo" in args.models and args.clips:
+        result["tracking"] = tracking_quality(models["demo detr-tiny 128x128"][0], work,
+                                              args.clips, seed=1)
+    return result
 
 
 if __name__ == "__main__":
