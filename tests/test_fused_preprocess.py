@@ -82,3 +82,19 @@ def test_mask_graph_is_refused(tmp_path) -> None:
     meta = tiny_meta(64, 64, with_mask=True)
     with pytest.raises(InputError, match="with-mask"):
         fuse_preprocess(onnx.load(make_tiny_onnx(tmp_path / "m.onnx", meta)), meta, 64, 64)
+
+
+def test_cli_option_parses_sizes() -> None:
+    import argparse
+
+    from export.commands.export_onnx import add_arguments
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    base = ["--checkpoint", "c.pth", "--out", "m.onnx", "--height", "128", "--width", "128"]
+    assert parser.parse_args(base).fused_preprocess is None
+    assert parser.parse_args([*base, "--fused-preprocess", "720x1280"]).fused_preprocess == \
+        (720, 1280)
+    assert parser.parse_args([*base, "--fused-preprocess"]).fused_preprocess == "canvas"
+    with pytest.raises(SystemExit):
+        parser.parse_args([*base, "--fused-preprocess", "720-1280"])

@@ -30,9 +30,9 @@ def demo(tmp_path_factory) -> dict[str, Path]:
     import onnx
 
     from detr.data.shapes_video import ShapesVideoConfig, make_shapes_video
-    from export.fused_preprocess import fuse_preprocess
+    from export.fused_preprocess import fuse_with_check
     from export.onnx_export import ExportConfig, export_onnx
-    from export.onnx_meta import read_meta, write_meta
+    from export.onnx_meta import read_meta
 
     root = tmp_path_factory.mktemp("demo")
     plain = root / "tiny.onnx"
@@ -40,8 +40,12 @@ def demo(tmp_path_factory) -> dict[str, Path]:
                                       width=128, dynamic_batch=True, calib_images=1))
     assert result.parity.passed
     model = onnx.load(plain)
-    fused, meta = fuse_preprocess(model, read_meta(model), *SOURCE)
-    write_meta(fused, meta)
+    # The export-onnx hook on the exported graph: fuse, then parity on synthetic scenes.
+    config = ExportConfig(checkpoint=str(CHECKPOINT), out="", fused_source=SOURCE,
+                          calib_images=4)
+    fused, _, report = fuse_with_check(model, read_meta(model), config)
+    assert report.passed and report.detections_ref > 0, report.format()
+    assert report.canvas_max_abs < 0.02
     onnx.save(fused, root / "tiny.fused.onnx")
     make_shapes_video(root / "clips", ShapesVideoConfig(num_clips=2, num_frames=40,
                                                         height=SOURCE[0], width=SOURCE[1]),

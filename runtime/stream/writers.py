@@ -38,7 +38,7 @@ class _AtomicFile:
 
 
 class JsonlWriter:
-    """One JSON object per frame (see :func:`frame_record`), flushed line by line."""
+    """One JSON object per frame (see :func:`frame_record`); complete and renamed at close."""
 
     def __init__(self, path: Path) -> None:
         self._file = _AtomicFile(path, "w")
