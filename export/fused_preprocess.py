@@ -170,7 +170,7 @@ class FusedParity:
     canvas_max_abs: float = 0.0  # max |fused canvas - numpy canvas| (normalised units)
     detections_ref: int = 0
     detections_fused: int = 0
-    detections_matched: int = 0  # same label and IoU >= 0.9 (export.parity.match_detections)
+    detections_matched: int = 0  # same label and IoU >= 0.9 (runtime.compare.match_detections)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -224,10 +224,10 @@ def check_fused(plain: onnx.ModelProto, fused: onnx.ModelProto, meta: ModelMeta,
                 frames: list[np.ndarray], source: str) -> FusedParity:
     """Both graphs on ``frames`` (ONNX Runtime CPU, one frame per call): the plain one
     through ``runtime.preprocess``, the fused one on the raw frames. Detections are
-    decoded alike (paper post-processing) and matched with ``export.parity``."""
+    decoded alike (paper post-processing) and matched with ``runtime.compare``."""
     import onnxruntime as ort
 
-    from export.parity import match_detections
+    from runtime.compare import match_detections
     from runtime.decode import decode
     from runtime.preprocess import preprocess
 

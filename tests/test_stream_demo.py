@@ -116,8 +116,8 @@ def test_live_policy_drops_stale_frames(demo) -> None:
 
 def test_fused_model_matches_numpy_path(demo) -> None:
     """Same clip through the plain model (numpy preprocessing) and the fused one:
-    >= 99% of detections match (same label, IoU >= 0.9; export.parity's matching)."""
-    from export.parity import match_detections
+    >= 99% of detections match (same label, IoU >= 0.9; runtime.compare's matching)."""
+    from runtime.compare import match_detections
 
     clip = str(demo["clips"] / "clip-002" / "video.mp4")
     runs = {}
