@@ -145,8 +145,8 @@ class Detector:
         model; the frames stacked as uint8 [B, Hs, Ws, 3] for a ``--fused-preprocess`` one."""
         if self.fused_source is None:
             return preprocess(sources, self.meta)
-        return stack_frames([s if _is_rgb_frame(s) else np.asarray(load_image(s))
-                             for s in sources], self.meta)
+        return stack_frames([s if isinstance(s, np.ndarray) and _is_rgb_frame(s)
+                             else np.asarray(load_image(s)) for s in sources], self.meta)
 
     def _as_batch(self, array: np.ndarray) -> Batch:
         """A user-preprocessed [B,3,H,W] float array -> Batch (no padding, scale 1)."""
@@ -169,7 +169,8 @@ class Detector:
         """The model on a Batch of at most ``batch_size`` images -> raw (logits [n,Q,K+1],
         boxes [n,Q,4] cxcywh); a fixed-batch model's partial batch is padded and cut."""
         n = len(batch)
-        images, mask = batch.images, batch.mask
+        images = batch.images
+        mask: np.ndarray | None = batch.mask
         fixed = self.backend.batch_size
         if fixed is not None and n < fixed:
             # The last partial batch: its padding images' outputs are dropped below.
