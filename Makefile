@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	# torch/torchvision pinned: the only versions served on the build machines.
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install --quiet -e '.[onnx,train,export,bench,dev]'
+	$(PY) -m pip install --quiet -e '.[onnx,train,export,bench,dev,video]'
 	# Type stubs only: the package's dependency on tensorrt itself cannot be installed
 	# here (its wheels live on another index), so skip dependencies.
 	$(PY) -m pip install --quiet --no-deps 'tensorrt-stubs>=10.8'

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     import torch
 
     from export.fp16 import FP16Report
+    from export.fused_preprocess import FusedParity
     from export.parity import ParityReport
 
 MIN_OPSET = 17  # LayerNormalization is a single node from opset 17 (TensorRT#2781)
@@ -63,6 +64,7 @@ class ExportConfig:
     calib_data: str | None = None  # images for parity (and FP16 ranges); None = random inputs
     calib_images: int = 8  # how many images from calib_data
     report: str | None = None  # JSON report path (None = only printed)
+    fused_source: tuple[int, int] | None = None  # (Hs, Ws): uint8 NHWC frames, in-graph preprocess
 
     def validate(self) -> None:
         if self.height <= 0 or self.width <= 0 or self.height % 32 or self.width % 32:
@@ -101,6 +103,7 @@ class ExportResult:
     fp16: FP16Report | None = None
     fp32_parity: ParityReport | None = None  # FP32 graph parity when the output is FP16
     graph_ops: dict[str, int] = field(default_factory=dict)  # op type -> count in the file
+    fused: FusedParity | None = None  # --fused-preprocess: fused vs numpy preprocessing
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {"path": self.path, "meta": json.loads(self.meta.to_json()),
@@ -109,6 +112,8 @@ class ExportResult:
             out["fp32_parity"] = self.fp32_parity.to_dict()
         if self.fp16 is not None:
             out["fp16"] = self.fp16.to_dict()
+        if self.fused is not None:
+            out["fused_preprocess"] = self.fused.to_dict()
         return out
 
     def format(self) -> str:
@@ -120,6 +125,8 @@ class ExportResult:
         if self.fp16 is not None:
             lines.append(self.fp16.format())
         lines.append(self.parity.format())
+        if self.fused is not None:
+            lines.append(self.fused.format())
         return "\n".join(lines)
 
 
@@ -271,6 +278,10 @@ def export_detr(model: torch.nn.Module, meta: ModelMeta, config: ExportConfig) -
                               parity_report(forward, fp16_graph, cases, "fp16", None),
                               fp16=fp16_report, fp32_parity=parity)
         graph = fp16_graph
+    if config.fused_source is not None:
+        from export.fused_preprocess import fuse_with_check
+
+        graph, result.meta, result.fused = fuse_with_check(graph, result.meta, config)
     result.graph_ops = op_counts(graph)
     atomic_write_bytes(config.out, graph.SerializeToString())
     if config.report:

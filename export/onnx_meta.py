@@ -76,11 +76,15 @@ def check_graph_matches_meta(model: onnx.ModelProto, meta: ModelMeta,
         raise ModelFormatError(source, f"graph has no 'images' input (inputs: {sorted(inputs)})")
     dims: list[int | str] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                              for d in inputs["images"].type.tensor_type.shape.dim]
+    from runtime.fused import fused_source_size
+
     H, W = meta.input_height, meta.input_width
-    if len(dims) != 4 or any(isinstance(got, int) and got != want
-                             for got, want in zip(dims[1:], (3, H, W))):
+    fused = fused_source_size(meta)  # uint8 [B, Hs, Ws, 3] frames for --fused-preprocess
+    want = (fused[0], fused[1], 3) if fused else (3, H, W)
+    if len(dims) != 4 or any(isinstance(got, int) and got != w
+                             for got, w in zip(dims[1:], want)):
         raise ModelFormatError(source, f"graph input 'images' has shape {dims} but the metadata "
-                               f"says [B, 3, {H}, {W}]")
+                               f"says [B, {want[0]}, {want[1]}, {want[2]}]")
     graph_batch = dims[0] if isinstance(dims[0], int) else None
     if graph_batch != meta.batch_size:
         def describe(b: int | None) -> str:

@@ -22,7 +22,8 @@ from runtime.backends.base import Backend, check_outputs, pad_batch
 from runtime.decode import Detections, decode
 from runtime.engine_file import is_engine_file
 from runtime.errors import InputError
-from runtime.image_io import ImageSource
+from runtime.fused import fused_source_size, stack_frames
+from runtime.image_io import ImageSource, load_image
 from runtime.metadata import ModelMeta
 from runtime.preprocess import Batch, box_reference_sizes, preprocess
 
@@ -80,6 +81,7 @@ class Detector:
         limit = self.backend.max_batch_size
         chosen = fixed or batch_size or DEFAULT_DYNAMIC_BATCH
         self.batch_size = min(chosen, limit) if limit else chosen
+        self.fused_source = fused_source_size(self.meta)  # (Hs, Ws) of a fused model's frames
 
     def close(self) -> None:
         self.backend.close()
@@ -136,7 +138,15 @@ class Detector:
             or hasattr(images, "getbands")  # PIL image
         sources = [images] if single else list(images)
         for start in range(0, len(sources), self.batch_size):
-            yield preprocess(sources[start:start + self.batch_size], self.meta)
+            yield self.prepare(sources[start:start + self.batch_size])
+
+    def prepare(self, sources: Sequence[ImageSource]) -> Batch:
+        """The model's input Batch for ``sources``: ``runtime.preprocess`` for a float-input
+        model; the frames stacked as uint8 [B, Hs, Ws, 3] for a ``--fused-preprocess`` one."""
+        if self.fused_source is None:
+            return preprocess(sources, self.meta)
+        return stack_frames([s if isinstance(s, np.ndarray) and _is_rgb_frame(s)
+                             else np.asarray(load_image(s)) for s in sources], self.meta)
 
     def _as_batch(self, array: np.ndarray) -> Batch:
         """A user-preprocessed [B,3,H,W] float array -> Batch (no padding, scale 1)."""
@@ -152,16 +162,33 @@ class Detector:
                      valid_sizes=sizes, orig_sizes=sizes.copy())
 
     def _detect_batch(self, batch: Batch, **options: Any) -> list[Detections]:
+        logits, boxes = self.infer_batch(batch)
+        return self.decode_batch(batch, logits, boxes, **options)
+
+    def infer_batch(self, batch: Batch) -> tuple[np.ndarray, np.ndarray]:
+        """The model on a Batch of at most ``batch_size`` images -> raw (logits [n,Q,K+1],
+        boxes [n,Q,4] cxcywh); a fixed-batch model's partial batch is padded and cut."""
         n = len(batch)
-        images, mask = batch.images, batch.mask
+        images = batch.images
+        mask: np.ndarray | None = batch.mask
         fixed = self.backend.batch_size
         if fixed is not None and n < fixed:
             # The last partial batch: its padding images' outputs are dropped below.
             images, mask = pad_batch(images, mask, fixed)
         logits, boxes = self.backend.infer(images, mask)
         check_outputs(self.meta, logits, boxes, len(images), getattr(self.backend, "path", "model"))
-        logits, boxes = logits[:n], boxes[:n]
-        dets = decode(logits, boxes, box_reference_sizes(batch, self.meta.with_mask), **options)
+        return logits[:n], boxes[:n]
+
+    def decode_batch(self, batch: Batch, logits: np.ndarray, boxes: np.ndarray,
+                     **options: Any) -> list[Detections]:
+        """Set decoding of ``infer_batch`` outputs: boxes xyxy in original pixels, clipped,
+        with class names and category ids. ``options`` go to ``runtime.decode.decode``."""
+        if self.fused_source is None:
+            target = box_reference_sizes(batch, self.meta.with_mask)
+        else:  # batch.images are the raw frames; the canvas is the model's
+            canvas = np.array([self.meta.input_height, self.meta.input_width], np.float64)
+            target = canvas[None, :] * batch.orig_sizes / np.maximum(batch.valid_sizes, 1)
+        dets = decode(logits, boxes, target, **options)
         for det, (h, w) in zip(dets, batch.orig_sizes):
             np.clip(det.boxes[:, 0::2], 0, w, out=det.boxes[:, 0::2])
             np.clip(det.boxes[:, 1::2], 0, h, out=det.boxes[:, 1::2])
@@ -169,3 +196,9 @@ class Detector:
             det.category_ids = np.asarray(self.meta.label_map, dtype=np.int64)[det.labels] \
                 if len(det) else np.zeros((0,), dtype=np.int64)
         return dets
+
+
+def _is_rgb_frame(src: Any) -> bool:
+    """A uint8 [H, W, 3] array (a decoded video frame): used as is, no PIL round trip."""
+    return isinstance(src, np.ndarray) and src.dtype == np.uint8 and src.ndim == 3 \
+        and src.shape[2] == 3

@@ -13,14 +13,15 @@ from runtime import options as opt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("kind", choices=["shapes", "shapes-hard"],
+    parser.add_argument("kind", choices=["shapes", "shapes-hard", "shapes-video"],
                         help="'shapes': square images, flat folders; 'shapes-hard': mixed "
-                        "portrait/landscape sizes, sub-folders, odd names, grayscale files")
+                        "portrait/landscape sizes, sub-folders, odd names, grayscale files; "
+                        "'shapes-video': clips of moving shapes with MOTChallenge ground truth")
     parser.add_argument("--out", required=True, help="output folder (created if missing)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--num-train", type=int, default=1000, help="training images (default 1000)")
     parser.add_argument("--num-val", type=int, default=200, help="validation images (default 200)")
-    parser.add_argument("--image-size", type=int, default=320,
+    parser.add_argument("--image-size", type=int, default=None,
                         help="side of the square images in pixels (default 320)")
     parser.add_argument("--variable-size", type=int, nargs=2, metavar=("MIN", "MAX"), default=None,
                         help="random image width/height in [MIN, MAX] instead of square images")
@@ -36,6 +37,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most this many large objects per image (default 2)")
     parser.add_argument("--format", choices=["jpg", "png"], default="jpg",
                         help="image file format (default jpg, fixed quality)")
+    parser.add_argument("--clips", type=int, default=3, help="shapes-video: clips (default 3)")
+    parser.add_argument("--frames", type=int, default=40,
+                        help="shapes-video: frames per clip (default 40; --image-size sets the "
+                        "frame side, default 192 for videos)")
 
 
 def _parse_sizes(items: list[str]) -> tuple[tuple[int, int], ...]:
@@ -54,8 +59,11 @@ def run(args: argparse.Namespace) -> int:
     opt.check_options(
         args, seed=opt.seed, num_train=opt.count_or_zero, num_val=opt.count_or_zero,
         image_size=opt.image_side, variable_size=opt.image_side, max_objects=opt.int_range(0, 1000),
-        size_band_probs=opt.probability, max_large=opt.count_or_zero)
+        size_band_probs=opt.probability, max_large=opt.count_or_zero, clips=opt.int_range(1, 10000),
+        frames=opt.int_range(2, 100000))
 
+    if args.kind == "shapes-video":
+        return _run_video(args)
     from detr.data.synthetic import HARD_DEFAULTS, ShapesConfig, make_shapes_dataset
 
     options = dict(HARD_DEFAULTS) if args.kind == "shapes-hard" else {}
@@ -67,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
     if args.variable_size and not args.sizes:  # a size range replaces the kind's size list
         options.pop("sizes", None)
     config = ShapesConfig(seed=args.seed, num_train=args.num_train, num_val=args.num_val,
-                          image_size=args.image_size, image_format=args.format, **options)
+                          image_size=args.image_size or 320, image_format=args.format, **options)
     try:
         out = make_shapes_dataset(args.out, config)
     except KeyboardInterrupt:
@@ -76,4 +84,17 @@ def run(args: argparse.Namespace) -> int:
         raise
     print(f"wrote {config.num_train} train + {config.num_val} val images to {out}/{{train,val}}/ "
           f"and COCO annotations to {out}/annotations/instances_{{train,val}}.json")
+    return 0
+
+
+def _run_video(args: argparse.Namespace) -> int:
+    from detr.data.shapes_video import ShapesVideoConfig, make_shapes_video
+
+    side = args.image_size or 192
+    config = ShapesVideoConfig(seed=args.seed, num_clips=args.clips, num_frames=args.frames,
+                               height=side, width=side)
+    clips = make_shapes_video(args.out, config)
+    for c in clips:
+        print(f"{args.out}/{c['clip']}: {config.num_frames} frames, {c['tracks']} tracks, "
+              f"{c['rows']} ground-truth boxes ({c['codec']})")
     return 0

@@ -34,6 +34,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calib-images", type=int, default=8, metavar="N",
                         help="images used from --calib-data (default 8)")
     parser.add_argument("--report", default=None, metavar="FILE", help="write a JSON report")
+    parser.add_argument("--fused-preprocess", default=None, metavar="HxW", type=_size,
+                        nargs="?", const="canvas",
+                        help="resize, normalisation and padding inside the graph: input uint8 "
+                        "[B, H, W, 3] RGB frames of source size HxW (e.g. 720x1280; without a "
+                        "value, frames of the canvas size: normalisation only)")
+
+
+def _size(text: str) -> tuple[int, int] | str:
+    if text == "canvas":
+        return text
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HEIGHTxWIDTH, got {text!r}") from None
+    return h, w
 
 
 def run(args: argparse.Namespace) -> int:
@@ -49,9 +64,13 @@ def run(args: argparse.Namespace) -> int:
                           opset=args.opset, exporter=args.exporter,
                           precision=args.precision,
                           calib_data=args.calib_data, calib_images=args.calib_images,
-                          report=args.report)
+                          report=args.report,
+                          fused_source=(args.height, args.width)
+                          if args.fused_preprocess == "canvas" else args.fused_preprocess)
     result = export_onnx(config)
     print(result.format())
     if result.fp32_parity is not None and not result.fp32_parity.passed:
+        return 1
+    if result.fused is not None and not result.fused.passed:
         return 1
     return 0 if result.parity.passed else 1

@@ -17,6 +17,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, check_batch
 from runtime.errors import BackendUnavailableError, InputError, ModelFormatError, first_line
+from runtime.fused import check_frames, fused_source_size
 from runtime.metadata import METADATA_KEY, ModelMeta
 
 # Preference of providers='auto': fastest first, CPU last (always available).
@@ -150,6 +151,9 @@ class OnnxRuntimeBackend(Backend):
                                    f"metadata lists {K} class names ({K + 1} incl. no-object)")
         shape = self._inputs["images"].shape  # [B, 3, H, W]; dims are int or str (dynamic)
         H, W = self.meta.input_height, self.meta.input_width
+        self.fused = fused_source_size(self.meta)  # uint8 [B, Hs, Ws, 3] frames instead
+        if self.fused is not None:
+            shape = [shape[0], 3, H, W] if list(shape[1:]) == [*self.fused, 3] else shape
         if len(shape) != 4 or (isinstance(shape[2], int) and shape[2] != H) or (
                 isinstance(shape[3], int) and shape[3] != W):
             raise ModelFormatError(p, f"graph input 'images' has shape {shape} but the metadata "
@@ -165,10 +169,14 @@ class OnnxRuntimeBackend(Backend):
 
     def infer(self, images: np.ndarray, mask: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
-        images, mask = check_batch(self.meta, images, mask, self.batch_size)
-        feed: dict[str, np.ndarray] = {"images": images.astype(self._image_dtype, copy=False)}
-        if self.has_mask and mask is not None:
-            feed["mask"] = mask
+        feed: dict[str, np.ndarray]
+        if self.fused is not None:  # uint8 [B, Hs, Ws, 3] frames: the graph preprocesses
+            feed = {"images": check_frames(self.meta, images, self.batch_size)}
+        else:
+            images, mask = check_batch(self.meta, images, mask, self.batch_size)
+            feed = {"images": images.astype(self._image_dtype, copy=False)}
+            if self.has_mask and mask is not None:
+                feed["mask"] = mask
         with ort_failures(self.path):
             logits, boxes = self.session.run(["logits", "boxes"], feed)
         return np.asarray(logits, dtype=np.float32), np.asarray(boxes, dtype=np.float32)

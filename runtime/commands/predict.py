@@ -11,10 +11,14 @@ from runtime import options as opt
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path,
                         help="ONNX model exported by detr-edge, or a detr-edge engine file")
-    parser.add_argument("--images", required=True, nargs="+", type=Path, metavar="PATH",
+    inputs = parser.add_mutually_exclusive_group(required=True)
+    inputs.add_argument("--images", nargs="+", type=Path, metavar="PATH",
                         help="image files and/or folders (searched recursively); a dataset "
                         "root (annotations/instances_<split>.json) gives its --split images, "
                         "and a single one gives predictions.json its annotation image ids")
+    inputs.add_argument("--source", metavar="SRC",
+                        help="video file, rtsp/http URL, /dev/videoN camera, image folder or "
+                        "glob: per-frame JSON Lines, annotated video, summary (pipelined)")
     parser.add_argument("--split", default=None,
                         help="split of a dataset root given in --images (default val)")
     parser.add_argument("--out", required=True, type=Path, metavar="DIR",
@@ -35,13 +39,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-pixels", type=int, default=None, metavar="N",
                         help="refuse images of more than N pixels (default 64000000, or "
                         "$DETR_EDGE_MAX_PIXELS)")
+    from runtime.stream.options import add_stream_arguments
+
+    add_stream_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     opt.check_options(
         args, threshold=opt.probability, top_k=opt.count_or_zero, batch_size=opt.batch,
         max_pixels=opt.pixels)
+    if args.source is not None:
+        from runtime.stream.options import stream_config
+        from runtime.stream.pipeline import run_stream
 
+        print(run_stream(stream_config(args)).format())
+        return 0
     from runtime.predict import PredictConfig, predict
 
     config = PredictConfig(model=args.model, images=list(args.images), out_dir=args.out,
