@@ -75,6 +75,11 @@ def conv_stage_nodes(model: onnx.ModelProto, convs: set[str]) -> list[str]:
     return order
 
 
+def weight_bits(config: QuantizeConfig) -> int:
+    """The weight bits ``config`` quantizes with (see ``QuantizeConfig.weight_bits``)."""
+    return config.weight_bits or (7 if config.target == "cpu" else 8)
+
+
 def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLike[str],
                    nodes: Sequence[str], reader: Any, cache_path: str | os.PathLike[str],
                    config: QuantizeConfig) -> onnx.ModelProto:
@@ -84,7 +89,6 @@ def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from export.qdq_layout import apply_cpu_layout
-    from export.quantize import weight_bits
 
     model = onnx.load(os.fspath(fp32_path), load_external_data=False)
     cpu = config.target == "cpu"

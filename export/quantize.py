@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import os
 import sys
 import tempfile
@@ -40,7 +39,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from export.int8_report import QuantizeReport
-from export.qdq_format import TARGETS, quantize_nodes
+from export.qdq_format import TARGETS, quantize_nodes, weight_bits
 from runtime import json_limits
 from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.errors import DataError, InputError, ModelFormatError
@@ -103,16 +102,6 @@ class QuantizeConfig:
             raise InputError("--granularity", f"unknown {self.granularity!r} (block|layer)")
         if self.calib_images <= 0 or self.eval_images < 0 or self.latency_runs < 0:
             raise InputError("--calib-images/--eval-images", "must be positive")
-
-
-def _json_number(value: float | None) -> float | None:
-    """``None`` for NaN/inf (not measured): metadata readers refuse non-JSON numbers."""
-    return None if value is None or not math.isfinite(value) else float(value)
-
-
-def weight_bits(config: QuantizeConfig) -> int:
-    """The weight bits ``config`` quantizes with (see ``QuantizeConfig.weight_bits``)."""
-    return config.weight_bits or (7 if config.target == "cpu" else 8)
 
 
 class _Reader:
@@ -260,9 +249,10 @@ def _finish(final: onnx.ModelProto, report: QuantizeReport, meta: ModelMeta, hea
     int8_meta = meta.replace(precision="int8", extra={**meta.extra, "int8": {
         "method": config.method, "target": config.target,
         "weight_bits": weight_bits(config), "block_methods": report.block_methods,
-        "fallback_blocks": report.fallback_blocks, "fp32_ap": _json_number(report.fp32_ap),
-        "int8_ap": _json_number(report.int8_ap), "ground_truth": report.ground_truth,
-        "latency_ratio": _json_number(report.latency_ratio), "pays": report.pays,
+        "fallback_blocks": report.fallback_blocks, "ground_truth": report.ground_truth,
+        # NaN = not measured; metadata readers refuse non-JSON numbers.
+        **{k: json_limits.finite_or_none(getattr(report, k))
+           for k in ("fp32_ap", "int8_ap", "latency_ratio")}, "pays": report.pays,
         "source": Path(onnx_path).name}})
     write_meta(final, int8_meta)
     report.check_onnx = _check(final) if config.target == "tensorrt" else [

@@ -20,6 +20,7 @@ Limits (module constants, stated in the README):
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -60,6 +61,11 @@ def _parse_float(text: str) -> float:
 
 def _refuse_constant(name: str) -> float:
     raise _Refused(f"{name} is not a JSON number")
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """``None`` for NaN/inf (e.g. "not measured"): the readers here refuse them."""
+    return None if value is None or not math.isfinite(value) else float(value)
 
 
 def nesting_depth(data: bytes) -> int:
