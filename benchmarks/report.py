@@ -56,10 +56,12 @@ def _accuracy_lines(report: Report) -> list[str]:
         form += f", resize rule {s['resize'][0]}/{s['resize'][1]}"
     lines = ["## Accuracy (COCO AP x100)\n",
              (f"Reference = {ref.get('name', 'PyTorch FP32')}: {protocol.get('resize', '-')}; "
-              f"{protocol.get('decoding', '-')}; {ref.get('eval_images', '-')} original images. "
-              f"Rows: {form}; decoding {s.get('decoding', '-')}. dAP = row - reference "
-              "(all that deployment costs); dAP canvas = row - PyTorch FP32 on the rows' "
-              "canvas (precision loss alone).\n"),
+              f"{protocol.get('decoding', '-')}; {ref.get('eval_images', '-')} images. "
+              f"Rows: {form}; decoding {s.get('decoding', '-')}. " + (
+                  "dAP = row - reference (all that deployment costs); dAP canvas = row - "
+                  "PyTorch FP32 on the rows' canvas (precision loss alone).\n"
+                  if not ref.get("note") else
+                  f"dAP = row - reference; no dAP canvas. **{ref['note']}.**\n")),
              "| backend | status | " + " | ".join(AP_KEYS) + " | dAP | dAP50 | dAP canvas"
              " | logits max/mean err | boxes max/mean err | matched@IoU0.9 |",
              "|---|---|" + "---|" * (len(AP_KEYS) + 6)]
@@ -87,7 +89,7 @@ def to_markdown(report: Report) -> str:
     """Markdown: accuracy table, speed table, status table, environment, figures."""
     s = report.settings
     lines = ["# detr-edge benchmark\n",
-             (f"Model `{s.get('checkpoint')}` ({s.get('preset')}), input {s.get('height')}x"
+             (f"Model `{s.get('checkpoint') or s.get('artifacts')}` ({s.get('preset')}), input {s.get('height')}x"
              f"{s.get('width')}, {s.get('eval_images')} eval images from `{s.get('data')}`; "
              f"latency = median of {s.get('runs')} runs after {s.get('warmup')} warm-up.\n"),
              *_accuracy_lines(report)]
@@ -163,7 +165,9 @@ def write_plot(report: Report, path: Path) -> None:
         ax.legend(fontsize=8, loc="best")
     ax.set_xlabel("latency, model alone, batch 1 (ms, median)")
     ax.set_ylabel("COCO AP (x100)")
-    ax.set_title("detr-edge: latency vs AP per backend x precision")
+    ref = report.reference.get("name", "")
+    ax.set_title("detr-edge: latency vs AP per backend x precision"
+                 + (f"\nreference: {ref}" if ref else ""), fontsize=10)
     ax.grid(True, alpha=0.3)
     fig.tight_layout()
     with atomic_write(path, "wb") as fh:
@@ -172,12 +176,19 @@ def write_plot(report: Report, path: Path) -> None:
 
 
 def write_report(report: Report, out_dir: Path) -> dict[str, str]:
-    """Write report.md, report.json and plot.png into ``out_dir``; returns their paths."""
+    """Write report.md, report.json and plot.png into ``out_dir``; returns their paths.
+
+    The plot needs matplotlib (the ``bench`` extra); a device install without it
+    gets the Markdown and JSON, and the report says the plot was not drawn."""
+    import importlib.util
+
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"markdown": str(out_dir / "report.md"), "json": str(out_dir / "report.json"),
-             "plot": str(out_dir / "plot.png")}
+    paths = {"markdown": str(out_dir / "report.md"), "json": str(out_dir / "report.json")}
+    if importlib.util.find_spec("matplotlib") is not None:
+        paths["plot"] = str(out_dir / "plot.png")
     report.paths = paths
     atomic_write_text(paths["markdown"], to_markdown(report))
     atomic_write_text(paths["json"], json.dumps(report.to_dict(), indent=2, default=str))
-    write_plot(report, Path(paths["plot"]))
+    if "plot" in paths:
+        write_plot(report, Path(paths["plot"]))
     return paths

@@ -5,7 +5,10 @@ The reference is PyTorch FP32 under the official evaluation protocol
 original image, the padding mask, the official PostProcess. Every row shows its
 AP delta against it (all that deployment costs) and against PyTorch FP32 on the
 artifacts' own canvas and input form (the precision/runtime loss alone), so a
-canvas or mask loss is told apart from a precision loss.
+canvas or mask loss is told apart from a precision loss. Without torch or a
+checkpoint (a device) both come from a reference file written on the
+workstation, else ONNX Runtime FP32 is the reference, labelled as such
+(``benchmarks.reference``); torch is then never imported.
 
 For each row the SAME artifact is used for accuracy and speed:
 1. the eval images are preprocessed once (``runtime.preprocess``) onto the
@@ -22,21 +25,27 @@ from __future__ import annotations
 import json
 import traceback
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from benchmarks import reference as refs
 from benchmarks.accuracy import ap_deltas, parity_metrics
-from benchmarks.artifacts import find_artifacts, tensorrt_unavailable_reason
+from benchmarks.artifacts import tensorrt_unavailable_reason
 from benchmarks.figures import headline_figures
 from benchmarks.rows import STATUS_EVAL_FAILED, STATUS_OK, Row, all_rows
 from benchmarks.speed import MEMORY_METHOD, infer_all, measure_speed, peak_rss_mb
-from runtime.decode import Detections
+from benchmarks.suite_setup import (
+    Prepared,
+    SuiteContext,
+    prepare,
+    reference_entry,
+    trained_reference,
+)
 from runtime.errors import BackendUnavailableError, DetrEdgeError, InputError
 from runtime.metadata import ModelMeta
-from runtime.preprocess import Batch
 
 ACCURACY_BATCH = 8  # images per call in the accuracy pass when the backend's batch is dynamic
 
@@ -55,9 +64,13 @@ _BUILD_HINT = {
 class BenchmarkConfig:
     """What to benchmark and how hard."""
 
-    checkpoint: str  # detr-edge / official / HF checkpoint (the PyTorch reference)
     data: str  # dataset root: {split}/ images + annotations/instances_{split}.json
+    # detr-edge / official / HF checkpoint: the PyTorch reference (None or no torch: the
+    # reference file, else ONNX Runtime FP32; benchmarks.reference)
+    checkpoint: str | None = None
     artifacts: str | None = None  # folder with *.onnx / *.engine files (None = reference only)
+    reference: str | None = None  # reference file written on the workstation (used without torch)
+    save_reference: str | None = None  # write the PyTorch reference of this run here
     height: int | None = None  # canvas; None = the artifacts' (else the training rule's)
     width: int | None = None
     batch_sizes: tuple[int, ...] = (1,)  # throughput is measured at each of these
@@ -82,21 +95,9 @@ class BenchmarkConfig:
             raise InputError("--max-images", f"must be >= 1, got {self.max_images}")
         if (self.height is None) != (self.width is None):
             raise InputError("--height/--width", "give both or neither")
-
-
-@dataclass
-class SuiteContext:
-    """What every row is evaluated on (built once by :func:`run_benchmark`)."""
-
-    gt: dict[str, Any]  # the split's COCO annotation JSON
-    image_ids: list[int]  # the evaluated images, in order
-    paths: list[Path]  # their files
-    meta: ModelMeta  # canvas, mask and resize rule of the artifacts (and the PyTorch rows)
-    batch: Batch  # the eval images preprocessed onto that canvas
-    loaded: Any  # detr.checkpoint.LoadedCheckpoint
-    threads: int  # CPU threads of every CPU backend
-    dets: dict[tuple[str, str], list[Detections]] = field(default_factory=dict)
-    canvas_outputs: tuple[np.ndarray, np.ndarray] | None = None  # PyTorch FP32 on the canvas
+        if not self.checkpoint and not self.artifacts:
+            raise InputError("--artifacts", "nothing to benchmark: give --artifacts (and "
+                             "--checkpoint where torch is installed)")
 
 
 def _open_backend(row: Row, path: Path, ctx: SuiteContext) -> Any:
@@ -132,48 +133,13 @@ def _eval_row(row: Row, backend: Any, ctx: SuiteContext, config: BenchmarkConfig
     return logits, boxes
 
 
-def trained_reference(loaded: Any, config: BenchmarkConfig, rule: Any) -> dict[str, Any]:
-    """PyTorch FP32 on CPU under the official protocol on the original images
-    (``detr.evaluate``, exactly ``detr-edge eval``'s default): the model as trained."""
-    from detr.evaluate import EvalConfig, evaluate
-
-    eval_config = EvalConfig(data=config.data, split=config.split,
-                             resize=(rule.shorter, rule.max_size),
-                             second_best=config.second_best, max_images=config.max_images,
-                             device="cpu", progress=config.progress)
-    result = evaluate(loaded.model, eval_config, label_map=list(loaded.label_map) or None,
-                      class_names=list(loaded.class_names) or None)
-    return {"name": "PyTorch FP32 (cpu) as trained", "accuracy": result.metrics,
-            "eval_images": result.num_images, "protocol": result.protocol,
-            "training_resize": rule.to_dict()}
-
-
-def _canvas_meta(config: BenchmarkConfig, metas: dict[Any, ModelMeta], loaded: Any,
-                 rule: Any) -> ModelMeta:
-    """Canvas, input form and resize of the artifact rows: those of the artifacts
-    (the FP32 ONNX first); without artifacts, what ``export-onnx`` would default to."""
-    from runtime.metadata import ModelMeta
-
-    first = metas.get(("onnxruntime", "fp32")) or next(iter(metas.values()), None)
-    if first is not None:
-        H, W, use_mask = first.input_height, first.input_width, first.with_mask
-        resize = (first.resize_shorter, first.resize_max)
-    else:  # the eval canvas of the training rule
-        H = W = rule.canvas
-        use_mask = rule.padded
-        resize = (rule.shorter, rule.max_size) if rule.padded else (None, None)
-    if config.height is not None and config.width is not None:
-        H, W = config.height, config.width
-    return ModelMeta(preset=str(loaded.raw.get("preset", "detr")), input_height=H, input_width=W,
-                     class_names=list(loaded.class_names), label_map=list(loaded.label_map),
-                     with_mask=use_mask, batch_size=None, resize_shorter=resize[0],
-                     resize_max=resize[1])
-
-
 def _run_row(row: Row, path: Path | None, ctx: SuiteContext, config: BenchmarkConfig,
              metas: dict[Any, ModelMeta], trt_reason: str | None,
              log: Callable[[str], None]) -> None:
     """Evaluate and time one row (or mark why it is skipped / failed)."""
+    if row.backend == "pytorch" and ctx.source != refs.PYTORCH:
+        row.skip(f"PyTorch does not run here: {ctx.no_torch_reason}")
+        return
     if row.device == "cuda" and row.backend == "pytorch":
         import torch
 
@@ -202,12 +168,12 @@ def _run_row(row: Row, path: Path | None, ctx: SuiteContext, config: BenchmarkCo
     try:
         backend = _open_backend(row, path, ctx)
         logits, boxes = _eval_row(row, backend, ctx, config, getattr(backend, "batch_size", None))
-        if ctx.canvas_outputs is None and (row.backend, row.precision) == ("pytorch", "fp32"):
+        key = (row.backend, row.precision)
+        if ctx.canvas_outputs is None and key == ctx.parity_key:
             ctx.canvas_outputs = (logits, boxes)
         if ctx.canvas_outputs is not None:
             row.parity = parity_metrics(*ctx.canvas_outputs, logits, boxes,
-                                        ctx.dets[("pytorch", "fp32")],
-                                        ctx.dets[(row.backend, row.precision)])
+                                        ctx.dets[ctx.parity_key], ctx.dets[key])
         if config.measure_memory and row.device == "cpu":
             row.peak_rss_mb = peak_rss_mb(row.backend, path, H, W, ctx.meta.with_mask)
         row.status, row.reason = STATUS_OK, ""
@@ -222,12 +188,11 @@ def _run_row(row: Row, path: Path | None, ctx: SuiteContext, config: BenchmarkCo
             backend.close()
 
 
-def _artifact_metas(artifacts: dict[tuple[str, str], Path]) -> dict[Any, ModelMeta]:
-    """The metadata of every ONNX artifact, by (backend, precision)."""
-    from export.onnx_meta import load_onnx, read_meta
-
-    return {key: read_meta(load_onnx(path), path) for key, path in artifacts.items()
-            if key[0] == "onnxruntime"}
+def _form(meta: ModelMeta) -> str:
+    """The rows' canvas and input form, in words."""
+    text = f"{meta.input_height}x{meta.input_width} canvas, {'mask' if meta.with_mask else 'no mask'}"
+    return text + (f", resize rule {meta.resize_shorter}/{meta.resize_max}"
+                   if meta.resize_shorter else "")
 
 
 def _settings(config: BenchmarkConfig, ctx: SuiteContext) -> dict[str, Any]:
@@ -242,7 +207,19 @@ def _settings(config: BenchmarkConfig, ctx: SuiteContext) -> dict[str, Any]:
             "decoding": decoding_protocol(config.second_best), "eval_images": len(ctx.paths),
             "batch_sizes": list(config.batch_sizes), "runs": config.runs,
             "warmup": config.warmup, "artifacts": config.artifacts,
-            "cpu_threads": ctx.threads, "config": asdict(config)}
+            "cpu_threads": ctx.threads, "reference_source": ctx.source,
+            "config": asdict(config)}
+
+
+def _fill_deltas(rows: list[Row], reference: dict[str, Any], source: str) -> None:
+    """dAP vs the reference; dAP canvas vs PyTorch FP32 on the canvas (when it ran or
+    came from the reference file)."""
+    canvas_row = rows[0]  # PyTorch FP32 (cpu) on the artifacts' canvas
+    for row in rows:
+        if row.accuracy is not None:
+            row.delta_vs_trained = ap_deltas(row.accuracy, reference["accuracy"])
+            if canvas_row.accuracy is not None and source != refs.ONNXRUNTIME:
+                row.delta_vs_canvas = ap_deltas(row.accuracy, canvas_row.accuracy)
 
 
 def run_benchmark(config: BenchmarkConfig,
@@ -251,58 +228,77 @@ def run_benchmark(config: BenchmarkConfig,
 
     Returns the :class:`benchmarks.report.Report` (paths filled in).
     """
-    import torch
-
-    import detr
     from benchmarks.env_info import collect_env_info
     from benchmarks.report import Report, to_markdown, write_report
-    from detr.evaluate import read_gt, split_paths
-    from detr.training_resize import from_checkpoint
-    from runtime.preprocess import preprocess
+    from runtime.decode import decoding_protocol
 
-    config.validate()
-    img_dir, ann = split_paths(config.data, config.split)
-    gt = read_gt(ann)
-    images = gt["images"][: config.max_images] if config.max_images else gt["images"]
-    artifacts = find_artifacts(config.artifacts)
-    metas = _artifact_metas(artifacts)
-    loaded = detr.load_checkpoint(config.checkpoint)
-    rule = from_checkpoint(loaded.raw)
-    # Same thread count for every CPU backend, so the ratios compare kernels, not cores.
-    if config.threads:
-        torch.set_num_threads(config.threads)
-    meta = _canvas_meta(config, metas, loaded, rule)
-    paths = [img_dir / str(im["file_name"]) for im in images]
-    log(f"benchmark: {len(paths)} images from {img_dir} on a {meta.input_height}x"
-        f"{meta.input_width} canvas{' with mask' if meta.with_mask else ''}, batch sizes "
-        f"{list(config.batch_sizes)}, {config.runs} runs after {config.warmup} warm-up")
-    ctx = SuiteContext(gt=gt, image_ids=[int(im["id"]) for im in images], paths=paths,
-                       meta=meta, batch=preprocess(paths, meta), loaded=loaded,
-                       threads=config.threads or torch.get_num_threads())
-    reference = trained_reference(loaded, config, rule)
-    log(f"reference {reference['name']}: AP {100 * reference['accuracy']['AP']:.1f} "
-        f"({reference['protocol']['resize']}; {reference['protocol']['decoding']})")
-
+    prep = prepare(config, log)
+    ctx = prep.ctx
     rows = all_rows()
+    reference, detections = reference_entry(prep, config, rows, log)
+    if reference:
+        log(f"reference {reference['name']}: AP {100 * reference['accuracy']['AP']:.1f} "
+            f"({reference['protocol']['resize']}; {reference['protocol']['decoding']})")
     trt_reason = tensorrt_unavailable_reason()
     for row in rows:
-        path = Path(config.checkpoint) if row.backend == "pytorch" else \
-            artifacts.get((row.backend, row.precision))
-        _run_row(row, path, ctx, config, metas, trt_reason, log)
-    canvas_row = rows[0]  # PyTorch FP32 (cpu) on the artifacts' canvas
-    for row in rows:
-        if row.accuracy is not None:
-            row.delta_vs_trained = ap_deltas(row.accuracy, reference["accuracy"])
-            if canvas_row.accuracy is not None:
-                row.delta_vs_canvas = ap_deltas(row.accuracy, canvas_row.accuracy)
-
+        if row.status == STATUS_OK:  # filled from the reference file
+            continue
+        path = Path(config.checkpoint) if row.backend == "pytorch" and config.checkpoint \
+            else prep.artifacts.get((row.backend, row.precision))
+        _run_row(row, path, ctx, config, prep.metas, trt_reason, log)
+    if ctx.source == refs.ONNXRUNTIME:
+        reference = refs.ort_reference(rows[2], _form(ctx.meta),
+                                       decoding_protocol(config.second_best))
+    _fill_deltas(rows, reference, ctx.source)
+    if config.save_reference:
+        _save_reference(prep, config, reference, detections, rows[0], log)
     report = Report(rows=rows, env=collect_env_info().to_dict(), memory_method=MEMORY_METHOD,
-                    settings=_settings(config, ctx), figures=headline_figures(rows), reference=reference)
+                    settings=_settings(config, ctx),
+                    figures=headline_figures(rows, ctx.source), reference=reference)
     write_report(report, Path(config.out))
     log(to_markdown(report))
     log(f"report: {report.paths['markdown']} (json: {report.paths['json']}, "
-        f"plot: {report.paths['plot']})")
+        f"plot: {report.paths.get('plot') or 'not drawn (matplotlib missing)'})")
     return report
+
+
+def _save_reference(prep: Prepared, config: BenchmarkConfig, reference: dict[str, Any],
+                    detections: list[Any], canvas_row: Row, log: Callable[[str], None]) -> None:
+    """Write the PyTorch reference of this run to ``config.save_reference``."""
+    from benchmarks.reference_file import save_reference
+
+    ctx = prep.ctx
+    if canvas_row.accuracy is None or ctx.canvas_outputs is None:
+        raise InputError("--save-reference", f"PyTorch FP32 on the canvas did not run "
+                         f"({canvas_row.reason}): no reference to write")
+    assert config.save_reference is not None
+    data = refs.reference_data(reference, detections, canvas_row.accuracy, ctx.canvas_outputs,
+                               prep.fingerprint)
+    log(f"reference written: {save_reference(config.save_reference, data)}")
+
+
+def write_pytorch_reference(config: BenchmarkConfig, log: Callable[[str], None] = print
+                            ) -> Path:
+    """Only the PyTorch reference (as trained + FP32 on the canvas) of ``config``'s
+    images, written to ``config.save_reference``; no other row, no report."""
+    from benchmarks.accuracy import coco_ap, decode_clipped
+    from benchmarks.reference_file import save_reference
+    from benchmarks.torch_reference import TorchReference
+
+    prep = prepare(config, log)
+    ctx = prep.ctx
+    if config.save_reference is None or ctx.source != refs.PYTORCH:
+        raise InputError("--save-reference", "needs torch, --checkpoint and an output file")
+    reference, detections = trained_reference(ctx.loaded, config, prep.rule)
+    backend = TorchReference(ctx.loaded.model, use_mask=ctx.meta.with_mask)
+    logits, boxes = infer_all(backend, ctx.batch.images, ctx.batch.mask, ACCURACY_BATCH,
+                              config.progress, "PyTorch FP32 on the canvas")
+    backend.close()
+    dets = decode_clipped(logits, boxes, ctx.batch, ctx.meta, second_best=config.second_best)
+    canvas_ap = coco_ap(ctx.gt, ctx.image_ids, dets, ctx.meta.label_map)
+    data = refs.reference_data(reference, detections, canvas_ap, (logits, boxes),
+                               prep.fingerprint)
+    return save_reference(config.save_reference, data)
 
 
 def report_json(path: str | Path) -> dict[str, Any]:

@@ -52,7 +52,10 @@ COMMANDS: list[tuple[str, str, str, str]] = [
     ("predict", "runtime.commands.predict",
      "detect objects in images with an ONNX model or engine", "onnx"),
     ("benchmark", "benchmarks.commands.benchmark",
-     "accuracy and speed of every backend x precision against PyTorch", "train,export,bench"),
+     "accuracy and speed of every backend x precision against PyTorch", "device"),
+    ("bundle", "benchmarks.commands.bundle",
+     "gather ONNX models, images, annotations and the PyTorch reference for a device",
+     "device"),
     ("pipeline", "benchmarks.commands.pipeline",
      "the main job: dataset -> export -> quantize -> engines -> benchmark", "train,export,bench"),
 ]

@@ -1,5 +1,10 @@
 """``detr-edge build-engine --onnx model.onnx --out model.engine``: compile a
-TensorRT engine (see export/engine_builder.py)."""
+TensorRT engine (see export/engine_builder.py).
+
+``build-engine --bundle BUNDLE`` builds one engine per TensorRT-ready ONNX of a
+``detr-edge bundle`` (``BUNDLE/artifacts/<name>.engine``, next to its ONNX, where
+``benchmark --bundle`` finds it), calibrating and golden-checking on the bundle's
+calibration images."""
 
 from __future__ import annotations
 
@@ -10,9 +15,12 @@ from runtime import options as opt
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--onnx", required=True,
+    parser.add_argument("--onnx", default=None,
                         help="detr-edge ONNX (fp32, fp16 or int8 Q/DQ; precision is read from it)")
-    parser.add_argument("--out", required=True, help="engine file to write")
+    parser.add_argument("--out", default=None, help="engine file to write")
+    parser.add_argument("--bundle", default=None, metavar="BUNDLE",
+                        help="build an engine for every TensorRT-ready ONNX of a `detr-edge "
+                        "bundle` folder (instead of --onnx/--out)")
     parser.add_argument("--min-batch", type=int, default=None,
                         help="optimization profile min batch (default: fixed batch, or 1)")
     parser.add_argument("--opt-batch", type=int, default=None,
@@ -64,16 +72,30 @@ def run(args: argparse.Namespace) -> int:
         args, min_batch=opt.batch, opt_batch=opt.batch, max_batch=opt.batch,
         workspace_mb=opt.int_range(1, 10 ** 7), dla_core=opt.int_range(0, 15), calib_images=opt.count)
 
+    from runtime.errors import InputError
+
+    if args.bundle is not None:
+        if args.onnx is not None or args.out is not None:
+            raise InputError("--bundle", "builds every ONNX of the bundle: not with --onnx/--out")
+        return _build_bundle(args)
+    if args.onnx is None or args.out is None:
+        raise InputError("--onnx/--out", "give --onnx and --out (or --bundle)")
+    _build_one(args, args.onnx, args.out, args.calib_data, args.verify_data)
+    return 0
+
+
+def _build_one(args: argparse.Namespace, onnx: str, out: str, calib_data: str | None,
+               verify_data: str | None) -> None:
     from export.engine_builder import EngineBuildConfig, build_engine
 
     config = EngineBuildConfig(
-        onnx_path=args.onnx, out_path=args.out, min_batch=args.min_batch,
+        onnx_path=onnx, out_path=out, min_batch=args.min_batch,
         opt_batch=args.opt_batch, max_batch=args.max_batch, workspace_mb=args.workspace_mb,
         timing_cache=args.timing_cache, dla_core=args.dla_core, gpu_fallback=args.gpu_fallback,
-        precision=args.precision, calib_data=args.calib_data, calib_images=args.calib_images,
+        precision=args.precision, calib_data=calib_data, calib_images=args.calib_images,
         calib_batch=args.calib_batch, calib_cache=args.calib_cache,
         version_compatible=args.version_compatible, verify=args.verify,
-        verify_data=args.verify_data, verify_images=args.verify_images, plan_path=args.plan,
+        verify_data=verify_data, verify_images=args.verify_images, plan_path=args.plan,
         builder_opt_level=args.builder_opt_level)
     result = build_engine(config)
     if result.golden is not None:
@@ -84,4 +106,34 @@ def run(args: argparse.Namespace) -> int:
           f"{result.path}.layers.json")
     if args.plan:
         print(f"bare plan written: {args.plan}")
+
+
+def _build_bundle(args: argparse.Namespace) -> int:
+    """One engine per TensorRT-ready ONNX of the bundle; every one is tried, then the
+    failures are reported together (one line)."""
+    from benchmarks.artifacts import find_artifacts
+    from benchmarks.bundle import read_bundle
+    from runtime.errors import DetrEdgeError, InputError
+
+    if args.plan or args.calib_cache or args.timing_cache:
+        raise InputError("--bundle", "--plan, --calib-cache and --timing-cache name one "
+                         "engine's files: build single engines with --onnx/--out for them")
+    bundle = read_bundle(args.bundle)
+    calib = args.calib_data or (str(bundle.calib) if bundle.calib else None)
+    onnx = {precision: path for (backend, precision), path in
+            find_artifacts(str(bundle.artifacts)).items() if backend == "onnxruntime"}
+    failed: list[str] = []
+    for precision, path in sorted(onnx.items()):
+        if precision == "int8-cpu":
+            print(f"no engine for {path.name}: the cpu Q/DQ format is not a TensorRT input")
+            continue
+        print(f"== {path.name} -> {path.with_suffix('.engine').name}")
+        try:
+            _build_one(args, str(path), str(path.with_suffix(".engine")), calib,
+                       args.verify_data or calib)
+        except DetrEdgeError as exc:
+            print(f"engine for {path.name} failed: {exc}", file=sys.stderr)
+            failed.append(f"{path.name} ({str(exc)[:120]})")
+    if failed:
+        raise InputError(args.bundle, f"{len(failed)} engine(s) failed: {'; '.join(failed)}")
     return 0
