@@ -61,7 +61,8 @@ def report(tmp_path_factory: pytest.TempPathFactory):
     paths = make_tiny_setup(root)
     config = BenchmarkConfig(checkpoint=str(paths["checkpoint"]), data=str(paths["data"]),
                              artifacts=str(paths["artifacts"]), batch_sizes=(1, 2), runs=2,
-                             warmup=1, max_images=3, out=str(root / "out"), progress=False)
+                             warmup=1, max_images=3, out=str(root / "out"), progress=False,
+                             save_reference=str(root / "reference.npz"))
     rep = run_benchmark(config, log=lambda _: None)
     return rep, root / "out", paths
 
@@ -201,3 +202,42 @@ def test_reference_is_the_model_as_trained(report) -> None:
     text = (out / "report.md").read_text()
     assert "Reference = PyTorch FP32 (cpu) as trained" in text and "dAP canvas" in text
     assert json.loads((out / "report.json").read_text())["reference"]["accuracy"] == ref.metrics
+
+
+def test_saved_reference_on_a_device_without_torch(report, tmp_path: Path) -> None:
+    """``--save-reference`` on the workstation, ``--reference`` with torch blocked: the
+    device report shows the same reference, the PyTorch FP32 row from the file, and
+    every row's deltas and parity against PyTorch as on the workstation."""
+    from test_runtime_no_torch import _run
+
+    rep, out, paths = report
+    ref = out.parent / "reference.npz"
+    common = ["--data", str(paths["data"]), "--artifacts", str(paths["artifacts"]),
+              "--reference", str(ref), "--runs", "1", "--warmup", "0", "--no-memory"]
+    proc = _run(f"""
+        import sys
+        from runtime.cli import main
+        common = {common!r}
+        assert main(["benchmark", *common, "--max-images", "3", "--out",
+                     {str(tmp_path / "dev")!r}]) == 0
+        loaded = [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
+        assert not loaded, loaded
+        print("OTHER", main(["benchmark", *common, "--max-images", "2", "--out",
+                             {str(tmp_path / "dev2")!r}]))
+    """)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "OTHER 2" in proc.stdout and "reference was made on other images" in proc.stderr
+    doc = json.loads((tmp_path / "dev" / "report.json").read_text())
+    assert doc["reference"]["source"] == "file"
+    assert doc["reference"]["accuracy"] == rep.reference["accuracy"]
+    rows = {(r["backend"], r["precision"]): r for r in doc["rows"]}
+    assert rows[("pytorch", "fp32")]["accuracy"] == rep.row("pytorch", "fp32").accuracy
+    assert "from reference file" in rows[("pytorch", "fp32")]["reason"]
+    for key in [("onnxruntime", p) for p in ("fp32", "fp16", "int8", "int8-cpu")]:
+        dev, ws = rows[key], rep.row(*key)
+        assert dev["status"] == STATUS_OK
+        assert dev["delta_vs_trained"] == pytest.approx(ws.delta_vs_trained, abs=1e-9)
+        assert dev["delta_vs_canvas"] == pytest.approx(ws.delta_vs_canvas, abs=1e-9)
+        assert dev["parity"]["logits_max_abs"] == pytest.approx(
+            ws.parity["logits_max_abs"], rel=0.05, abs=1e-6)
+    assert "dAP canvas" in (tmp_path / "dev" / "report.md").read_text()
