@@ -1,9 +1,11 @@
 """The device install: a fresh virtual environment with only the `device` extra's
 CPU-installable packages (no torch, no system site-packages) runs check-onnx and
-predict on an exported detr-tiny, and every missing package names its extra."""
+predict on an exported detr-tiny, and benchmark on a bundle made on the workstation
+side (with its PyTorch reference); every missing package names its extra."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -63,9 +65,50 @@ def tiny_export(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+@pytest.fixture(scope="module")
+def workstation_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The workstation side: a detr-tiny checkpoint, its FP32/FP16 ONNX, a synthetic
+    dataset, and `detr-edge bundle` with the PyTorch reference."""
+    pytest.importorskip("torch")
+    from test_benchmark import make_tiny_setup
+
+    from benchmarks.bundle import BundleConfig, make_bundle
+
+    root = tmp_path_factory.mktemp("workstation")
+    paths = make_tiny_setup(root, int8=False)
+    out = root / "bundle"
+    make_bundle(BundleConfig(artifacts=str(paths["artifacts"]), data=str(paths["data"]),
+                             out=str(out), checkpoint=str(paths["checkpoint"]), images=3,
+                             calib_images=2, progress=False), log=lambda _: None)
+    return out
+
+
+def _check_bundle_benchmark(cli: list[str], bundle: Path, env: dict[str, str],
+                            out: Path) -> None:
+    """benchmark --bundle on the device: every ONNX Runtime row against PyTorch (the
+    bundle's reference), the plot left out without matplotlib."""
+    bench = _run(cli + ["benchmark", "--bundle", str(bundle), "--runs", "1", "--warmup", "0",
+                        "--no-memory", "--out", str(out)], env)
+    assert bench.returncode == 0, bench.stdout[-3000:] + bench.stderr[-3000:]
+    doc = json.loads((out / "report.json").read_text())
+    assert doc["reference"]["source"] == "file"
+    assert doc["reference"]["name"].startswith("PyTorch FP32 (cpu) as trained")
+    assert "torch" not in [k for k, v in doc["env"]["libraries"].items() if v]
+    rows = {(r["backend"], r["precision"]): r for r in doc["rows"]}
+    assert rows[("pytorch", "fp32")]["status"] == "ok"  # from the reference file
+    for precision in ("fp32", "fp16"):
+        row = rows[("onnxruntime", precision)]
+        assert row["status"] == "ok", row["reason"]
+        assert set(row["delta_vs_trained"]) >= {"AP", "AP50"} and row["delta_vs_canvas"]
+        assert row["parity"]["logits_max_abs"] < (1e-3 if precision == "fp32" else 0.1)
+    text = (out / "report.md").read_text()
+    assert "from reference file reference.npz" in text and "dAP canvas" in text
+    assert not (out / "plot.png").exists() and "not drawn" in bench.stdout
+
+
 @pytest.mark.slow
 def test_device_commands_without_torch(device_venv: Path, tiny_export: Path,
-                                       tmp_path: Path) -> None:
+                                       workstation_bundle: Path, tmp_path: Path) -> None:
     from PIL import Image
 
     py = str(device_venv / "bin" / "python")
@@ -95,6 +138,10 @@ def test_device_commands_without_torch(device_venv: Path, tiny_export: Path,
     assert build.returncode == 2 and "Traceback" not in build.stderr
     assert "TensorRT not installed" in build.stderr and "detr-edge[trt]" in build.stderr
     assert not (tmp_path / "t.engine").exists()
+    build = _run(cli + ["build-engine", "--bundle", str(workstation_bundle)], env)
+    assert build.returncode == 2 and "TensorRT not installed" in build.stderr
+
+    _check_bundle_benchmark(cli, workstation_bundle, env, tmp_path / "bench")
 
     # The training commands need torch: the error names the extra that provides it.
     train = _run(cli + ["train", "--data", str(tmp_path), "--out", str(tmp_path / "r")], env)

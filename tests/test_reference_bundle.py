@@ -336,12 +336,17 @@ def test_device_commands_on_a_bundle_without_torch(bundle: tuple[Path, Path, Pat
         assert main(["benchmark", "--bundle", {str(out)!r}, "--runs", "1", "--warmup", "0",
                      "--no-memory", "--out", {str(rep)!r}]) == 0
         code = main(["build-engine", "--bundle", {str(out)!r}])
+        saved = main(["benchmark", "--bundle", {str(out)!r}, "--save-reference",
+                      {str(tmp_path / "r.npz")!r}, "--out", {str(tmp_path / "rep2")!r}])
+        assert saved == 2
         loaded = [m for m in sys.modules if m == "torch" or m.startswith("torch.")]
         assert not loaded, loaded
         print("BUILD", code)
     """)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "BUILD 2" in proc.stdout and "TensorRT not installed" in proc.stderr
+    assert "--save-reference: needs the PyTorch reference, and torch is not installed" in \
+        proc.stderr and not (tmp_path / "r.npz").exists()
     doc = json.loads((rep / "report.json").read_text())
     assert doc["reference"]["source"] == "onnxruntime"
     assert doc["reference"]["name"] == refs.ORT_REFERENCE_NAME

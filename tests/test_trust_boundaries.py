@@ -338,6 +338,7 @@ _BASE = {
     "quantize": ["--onnx", "m.onnx", "--calib-data", "d", "--out", "o.onnx"],
     "check-onnx": ["m.onnx"],
     "benchmark": ["--checkpoint", "c.pth", "--data", "d"],
+    "bundle": ["--artifacts", "a", "--data", "d", "--out", "o"],
     "pipeline": [],
     "pretrain-backbone": ["--data", "d", "--out", "o.pth"],
     "make-dataset": ["shapes", "--out", "o"],
@@ -356,6 +357,8 @@ _OPTIONS = [
     ("quantize", "--calib-images", "count"), ("check-onnx", "--num-inputs", "count"),
     ("benchmark", "--threads", "threads"), ("benchmark", "--runs", "count"),
     ("benchmark", "--height", "side"), ("pipeline", "--train-minutes", "non_negative"),
+    ("bundle", "--images", "count0"), ("bundle", "--calib-images", "count0"),
+    ("bundle", "--seed", "seed"),
     ("pretrain-backbone", "--image-size", "side"), ("make-dataset", "--image-size", "side"),
     ("make-dataset", "--num-val", "count0"),
 ]
