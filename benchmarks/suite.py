@@ -23,6 +23,7 @@ exists but fails during evaluation is 'export ok but evaluation failed'.
 from __future__ import annotations
 
 import json
+import os
 import traceback
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -95,6 +96,10 @@ class BenchmarkConfig:
             raise InputError("--max-images", f"must be >= 1, got {self.max_images}")
         if (self.height is None) != (self.width is None):
             raise InputError("--height/--width", "give both or neither")
+        for option, given in (("--checkpoint", self.checkpoint), ("--reference", self.reference)):
+            if self.save_reference and given and \
+                    os.path.realpath(given) == os.path.realpath(self.save_reference):
+                raise InputError("--save-reference", f"would overwrite the input {given}")
         if not self.checkpoint and not self.artifacts:
             raise InputError("--artifacts", "nothing to benchmark: give --artifacts (and "
                              "--checkpoint where torch is installed)")

@@ -219,6 +219,12 @@ def test_missing_reference_file_through_the_cli(tmp_path: Path,
                  "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert code == 2 and "none.npz: file not found" in err and len(err.splitlines()) == 1
+    ckpt = tmp_path / "c.pth"
+    ckpt.write_bytes(b"weights")
+    assert main(["benchmark", "--data", str(data), "--checkpoint", str(ckpt),
+                 "--save-reference", str(ckpt)]) == 2
+    assert "--save-reference: would overwrite the input" in capsys.readouterr().err
+    assert ckpt.read_bytes() == b"weights"
 
 
 # ---- the bundle -----------------------------------------------------------------------
