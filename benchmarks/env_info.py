@@ -69,6 +69,17 @@ def _version(name: str) -> str | None:
     return None if version is None else str(version)
 
 
+def _gpu_without_torch() -> str | None:
+    """Name of CUDA device 0 via cuda-python (TensorRT's runtime), or None."""
+    from runtime.backends.tensorrt_backend import device_info, tensorrt_available
+    from runtime.errors import DetrEdgeError
+
+    try:
+        return device_info()[0] if tensorrt_available() is None else None
+    except (DetrEdgeError, ImportError, RuntimeError):
+        return None
+
+
 def collect_env_info() -> EnvInfo:
     """Probe the current process's environment (imports torch/onnxruntime if present)."""
     libraries = {name: _version(name) for name in _LIBRARIES}
@@ -80,6 +91,8 @@ def collect_env_info() -> EnvInfo:
         torch_threads = torch.get_num_threads()
         if torch.cuda.is_available():
             gpu = torch.cuda.get_device_name(0)
+    else:  # a device without torch (Jetson): ask CUDA through cuda-python
+        gpu = _gpu_without_torch()
     providers: list[str] = []
     if libraries["onnxruntime"] is not None:
         import onnxruntime
