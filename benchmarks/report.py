@@ -175,20 +175,31 @@ def write_plot(report: Report, path: Path) -> None:
     plt.close(fig)
 
 
+REPORT_FILES = ("report.md", "report.json", "plot.png")
+
+
 def write_report(report: Report, out_dir: Path) -> dict[str, str]:
     """Write report.md, report.json and plot.png into ``out_dir``; returns their paths.
 
+    The three are staged and swapped in together (``runtime.staging``): a run
+    that fails while writing (disk full, the plot) leaves the previous run's
+    report whole, never a Markdown table of one run beside the JSON of another.
     The plot needs matplotlib (the ``bench`` extra); a device install without it
-    gets the Markdown and JSON, and the report says the plot was not drawn."""
+    gets the Markdown and JSON, and the report says the plot was not drawn (a
+    previous run's plot.png is removed with the swap: it would belong to another run)."""
     import importlib.util
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from runtime.staging import StagedOutputs
+
     paths = {"markdown": str(out_dir / "report.md"), "json": str(out_dir / "report.json")}
     if importlib.util.find_spec("matplotlib") is not None:
         paths["plot"] = str(out_dir / "plot.png")
     report.paths = paths
-    atomic_write_text(paths["markdown"], to_markdown(report))
-    atomic_write_text(paths["json"], json.dumps(report.to_dict(), indent=2, default=str))
-    if "plot" in paths:
-        write_plot(report, Path(paths["plot"]))
+    with StagedOutputs(out_dir, REPORT_FILES) as staged:
+        atomic_write_text(staged.path / "report.md", to_markdown(report))
+        atomic_write_text(staged.path / "report.json",
+                          json.dumps(report.to_dict(), indent=2, default=str))
+        if "plot" in paths:
+            write_plot(report, staged.path / "plot.png")
+        staged.commit()
     return paths

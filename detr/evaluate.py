@@ -218,8 +218,9 @@ def evaluate_checkpoint(checkpoint: str | Path, config: EvalConfig,
 
     import detr
     from detr.training_resize import from_checkpoint
-    from runtime.atomic import atomic_write_text
 
+    if out is not None:  # before the evaluation: a refusal must not cost a whole eval
+        _check_outputs(Path(out), [Path(checkpoint), *_dataset_files(config)])
     loaded = detr.load_checkpoint(checkpoint)
     if config.size is None and config.resize is None:
         rule = from_checkpoint(loaded.raw)
@@ -228,14 +229,52 @@ def evaluate_checkpoint(checkpoint: str | Path, config: EvalConfig,
     result = evaluate(loaded.model, config, label_map=loaded.label_map or None,
                       class_names=loaded.class_names or None, preset=preset)
     if out is not None:
-        out = Path(out)
-        det_path, met_path = out / "detections.json", out / "metrics.json"
-        atomic_write_text(det_path, json.dumps(result.detections))
-        summary = {"checkpoint": str(checkpoint), "data": config.data, "split": config.split,
-                   "size": list(config.size) if config.size else None,
-                   "resize": list(config.resize) if config.resize else None,
-                   "second_best": config.second_best, "protocol": result.protocol,
-                   "num_images": result.num_images, **result.metrics}
-        atomic_write_text(met_path, json.dumps(summary, indent=2, sort_keys=True) + "\n")
-        result.files = {"detections": str(det_path), "metrics": str(met_path)}
+        result.files = _write_outputs(Path(out), checkpoint, config, result)
     return result
+
+
+EVAL_OUTPUTS = ("detections.json", "metrics.json")
+
+
+def _dataset_files(config: EvalConfig) -> list[Path]:
+    """The annotation file ``eval`` reads (empty when it cannot be found: the
+    evaluation itself then reports that)."""
+    from runtime.dataset import resolve_dataset
+
+    try:
+        ann = resolve_dataset(config.data, config.split).annotations
+    except InputError:
+        return []
+    return [ann] if ann is not None else []
+
+
+def _check_outputs(out: Path, inputs: list[Path]) -> None:
+    """Refuse an ``--out`` whose files would replace one of the inputs
+    (an annotation file named ``metrics.json`` in the output folder, say)."""
+    import os
+
+    real = {os.path.realpath(p) for p in inputs}
+    for name in EVAL_OUTPUTS:
+        if os.path.realpath(out / name) in real:
+            raise InputError("--out", f"{out / name} is an input of this evaluation; "
+                             "choose another output folder")
+
+
+def _write_outputs(out: Path, checkpoint: str | Path, config: EvalConfig,
+                   result: EvalResult) -> dict[str, str]:
+    """Write ``detections.json`` (COCO results) and ``metrics.json`` into ``out``
+    together: staged, then swapped in for the previous run's pair
+    (``runtime.staging.StagedOutputs``), so the two always belong to one run."""
+    from runtime.staging import StagedOutputs
+
+    summary = {"checkpoint": str(checkpoint), "data": config.data, "split": config.split,
+               "size": list(config.size) if config.size else None,
+               "resize": list(config.resize) if config.resize else None,
+               "second_best": config.second_best, "protocol": result.protocol,
+               "num_images": result.num_images, **result.metrics}
+    with StagedOutputs(out, EVAL_OUTPUTS) as staged:
+        (staged.path / "detections.json").write_text(json.dumps(result.detections))
+        (staged.path / "metrics.json").write_text(
+            json.dumps(summary, indent=2, sort_keys=True) + "\n")
+        staged.commit()
+    return {"detections": str(out / "detections.json"), "metrics": str(out / "metrics.json")}

@@ -241,3 +241,24 @@ def test_saved_reference_on_a_device_without_torch(report, tmp_path: Path) -> No
         assert dev["parity"]["logits_max_abs"] == pytest.approx(
             ws.parity["logits_max_abs"], rel=0.05, abs=1e-6)
     assert "dAP canvas" in (tmp_path / "dev" / "report.md").read_text()
+
+
+def test_report_files_replace_the_previous_run_together(report, tmp_path, monkeypatch) -> None:
+    """A run that fails while writing its plot leaves the previous report.md,
+    report.json and plot.png as they were, with no staging folder left behind."""
+    import benchmarks.report as report_mod
+
+    rep, _, _ = report
+    out = tmp_path / "bench"
+    report_mod.write_report(rep, out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert sorted(before) == ["plot.png", "report.json", "report.md"]
+
+    def broken_plot(_report, _path):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(report_mod, "write_plot", broken_plot)
+    monkeypatch.setattr(rep, "settings", {**rep.settings, "eval_images": 999})
+    with pytest.raises(OSError):
+        report_mod.write_report(rep, out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

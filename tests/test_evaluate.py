@@ -113,3 +113,50 @@ def test_eval_command_writes_files(shapes, tmp_path, capsys):
     assert main(["eval", "--checkpoint", str(ckpt), "--data", str(shapes), "--split", "nope",
                  "--size", "80", "80"]) == 2
     assert "dataset has no split 'nope'" in capsys.readouterr().err
+
+
+def test_eval_outputs_replace_the_previous_pair_together(shapes, tmp_path, capsys, monkeypatch):
+    """A failed write keeps the previous run's detections.json and metrics.json as
+    they were (both from one run), and an --out that would overwrite the
+    annotation file is refused before any evaluation."""
+    import shutil
+
+    from runtime.cli import main
+
+    ckpt = tmp_path / "model.pth"
+    model = _constant_model(label=2)
+    detr.save_checkpoint(ckpt, model, model.config, ["circle", "square", "triangle", "star",
+                                                     "ellipse", "cross"], LABEL_MAP)
+    out = tmp_path / "eval"
+    base = ["eval", "--checkpoint", str(ckpt), "--data", str(shapes), "--size", "80", "80",
+            "--out", str(out)]
+    assert main([*base, "--max-images", "2"]) == 0
+    before = {n: (out / n).read_bytes() for n in ("detections.json", "metrics.json")}
+
+    real_write = type(out).write_text
+
+    def failing_write(self, text, *a, **k):
+        if self.name == "metrics.json":
+            raise OSError(28, "No space left on device")
+        return real_write(self, text, *a, **k)
+
+    monkeypatch.setattr(type(out), "write_text", failing_write)
+    assert main([*base, "--max-images", "3"]) == 2
+    monkeypatch.undo()
+    assert {n: (out / n).read_bytes() for n in before} == before
+    assert sorted(p.name for p in out.iterdir()) == ["detections.json", "metrics.json"]
+    capsys.readouterr()
+
+    # The annotation file copied into the output folder under an output's name.
+    data = tmp_path / "data"
+    shutil.copytree(shapes, data)
+    ann = next((data / "annotations").glob("*val*.json"))
+    target = tmp_path / "clash"
+    target.mkdir()
+    (target / "metrics.json").symlink_to(ann)
+    args = ["eval", "--checkpoint", str(ckpt), "--data", str(data), "--size", "80", "80",
+            "--out", str(target)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "is an input of this evaluation" in err[0]
+    assert json.loads(ann.read_text())["images"]
