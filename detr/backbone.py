@@ -16,6 +16,7 @@ import torchvision
 from torch import Tensor, nn
 from torchvision.models._utils import IntermediateLayerGetter
 
+from detr.bn_fold import FoldedTrunk, fast_path_allowed
 from detr.config import DETRConfig
 from detr.misc import NestedTensor
 from detr.position_encoding import PositionEmbeddingSine
@@ -87,11 +88,17 @@ class Backbone(nn.Module):
                 parameter.requires_grad_(False)
         self.body = IntermediateLayerGetter(resnet, return_layers={"layer4": "0"})
         self.num_channels = 512 if config.backbone in ("resnet18", "resnet34") else 2048
+        # Eval-mode inference runs the trunk with BatchNorm folded into the convs
+        # (detr.bn_fold: same outputs up to float rounding; no state-dict change).
+        self.folded = FoldedTrunk()
 
     def forward(self, samples: NestedTensor) -> dict[str, NestedTensor]:
         """samples: images [B,3,H,W], mask [B,H,W] -> {'0': features [B,C,H/s,W/s] + mask}
         with s = 32 (16 for DC5)."""
-        xs = self.body(samples.tensors)
+        if fast_path_allowed(self) and self.folded.supports(self.body):
+            xs = {"0": self.folded(self.body, samples.tensors)}
+        else:
+            xs = self.body(samples.tensors)
         out: dict[str, NestedTensor] = {}
         for name, x in xs.items():
             mask = samples.mask
