@@ -16,7 +16,8 @@ alike):
   HF runs ``model(pixel_values, pixel_mask, labels)`` (its own matcher and loss)
   and the same backward / clip / AdamW (``detr.train.optim.build_optimizer``:
   both models name their backbone parameters ``...backbone...``).
-- inference latency, batch 1: eager PyTorch, and ONNX Runtime FP32 of each
+- inference latency, batch 1: eager PyTorch (each library as shipped: detr-edge's
+  eval mode folds BatchNorm into the convs, ``detr.bn_fold``), and ONNX Runtime FP32 of each
   model's ONNX export (detr-edge: ``export.onnx_export.trace_to_onnx``; HF:
   ``torch.onnx.export`` of logits and boxes, then the same onnxslim pass). A
   failing HF export is reported with its reason.
