@@ -4,13 +4,17 @@ targets) and a plot of the AP / latency frontier of the configurations it tried.
 
 Reads the ``<model>.quant.json`` reports next to the artifacts
 (``export.int8_report.QuantizeReport``); appends a section to ``report.md`` and
-writes ``int8_frontier.png``.
+writes ``int8_frontier.png``. Given images, the benchmark re-times every INT8
+artifact against the FP32 one with the quantizer's own timing
+(``benchmarks.timing.time_onnx_models``), so the ratio the quantizer decided on
+and the one the benchmark reports are one measurement method, taken twice.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -95,15 +99,40 @@ def write_frontier_plot(reports: dict[str, dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def write_int8_section(artifacts: Path, report_dir: Path) -> list[str]:
+def retime(artifacts: Path, names: Sequence[str], images: Sequence[Path],
+           runs: int = 30) -> dict[str, float]:
+    """``{name: INT8 / FP32 median latency}``: each ``<name>.onnx`` timed against
+    ``model_fp32.onnx`` by ``time_onnx_models`` (batch 1, first of ``images``)."""
+    from benchmarks.timing import time_onnx_models
+    from export.calib_data import iter_feeds
+    from export.onnx_meta import load_onnx, read_meta
+
+    fp32 = artifacts / "model_fp32.onnx"
+    if not fp32.is_file() or not images:
+        return {}
+    feed = next(iter_feeds(list(images[:1]), read_meta(load_onnx(fp32), fp32), 1))
+    out = {}
+    for name in names:
+        stats = time_onnx_models({"fp32": fp32, "int8": artifacts / f"{name}.onnx"}, feed,
+                                 runs=runs)
+        out[name] = stats["int8"].median_ms / stats["fp32"].median_ms
+    return out
+
+
+def write_int8_section(artifacts: Path, report_dir: Path,
+                       images: Sequence[Path] = ()) -> list[str]:
     """Append the INT8 section to ``report_dir/report.md``, write the frontier plot;
-    returns the section's lines (the pipeline prints them)."""
+    returns the section's lines (the pipeline prints them). With ``images``, every
+    INT8 artifact is re-timed against FP32 (:func:`retime`)."""
     reports = load_reports(artifacts)
     if not reports:
         return []
     lines = ["", "## INT8: what quantize decided", ""]
     for name, rep in reports.items():
         lines += summary_lines(name, rep)
+    for name, ratio in retime(artifacts, list(reports), images).items():
+        lines.append(f"- benchmark re-timing of `{name}` (same timing as quantize, "
+                     f"`benchmarks.timing.time_onnx_models`): {ratio:.2f}x FP32")
     if write_frontier_plot(reports, report_dir / "int8_frontier.png"):
         lines += ["", "Configurations tried: `int8_frontier.png` (and each `.quant.json`)."]
     md = report_dir / "report.md"

@@ -1,0 +1,62 @@
+"""The one timing of ONNX models against each other (benchmarks.timing.time_onnx_models):
+used by quantize's decision and the benchmark's INT8 section, in blocks so that one
+session's spinning threads do not slow the next one's timed runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from benchmarks.timing import time_interleaved
+from runtime.errors import InputError
+
+
+def test_blocks_alternate_with_settle_runs() -> None:
+    calls: list[str] = []
+    stats = time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                             runs=3, warmup=1, settle=1, block=2)
+    # warm-up a b; round 1: a settle + 2 timed, b likewise; round 2: the 1 run left each.
+    assert "".join(calls) == "ab" + "aaa" + "bbb" + "aa" + "bb"
+    assert stats["a"].runs == stats["b"].runs == 3 and stats["a"].warmup == 1
+
+
+def test_run_by_run_round_robin_is_the_default() -> None:
+    calls: list[str] = []
+    time_interleaved({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+                     runs=2, warmup=0)
+    assert "".join(calls) == "abab"
+
+
+@pytest.mark.parametrize("kwargs", [{"block": 0}, {"runs": 0}, {"settle": -1}])
+def test_bad_counts_raise(kwargs: dict[str, int]) -> None:
+    args = {"runs": 2, **kwargs}
+    with pytest.raises(InputError, match="must be"):
+        time_interleaved({"a": lambda: None}, **args)
+
+
+def test_time_onnx_models_times_each_model(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from onnx import TensorProto, helper, numpy_helper, save
+
+    from benchmarks.timing import time_onnx_models
+
+    paths = {}
+    for name, n in (("small", 8), ("big", 256)):
+        w = numpy_helper.from_array(np.ones((n, n), np.float32), "w")
+        graph = helper.make_graph(
+            [helper.make_node("MatMul", ["images", "w"], ["y"])], name,
+            [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, n, n])],
+            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n, n])], [w])
+        paths[name] = tmp_path / f"{name}.onnx"
+        save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+             str(paths[name]))
+    feed = {"images": np.ones((1, 256, 256), np.float32)}
+    small_feed = {"images": np.ones((1, 8, 8), np.float32)}
+    small = time_onnx_models({"small": paths["small"]}, small_feed, runs=5, threads=1)["small"]
+    both = time_onnx_models({"big": paths["big"], "big2": paths["big"]}, feed, runs=5, threads=1)
+    assert small.runs == both["big"].runs == both["big2"].runs == 5
+    assert small.batch_size == 1 and 0 < small.min_ms <= small.median_ms
+    # 16.8 M multiply-adds against 512: the big model is timed as the slower one.
+    assert both["big"].median_ms > small.median_ms
