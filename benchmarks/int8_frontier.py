@@ -100,10 +100,10 @@ def write_frontier_plot(reports: dict[str, dict[str, Any]], path: Path) -> bool:
 
 
 def retime(artifacts: Path, names: Sequence[str], images: Sequence[Path],
-           runs: int = 30) -> dict[str, float]:
-    """``{name: INT8 / FP32 median latency}``: each ``<name>.onnx`` timed against
-    ``model_fp32.onnx`` by ``time_onnx_models`` (batch 1, first of ``images``)."""
-    from benchmarks.timing import time_onnx_models
+           repeats: int = 3) -> dict[str, Any]:
+    """``{name: benchmarks.int8_latency.RatioSpread}``: each ``<name>.onnx`` timed
+    against ``model_fp32.onnx`` by ``time_onnx_models`` (batch 1, first of ``images``)."""
+    from benchmarks.int8_latency import ratio_spread
     from export.calib_data import iter_feeds
     from export.onnx_meta import load_onnx, read_meta
 
@@ -111,12 +111,9 @@ def retime(artifacts: Path, names: Sequence[str], images: Sequence[Path],
     if not fp32.is_file() or not images:
         return {}
     feed = next(iter_feeds(list(images[:1]), read_meta(load_onnx(fp32), fp32), 1))
-    out = {}
-    for name in names:
-        stats = time_onnx_models({"fp32": fp32, "int8": artifacts / f"{name}.onnx"}, feed,
-                                 runs=runs)
-        out[name] = stats["int8"].median_ms / stats["fp32"].median_ms
-    return out
+    spreads = ratio_spread(fp32, [artifacts / f"{n}.onnx" for n in names], feed,
+                           repeats=repeats)
+    return dict(zip(names, spreads, strict=True))
 
 
 def write_int8_section(artifacts: Path, report_dir: Path,
@@ -130,9 +127,9 @@ def write_int8_section(artifacts: Path, report_dir: Path,
     lines = ["", "## INT8: what quantize decided", ""]
     for name, rep in reports.items():
         lines += summary_lines(name, rep)
-    for name, ratio in retime(artifacts, list(reports), images).items():
-        lines.append(f"- benchmark re-timing of `{name}` (same timing as quantize, "
-                     f"`benchmarks.timing.time_onnx_models`): {ratio:.2f}x FP32")
+    for spread in retime(artifacts, list(reports), images).values():
+        lines.append(f"- benchmark re-timing (quantize's timing, `benchmarks.timing."
+                     f"time_onnx_models`) of {spread.line()}")
     if write_frontier_plot(reports, report_dir / "int8_frontier.png"):
         lines += ["", "Configurations tried: `int8_frontier.png` (and each `.quant.json`)."]
     md = report_dir / "report.md"

@@ -4,6 +4,7 @@ session's spinning threads do not slow the next one's timed runs."""
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 
 import numpy as np
@@ -36,27 +37,49 @@ def test_bad_counts_raise(kwargs: dict[str, int]) -> None:
         time_interleaved({"a": lambda: None}, **args)
 
 
-def test_time_onnx_models_times_each_model(tmp_path: Path) -> None:
-    pytest.importorskip("onnxruntime")
+def _matmul_models(tmp_path: Path, sizes: dict[str, int], chain: int = 1) -> dict[str, Path]:
+    """Per name, ``chain`` [1, n, n] x [n, n] MatMuls in a row (input 'images')."""
     from onnx import TensorProto, helper, numpy_helper, save
 
-    from benchmarks.timing import time_onnx_models
-
     paths = {}
-    for name, n in (("small", 8), ("big", 256)):
-        w = numpy_helper.from_array(np.ones((n, n), np.float32), "w")
+    for name, n in sizes.items():
+        w = numpy_helper.from_array(np.full((n, n), 1.0 / n, np.float32), "w")
+        names = ["images"] + [f"h{i}" for i in range(chain - 1)] + ["y"]
         graph = helper.make_graph(
-            [helper.make_node("MatMul", ["images", "w"], ["y"])], name,
+            [helper.make_node("MatMul", [a, "w"], [b]) for a, b in pairwise(names)], name,
             [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, n, n])],
             [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n, n])], [w])
         paths[name] = tmp_path / f"{name}.onnx"
         save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
              str(paths[name]))
-    feed = {"images": np.ones((1, 256, 256), np.float32)}
-    small_feed = {"images": np.ones((1, 8, 8), np.float32)}
-    small = time_onnx_models({"small": paths["small"]}, small_feed, runs=5, threads=1)["small"]
-    both = time_onnx_models({"big": paths["big"], "big2": paths["big"]}, feed, runs=5, threads=1)
+    return paths
+
+
+def test_time_onnx_models_times_each_model(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from benchmarks.timing import time_onnx_models
+
+    paths = _matmul_models(tmp_path, {"small": 8, "big": 256})
+    small = time_onnx_models({"small": paths["small"]}, {"images": np.ones((1, 8, 8), np.float32)},
+                             runs=5, threads=1)["small"]
+    both = time_onnx_models({"big": paths["big"], "big2": paths["big"]},
+                            {"images": np.ones((1, 256, 256), np.float32)}, runs=5, threads=1)
     assert small.runs == both["big"].runs == both["big2"].runs == 5
     assert small.batch_size == 1 and 0 < small.min_ms <= small.median_ms
     # 16.8 M multiply-adds against 512: the big model is timed as the slower one.
     assert both["big"].median_ms > small.median_ms
+
+
+def test_ratio_spread_and_profile(tmp_path: Path) -> None:
+    pytest.importorskip("onnxruntime")
+    from benchmarks.int8_latency import op_profile, profile_lines, ratio_spread
+
+    fp32 = _matmul_models(tmp_path, {"fp32": 192})["fp32"]
+    slow = _matmul_models(tmp_path, {"slow": 192}, chain=8)["slow"]  # 8x the work
+    feed = {"images": np.ones((1, 192, 192), np.float32)}
+    (spread,) = ratio_spread(fp32, [slow], feed, repeats=2, runs=4, threads=1)
+    assert len(spread.ratios) == 2 and spread.fp32_ms > 0 and "over 2 repeats" in spread.line()
+    assert spread.median > 1.5, spread.line()
+    prof = op_profile(slow, feed, runs=3, threads=1)
+    assert list(prof) == ["MatMul"] and prof["MatMul"][1] == 8 and prof["MatMul"][0] > 0
+    assert "8 nodes" in profile_lines("m", prof)[0]
