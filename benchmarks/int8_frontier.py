@@ -50,7 +50,7 @@ def summary_lines(name: str, rep: dict[str, Any]) -> list[str]:
                  f"{rep.get('eval_data')} by {_metric(rep)}, budget {budget:.2f}: "
                  f"{'within' if rep.get('within_budget') else 'OVER'}")
     if not math.isnan(ratio):
-        line += (f"; latency {ratio:.2f}x FP32 (ORT CPU, interleaved with FP32; target "
+        line += (f"; latency {ratio:.2f}x FP32 (ORT CPU, blocks alternated with FP32; target "
                  f"<= {target:.1f}: {meets})")
     lines = [line]
     if rep.get("pays") is False:
