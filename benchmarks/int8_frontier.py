@@ -4,13 +4,17 @@ targets) and a plot of the AP / latency frontier of the configurations it tried.
 
 Reads the ``<model>.quant.json`` reports next to the artifacts
 (``export.int8_report.QuantizeReport``); appends a section to ``report.md`` and
-writes ``int8_frontier.png``.
+writes ``int8_frontier.png``. Given images, the benchmark re-times every INT8
+artifact against the FP32 one with the quantizer's own timing
+(``benchmarks.timing.time_onnx_models``), so the ratio the quantizer decided on
+and the one the benchmark reports are one measurement method, taken twice.
 """
 
 from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +50,7 @@ def summary_lines(name: str, rep: dict[str, Any]) -> list[str]:
                  f"{rep.get('eval_data')} by {_metric(rep)}, budget {budget:.2f}: "
                  f"{'within' if rep.get('within_budget') else 'OVER'}")
     if not math.isnan(ratio):
-        line += (f"; latency {ratio:.2f}x FP32 (ORT CPU, interleaved with FP32; target "
+        line += (f"; latency {ratio:.2f}x FP32 (ORT CPU, blocks alternated with FP32; target "
                  f"<= {target:.1f}: {meets})")
     lines = [line]
     if rep.get("pays") is False:
@@ -95,15 +99,37 @@ def write_frontier_plot(reports: dict[str, dict[str, Any]], path: Path) -> bool:
     return True
 
 
-def write_int8_section(artifacts: Path, report_dir: Path) -> list[str]:
+def retime(artifacts: Path, names: Sequence[str], images: Sequence[Path],
+           repeats: int = 3) -> dict[str, Any]:
+    """``{name: benchmarks.int8_latency.RatioSpread}``: each ``<name>.onnx`` timed
+    against ``model_fp32.onnx`` by ``time_onnx_models`` (batch 1, first of ``images``)."""
+    from benchmarks.int8_latency import ratio_spread
+    from export.calib_data import iter_feeds
+    from export.onnx_meta import load_onnx, read_meta
+
+    fp32 = artifacts / "model_fp32.onnx"
+    if not fp32.is_file() or not images:
+        return {}
+    feed = next(iter_feeds(list(images[:1]), read_meta(load_onnx(fp32), fp32), 1))
+    spreads = ratio_spread(fp32, [artifacts / f"{n}.onnx" for n in names], feed,
+                           repeats=repeats)
+    return dict(zip(names, spreads, strict=True))
+
+
+def write_int8_section(artifacts: Path, report_dir: Path,
+                       images: Sequence[Path] = ()) -> list[str]:
     """Append the INT8 section to ``report_dir/report.md``, write the frontier plot;
-    returns the section's lines (the pipeline prints them)."""
+    returns the section's lines (the pipeline prints them). With ``images``, every
+    INT8 artifact is re-timed against FP32 (:func:`retime`)."""
     reports = load_reports(artifacts)
     if not reports:
         return []
     lines = ["", "## INT8: what quantize decided", ""]
     for name, rep in reports.items():
         lines += summary_lines(name, rep)
+    for spread in retime(artifacts, list(reports), images).values():
+        lines.append(f"- benchmark re-timing (quantize's timing, `benchmarks.timing."
+                     f"time_onnx_models`) of {spread.line()}")
     if write_frontier_plot(reports, report_dir / "int8_frontier.png"):
         lines += ["", "Configurations tried: `int8_frontier.png` (and each `.quant.json`)."]
     md = report_dir / "report.md"

@@ -205,8 +205,10 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
                                       for k, v in result.stage_seconds.items())
         + f"; total {time.perf_counter() - total0:.1f} s")
     from benchmarks.int8_frontier import write_int8_section
+    from export.calib_data import list_images
 
-    for line in write_int8_section(art, result.report_dir):
+    for line in write_int8_section(art, result.report_dir,
+                                   list_images(data.root / data.val_split, 1)):
         log(line)
     log(f"report: {result.report_dir / 'report.md'} (also report.json, plot.png, "
         "int8_frontier.png)")

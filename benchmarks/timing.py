@@ -4,10 +4,26 @@
 optimisation, allocator growth, lazy kernel selection) are not counted. On
 CUDA the caller's function must synchronise before returning, otherwise only
 the launch is timed.
+
+Several ONNX models against each other (INT8 vs FP32: the quantizer's decision
+and the benchmark's INT8 section) are timed by :func:`time_onnx_models` only.
+Run-by-run round-robin between two ONNX Runtime sessions has a trap: the
+sessions' intra-op worker threads spin between runs (ORT's default
+``allow_spinning``), and on a 2-core machine each run then shares its cores
+with the other session's threads. Measured on the demo model (2 threads, 12
+paired rounds, 3 runs on a loaded machine): FP32 right after an INT8 run took
+1.43-1.44x its back-to-back time, INT8 after FP32 1.15-1.18x, so the INT8/FP32
+ratio came out ~0.8x of the one a model running alone shows; with spinning off
+the penalty vanished (0.96x / 1.1x, within noise), and one untimed run of the
+same model before the timed one did not remove it. So models are timed in
+blocks: ``settle`` untimed runs, then ``block`` timed runs of one model, then
+the next model; blocks alternate, so load drift still hits both alike, and the
+sessions keep the runtime backend's options (spinning on), as deployed.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -70,23 +86,58 @@ def time_call(fn: Callable[[], Any], *, runs: int, warmup: int = 1,
 
 
 def time_interleaved(fns: dict[str, Callable[[], Any]], *, runs: int, warmup: int = 1,
-                     batch_size: int = 1) -> dict[str, LatencyStats]:
-    """Time several calls round-robin: run i of each call is taken back to back.
+                     batch_size: int = 1, settle: int = 0,
+                     block: int = 1) -> dict[str, LatencyStats]:
+    """Time several calls round-robin: each round runs every call in turn, ``settle``
+    untimed then ``block`` timed calls of it back to back, until ``runs`` timed.
 
     On a shared machine, load from other processes then hits every call alike, so
     the ratios between them (model vs end to end, pre/post share) stay meaningful
-    even when the absolute numbers are noisy.
+    even when the absolute numbers are noisy. ``settle`` / ``block`` > 1: each call
+    is timed as it runs alone, not right after another one (see module doc).
     """
-    if runs < 1:
-        raise InputError("runs", f"must be >= 1, got {runs}")
-    if warmup < 0:
-        raise InputError("warmup", f"must be >= 0, got {warmup}")
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for i in range(warmup + runs):
-        for name, fn in fns.items():
-            t0 = time.perf_counter()
+    if runs < 1 or block < 1:
+        raise InputError("runs", f"runs and block must be >= 1, got {runs}, {block}")
+    if warmup < 0 or settle < 0:
+        raise InputError("warmup", f"warmup and settle must be >= 0, got {warmup}, {settle}")
+    for _ in range(warmup):
+        for fn in fns.values():
             fn()
-            if i >= warmup:
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    while len(next(iter(samples.values()))) < runs:
+        for name, fn in fns.items():
+            for _ in range(settle):
+                fn()
+            for _ in range(min(block, runs - len(samples[name]))):
+                t0 = time.perf_counter()
+                fn()
                 samples[name].append((time.perf_counter() - t0) * 1000.0)
     return {name: stats_from_samples(v, warmup=warmup, batch_size=batch_size)
             for name, v in samples.items()}
+
+
+def onnx_cpu_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
+    """An ONNX Runtime CPU session with the options of the runtime backend
+    (``runtime.backends.onnxruntime_backend``: full graph optimisation, spinning
+    on, ``threads`` intra-op threads or ORT's default), as a deployment runs it."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3  # errors only: ORT warns about unused initializers
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
+
+
+def time_onnx_models(paths: dict[str, str | os.PathLike[str]], feed: dict[str, np.ndarray], *,
+                     runs: int, warmup: int = 3, threads: int | None = None,
+                     settle: int = 2, block: int = 4) -> dict[str, LatencyStats]:
+    """Model-alone latency of ONNX models on ONNX Runtime CPU, round-robin in
+    blocks: ``settle`` untimed then ``block`` timed calls of one model, then the
+    next (module doc); ``feed`` is one preprocessed input, e.g.
+    ``{'images': float32 [B,3,H,W], 'mask': bool [B,H,W]}``."""
+    sessions = {name: onnx_cpu_session(p, threads) for name, p in paths.items()}
+    batch = int(next(iter(feed.values())).shape[0])
+    return time_interleaved({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()},
+                            runs=runs, warmup=warmup, batch_size=batch, settle=settle,
+                            block=block)

@@ -10,9 +10,9 @@ in FP32) is *measured*, never guessed:
   whose gain is beyond noise, and the report states the noise of its result.
 - **Latency** on ONNX Runtime CPU, the target format itself (a cpu-format model
   is timed as ORT runs it). FP32 and the configuration are timed round-robin
-  (``benchmarks.timing.time_interleaved``, the project's one timing
-  implementation), so load from other processes hits both alike and the
-  *ratio* stays meaningful on a shared machine even when milliseconds do not.
+  (``benchmarks.timing.time_onnx_models``, which the benchmark's INT8 section
+  uses too), so load from other processes hits both alike and the *ratio*
+  stays meaningful on a shared machine even when milliseconds do not.
 
 Metric. With annotations the AP is real COCO AP and the budget is in real AP
 points. Without them the ground truth is the FP32 model's own top detections
@@ -118,26 +118,15 @@ class Objective:
 def interleaved_latency(fp32_path: str | os.PathLike[str], path: str | os.PathLike[str],
                         feed: dict[str, np.ndarray], runs: int, warmup: int,
                         threads: int | None) -> tuple[float, float]:
-    """(FP32 ms, model ms): medians of round-robin ORT CPU runs on ``feed``; NaN
-    when ``runs`` is 0."""
+    """(FP32 ms, model ms): medians of ``benchmarks.timing.time_onnx_models`` (the
+    benchmark's INT8 timing too); NaN when ``runs`` is 0."""
     if not runs:
         return float("nan"), float("nan")
-    from benchmarks.timing import time_interleaved
+    from benchmarks.timing import time_onnx_models
 
-    sessions = {"fp32": _session(fp32_path, threads), "model": _session(path, threads)}
-    stats = time_interleaved({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()},
-                             runs=runs, warmup=warmup)
+    stats = time_onnx_models({"fp32": fp32_path, "model": path}, feed, runs=runs,
+                             warmup=warmup, threads=threads)
     return stats["fp32"].median_ms, stats["model"].median_ms
-
-
-def _session(path: str | os.PathLike[str], threads: int | None) -> Any:
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    options.log_severity_level = 3
-    return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 
 def pseudo_budget(real_budget: float) -> float:

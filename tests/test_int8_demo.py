@@ -5,8 +5,12 @@ at 128x160) keeps real AP within the budget on the val split and runs at <= 0.6x
 FP32 (cpu format) / <= 0.7x (TensorRT format) on ONNX Runtime CPU. Small input:
 48 val images of each model's synthetic data.
 
-The latency ratio comes from quantize's own interleaved timing (FP32 and INT8
-run round-robin), so load from other processes hits both alike.
+Latency: the written model is re-timed against FP32 as the benchmark's INT8 section
+does (``benchmarks.int8_latency.ratio_spread``: 3 repeats of
+``benchmarks.timing.time_onnx_models``, the quantizer's own timing: FP32 and INT8
+take turns in blocks, so load from other processes hits both alike); its median must
+meet the target, and quantize's own figure must agree with it within the spread of
+this shared machine.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("pycocotools")
 
 from benchmarks.int8_frontier import RATIO_TARGETS
+from benchmarks.int8_latency import one_feed, ratio_spread
 from benchmarks.pipeline import DEMO_CHECKPOINT, PipelineConfig
 from export.quantize import QuantizeConfig, quantize_int8
 
@@ -76,5 +81,10 @@ def test_default_quantize_pays(request: pytest.FixtureRequest, model: str, targe
     assert "by real COCO AP" in text and "val of" in text
     assert report.within_budget and report.int8_ap - report.fp32_ap >= -report.ap_budget, text
     assert report.dap_se is not None and report.dap_se > 0
-    assert report.latency_ratio <= RATIO_TARGETS[target], text
     assert report.pays and "does not pay" not in text
+    (spread,) = ratio_spread(demo["onnx"], [out], one_feed(demo["onnx"], demo["data"] / "val"),
+                             repeats=3)
+    assert spread.median <= RATIO_TARGETS[target], f"{spread.line()}\n{text}"
+    # One timing for both: the quantizer's figure is not biased against the benchmark's.
+    assert min(spread.ratios) - 0.1 <= report.latency_ratio <= max(spread.ratios) + 0.1, \
+        f"quantize {report.latency_ratio:.2f} vs benchmark {spread.line()}"
