@@ -17,7 +17,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, check_batch
 from runtime.errors import BackendUnavailableError, InputError, ModelFormatError, first_line
-from runtime.fused import check_frames, fused_source_size
+from runtime.fused import check_frames, expects_mask_input, fused_source_size
 from runtime.metadata import METADATA_KEY, ModelMeta
 
 # Preference of providers='auto': fastest first, CPU last (always available).
@@ -160,7 +160,7 @@ class OnnxRuntimeBackend(Backend):
                                    f"says {H}x{W}")
         self.batch_size = shape[0] if isinstance(shape[0], int) else None
         self.has_mask = "mask" in self._inputs
-        if self.has_mask != self.meta.with_mask:
+        if self.has_mask != expects_mask_input(self.meta):  # fused: the mask is in the graph
             raise ModelFormatError(p, f"metadata with_mask={self.meta.with_mask} but the graph "
                                    f"{'has' if self.has_mask else 'has no'} 'mask' input")
         # FP16 graphs may keep FP16 inputs; feed what the graph declares.
