@@ -108,8 +108,11 @@ class OnnxRuntimeBackend(Backend):
 
     def __init__(self, path: str | os.PathLike[str],
                  providers: Sequence[ProviderSpec] | str | None = None,
-                 intra_op_threads: int | None = None, exact_int8: bool = False) -> None:
-        """``exact_int8``: graph optimisations off, so Q/DQ pairs run as written
+                 intra_op_threads: int | None = None, exact_int8: bool = False,
+                 spinning: bool | None = None) -> None:
+        """``spinning``: whether idle intra-op threads busy-wait for work (None = ORT's
+        default, on). Off where other threads need the cores (the stream pipeline).
+        ``exact_int8``: graph optimisations off, so Q/DQ pairs run as written
         (float DequantizeLinear -> op): the exact integer semantics TensorRT computes,
         on any CPU. ORT's fused int8 kernels saturate on AVX2 CPUs without VNNI
         (``runtime.cpu_features``); slower, for accuracy decisions, not for speed."""
@@ -124,6 +127,9 @@ class OnnxRuntimeBackend(Backend):
         options.log_severity_level = 4  # fatal only
         if intra_op_threads:
             options.intra_op_num_threads = intra_op_threads
+        if spinning is not None:
+            options.add_session_config_entry("session.intra_op.allow_spinning",
+                                             "1" if spinning else "0")
         if exact_int8:
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
         try:
