@@ -72,18 +72,31 @@ def first_frame(clip: Path) -> np.ndarray:
         return next(container.decode(video=0)).to_ndarray(format="rgb24")
 
 
+def cpu_ms() -> float:
+    """CPU time of this process so far, all threads, user + system (ms)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
 def model_alone_ms(model: Path, frame: np.ndarray, runs: int, batch: int = 1,
-                   spinning: bool | None = None) -> float:
-    """Median latency per frame of the model alone on ``batch`` preprocessed frames
-    (``spinning``: ONNX Runtime's intra-op busy-wait; None = its default, on)."""
+                   spinning: bool | None = None) -> tuple[float, float]:
+    """(median wall ms, mean CPU ms) per frame of the model alone on ``batch``
+    preprocessed frames (``spinning``: ORT's intra-op busy-wait; None = its default, on)."""
     from benchmarks.timing import time_call
     from runtime.detector import Detector
 
     with Detector(model, providers="cpu", batch_size=batch,
                   backend_options={"spinning": spinning}) as det:
         prepared = det.prepare([frame] * batch)
-        return time_call(lambda: det.infer_batch(prepared), runs=runs,
-                         warmup=2).median_ms / batch
+        det.infer_batch(prepared)
+        start = cpu_ms()
+        for _ in range(runs):
+            det.infer_batch(prepared)
+        cpu = (cpu_ms() - start) / runs / batch
+        wall = time_call(lambda: det.infer_batch(prepared), runs=runs, warmup=1).median_ms
+        return wall / batch, cpu
 
 
 def _modes(batches: tuple[int, ...]) -> dict[str, dict[str, Any]]:
@@ -95,6 +108,8 @@ def _modes(batches: tuple[int, ...]) -> dict[str, dict[str, Any]]:
     modes["pipelined b1 ORT spinning"] = {"batch_size": 1, "ort_spinning": True}
     modes["pipelined b1 no video ORT spinning"] = {"batch_size": 1, "video": False,
                                                    "ort_spinning": True}
+    modes["pipelined b1 no video ORT 1 thread"] = {"batch_size": 1, "video": False,
+                                                   "ort_threads": 1}
     return modes
 
 
@@ -113,27 +128,35 @@ def throughput(model: Path, clip: Path, work: Path, repeats: int, batches: tuple
     modes = _modes(batches)
     fps: dict[str, list[float]] = {m: [] for m in modes}
     ratio: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}  # CPU ms per frame, all threads
     alone: dict[int, list[float]] = {b: [] for b in batches}
+    alone_cpu: dict[int, list[float]] = {b: [] for b in batches}
     stages: dict[str, Any] = {}
     load: list[str] = []
     frame = first_frame(clip)
     for r in range(repeats):
         load.append(Path("/proc/loadavg").read_text().split(" ", 3)[0])
-        round_alone = {b: min(model_alone_ms(model, frame, runs, b, spinning=s)
-                              for s in (False, None)) for b in batches}
-        for b, ms in round_alone.items():
+        measured = {b: min(model_alone_ms(model, frame, runs, b, spinning=s)
+                           for s in (False, None)) for b in batches}  # the faster setting
+        round_alone = {b: m[0] for b, m in measured.items()}
+        for b, (ms, cpu_frame) in measured.items():
             alone[b].append(ms)
+            alone_cpu[b].append(cpu_frame)
         for mode, options in modes.items():
             out = work / "runs" / f"{mode.replace(' ', '-')}-{r}"
+            start = cpu_ms()
             summary = run_stream(StreamConfig(model=model, source=str(clip), out_dir=out,
                                               providers=["cpu"], **options))
+            cpu[mode].append((cpu_ms() - start) / max(summary.frames_processed, 1))
             fps[mode].append(summary.fps)
             ratio[mode].append(summary.fps * round_alone[options["batch_size"]] / 1000)
             stages[mode] = summary.stages
     load.append(Path("/proc/loadavg").read_text().split(" ", 3)[0])
     return {"fps": {m: _spread(v) for m, v in fps.items()},
             "ratio": {m: _spread(v) for m, v in ratio.items()},
+            "cpu_ms_per_frame": {m: _spread(v) for m, v in cpu.items()},
             "model_alone_ms": {b: _spread(v) for b, v in alone.items()},
+            "model_alone_cpu_ms": {b: _spread(v) for b, v in alone_cpu.items()},
             "load_1min": load, "stages": stages}
 
 
@@ -188,12 +211,14 @@ def report_lines(result: dict[str, Any]) -> list[str]:
         lines.append(f"{name}: 1-min load average at each round {', '.join(row['load_1min'])}; "
                      "model alone " + ", ".join(
                          f"b{b} {a['median']:.1f} ms/frame (range {a['min']:.1f}-{a['max']:.1f})"
-                         for b, a in row["model_alone_ms"].items()))
+                         for b, a in row["model_alone_ms"].items())
+                     + "; CPU per frame " + ", ".join(f"b{b} {c['median']:.1f} ms" for b, c
+                                                      in row["model_alone_cpu_ms"].items()))
         for mode, f in row["fps"].items():
-            r = row["ratio"][mode]
+            r, c = row["ratio"][mode], row["cpu_ms_per_frame"][mode]
             lines.append(f"  {mode:<36} {f['median']:7.2f} fps (range {f['min']:.2f}-"
                          f"{f['max']:.2f}) = {r['median']:.2f} x 1/model-alone of its round "
-                         f"(range {r['min']:.2f}-{r['max']:.2f})")
+                         f"(range {r['min']:.2f}-{r['max']:.2f}); CPU {c['median']:.1f} ms/frame")
     for canvas, p in result["preprocess_1080p"].items():
         lines.append(f"preprocess 1080p -> {canvas}: numpy {p['numpy_ms']:.1f} ms, fused (ORT "
                      f"CPU) {p['fused_ort_cpu_ms']:.1f} ms; share of pre + model: "

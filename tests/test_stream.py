@@ -188,6 +188,8 @@ def test_errors_are_one_line(model, tmp_path, capsys) -> None:
         (["--source", str(tmp_path / "nope.mp4")], "no such file, folder, camera or URL"),
         (["--source", "http://127.0.0.1:9/none.ts"], "cannot open the video source"),
         (["--source", str(_video(tmp_path / "c.mp4", 3)), "--gt", "gt.txt"], "needs --track"),
+        (["--source", str(tmp_path / "c.mp4"), "--video-preset", "quick"],
+         "unknown x264 preset 'quick'"),
     ]
     (tmp_path / "notvideo.mp4").write_bytes(b"this is not a video")
     cases.append((["--source", str(tmp_path / "notvideo.mp4")], "cannot open the video source"))

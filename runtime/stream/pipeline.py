@@ -58,6 +58,7 @@ class StreamConfig:
     max_frames: int | None = None  # stop after this many decoded frames
     video: bool = True  # write the annotated video
     video_codec: str = "auto"  # auto = H.264 if the encoder exists, else MPEG-4 Part 2
+    video_preset: str = "ultrafast"  # x264 preset: the encoder competes with the model for CPU
     track: bool = False  # ByteTrack ids + tracks.txt (MOTChallenge)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     gt: Path | None = None  # MOTChallenge gt.txt: evaluate the tracks (MOTA, IDF1)
@@ -73,6 +74,11 @@ class StreamConfig:
             raise InputError("--queue-size", f"must be >= 1, got {self.queue_size}")
         if self.max_frames is not None and self.max_frames < 1:
             raise InputError("--max-frames", f"must be >= 1, got {self.max_frames}")
+        from runtime.stream.writers import X264_PRESETS
+
+        if self.video_preset not in X264_PRESETS:
+            raise InputError("--video-preset", f"unknown x264 preset {self.video_preset!r} "
+                             f"(one of {', '.join(X264_PRESETS)})")
         if self.gt is not None and not self.track:
             raise InputError("--gt", "evaluating against ground truth needs --track")
         self.tracker.validate()
