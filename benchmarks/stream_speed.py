@@ -108,6 +108,7 @@ def _modes(batches: tuple[int, ...]) -> dict[str, dict[str, Any]]:
     modes["pipelined b1 ORT spinning"] = {"batch_size": 1, "ort_spinning": True}
     modes["pipelined b1 no video ORT spinning"] = {"batch_size": 1, "video": False,
                                                    "ort_spinning": True}
+    modes["pipelined b1 x264 veryfast"] = {"batch_size": 1, "video_preset": "veryfast"}
     modes["pipelined b1 no video ORT 1 thread"] = {"batch_size": 1, "video": False,
                                                    "ort_threads": 1}
     return modes

@@ -9,7 +9,12 @@ import pytest
 from PIL import Image
 from tiny_onnx import make_tiny_onnx, tiny_meta
 
-from export.fused_preprocess import fuse_preprocess, preprocess_graph, resize_matrices
+from export.fused_preprocess import (
+    check_fused,
+    fuse_preprocess,
+    preprocess_graph,
+    resize_matrices,
+)
 from runtime.detector import Detector
 from runtime.errors import InputError
 from runtime.fused import fused_source_size, stack_frames
@@ -104,6 +109,8 @@ def test_mask_model_gets_its_mask_in_the_graph(tmp_path) -> None:
         got = fast.detect(frames, score_threshold=0.0)
     np.testing.assert_allclose(logits, ref, atol=1e-3)
     assert np.abs(no_mask - ref).max() > 1e-2  # the mask is not ignored by the model
+    parity = check_fused(onnx.load(plain_path), fused, meta, frames, "random frames")
+    assert parity.passed and parity.detections_ref > 0
     for a, b in zip(want, got):
         np.testing.assert_array_equal(a.labels, b.labels)
         np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
