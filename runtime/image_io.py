@@ -72,7 +72,7 @@ def load_image(src: ImageSource, max_pixels: int | None = None) -> Image.Image:
     if isinstance(src, np.ndarray):
         # No second copy: PIL unpacks an RGB array into an image of its own (RGB is not
         # among the modes frombuffer maps), and other modes are converted to a new one.
-        # It halves the CPU of preparing a 720p video frame (README, stream figures).
+        # Saves ~10 of ~17 ms of CPU per 720p video frame (README, stream figures).
         return _to_rgb(_array_to_pil(src), "<array>", copy=False)
     if isinstance(src, (str, os.PathLike)):
         return _load_path(Path(src), max_pixels_limit(max_pixels))
