@@ -100,7 +100,7 @@ def test_mask_model_gets_its_mask_in_the_graph(tmp_path) -> None:
                                                     dtype=np.uint8))
     with Detector(plain_path) as plain, Detector(tmp_path / "fused.onnx") as fast:
         batch = fast.prepare(frames)
-        assert batch.mask[:, :38, :].any() == False and batch.mask[:, 38:, :].all()  # noqa: E712
+        assert not batch.mask[:, :38, :].any() and batch.mask[:, 38:, :].all()
         logits, _ = fast.infer_batch(batch)
         ref, _ = plain.infer_batch(preprocess(frames, meta))
         no_mask = plain.backend.infer(preprocess(frames, meta).images,

@@ -72,8 +72,8 @@ def test_fused_with_mask_engine_has_no_mask_input() -> None:
 
 
 @pytest.mark.parametrize(("meta", "images", "match"), [
-    (tiny_meta(64, 64), (U8, (-1, 48, 80, 3)), r"uint8 \[-1, 48, 80, 3\], the header says "
-                                               r"float \[B, 3, 64, 64\]"),
+    (tiny_meta(64, 64), (U8, (-1, 48, 80, 3)),
+     r"uint8 \[-1, 48, 80, 3\], the header says float \[B, 3, 64, 64\]"),
     (_fused_meta(), (F32, (-1, 3, 64, 64)), r"says uint8 \[B, 48, 80, 3\]"),
     (_fused_meta(), (F32, (-1, 48, 80, 3)), "float32"),  # right shape, float dtype
 ])

@@ -103,6 +103,23 @@ def saturates_here(meta: ModelMeta) -> bool:
     return bits == 8
 
 
+def _session_options(ort: Any, intra_op_threads: int | None, exact_int8: bool,
+                     spinning: bool | None) -> Any:
+    """``onnxruntime.SessionOptions`` for :class:`OnnxRuntimeBackend`'s arguments."""
+    options = ort.SessionOptions()
+    # ORT's C++ logger writes warnings and errors straight to stderr, ahead of the
+    # one error line; its failures reach us as exceptions anyway (ort_failures).
+    options.log_severity_level = 4  # fatal only
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    if spinning is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         "1" if spinning else "0")
+    if exact_int8:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
 class OnnxRuntimeBackend(Backend):
     """An ``onnxruntime.InferenceSession`` on an exported detr-edge ONNX model."""
 
@@ -121,17 +138,7 @@ class OnnxRuntimeBackend(Backend):
         if not p.is_file():
             raise InputError(p, "model file not found")
         chosen = resolve_providers(providers, ort.get_available_providers())
-        options = ort.SessionOptions()
-        # ORT's C++ logger writes warnings and errors straight to stderr, ahead of the
-        # one error line; its failures reach us as exceptions anyway (ort_failures).
-        options.log_severity_level = 4  # fatal only
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        if spinning is not None:
-            options.add_session_config_entry("session.intra_op.allow_spinning",
-                                             "1" if spinning else "0")
-        if exact_int8:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options = _session_options(ort, intra_op_threads, exact_int8, spinning)
         try:
             self.session = ort.InferenceSession(str(p), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own pybind exception types
