@@ -202,7 +202,7 @@ class TensorRTBackend(Backend):
         for name, t in self._tensors.items():
             # The context's shapes at the max batch resolve the outputs' dynamic axes.
             full = buffer_shape(specs[name], _dims(self._context.get_tensor_shape(name)),
-                                plan.max_batch)
+                                plan.max_batch, self.path)
             t.nbytes = int(np.prod(full)) * t.dtype.itemsize
             t.device_ptr = int(_check(self._cudart.cudaMalloc(t.nbytes), "cudaMalloc"))
             t.host_ptr = int(_check(self._cudart.cudaMallocHost(t.nbytes), "cudaMallocHost"))

@@ -132,13 +132,14 @@ def prepare_feed(plan: InputPlan, meta: ModelMeta, images: np.ndarray,
     return feed, n
 
 
-def buffer_shape(spec: TensorSpec, resolved: tuple[int, ...], max_batch: int) -> tuple[int, ...]:
+def buffer_shape(spec: TensorSpec, resolved: tuple[int, ...], max_batch: int,
+                 source: str | os.PathLike[str] = "<engine>") -> tuple[int, ...]:
     """Host/device buffer shape of a tensor: its shape with the batch at ``max_batch``.
 
     ``resolved``: the context's shape once the inputs are set to the max batch
     (outputs' dynamic axes resolved); a uint8 frames input keeps its NHWC shape.
     """
     if len(resolved) != len(spec.shape) or any(d < 0 for d in resolved[1:]):
-        raise ModelFormatError(spec.name, f"unresolved shape {list(resolved)} at batch "
-                               f"{max_batch}")
+        raise ModelFormatError(source, f"engine tensor '{spec.name}' has the unresolved shape "
+                               f"{list(resolved)} at batch {max_batch}")
     return (max_batch, *resolved[1:])
