@@ -8,10 +8,13 @@ Throughput: a 720p H.264 clip of moving shapes (``detr.data.shapes_video``) thro
 ``runtime.stream.run_stream``, ONNX Runtime CPU, outputs written (JSON Lines, and the
 annotated 720p H.264 video unless noted). Modes: sequential (one thread, one frame
 at a time: decode, preprocess, infer, decode sets, draw, encode) and pipelined
-(threads + bounded queues). Model alone = ``Detector.infer_batch`` on a ready batch
-of one frame (median of the runs). The modes run round-robin ``repeats`` times, so
-load from other processes hits all of them; medians and the min-max range are
-printed. ``--models r50`` measures DETR-R50 at 800x1066, INT8 cpu format, random weights (the
+(threads + bounded queues; also with ONNX Runtime's busy-waiting intra-op threads, the
+A/B of the stream's default). Model alone = ``Detector.infer_batch`` on a ready batch
+(median of ``--runs``, the faster of ORT spinning on and off). Each of the ``repeats``
+rounds measures the model alone and then every mode, and the ratio FPS x model-alone
+is taken within a round, so a change of load from other processes between rounds
+moves both; medians and min-max ranges over the rounds are printed, with the 1-minute
+load average at each round. ``--models r50`` measures DETR-R50 at 800x1066, INT8 cpu format, random weights (the
 model of ``benchmarks.r50_speed``; exporting and quantizing it takes minutes).
 """
 
@@ -62,42 +65,100 @@ def r50_int8_cpu(work: Path) -> Path:
     return Path(str(paths["ort_int8_cpu"]))
 
 
-def model_alone_ms(model: Path, clip: Path, runs: int, batch: int = 1) -> float:
-    """Median latency per frame of the model alone on ``batch`` preprocessed frames."""
+def first_frame(clip: Path) -> np.ndarray:
     import av
 
+    with av.open(str(clip)) as container:
+        return next(container.decode(video=0)).to_ndarray(format="rgb24")
+
+
+def cpu_ms() -> float:
+    """CPU time of this process so far, all threads, user + system (ms)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return (usage.ru_utime + usage.ru_stime) * 1000
+
+
+def model_alone_ms(model: Path, frame: np.ndarray, runs: int, batch: int = 1,
+                   spinning: bool | None = None) -> tuple[float, float]:
+    """(median wall ms, mean CPU ms) per frame of the model alone on ``batch``
+    preprocessed frames (``spinning``: ORT's intra-op busy-wait; None = its default, on)."""
     from benchmarks.timing import time_call
     from runtime.detector import Detector
 
-    with av.open(str(clip)) as container:
-        frame = next(container.decode(video=0)).to_ndarray(format="rgb24")
-    with Detector(model, providers="cpu", batch_size=batch) as det:
+    with Detector(model, providers="cpu", batch_size=batch,
+                  backend_options={"spinning": spinning}) as det:
         prepared = det.prepare([frame] * batch)
-        return time_call(lambda: det.infer_batch(prepared), runs=runs,
-                         warmup=2).median_ms / batch
+        det.infer_batch(prepared)
+        start = cpu_ms()
+        for _ in range(runs):
+            det.infer_batch(prepared)
+        cpu = (cpu_ms() - start) / runs / batch
+        wall = time_call(lambda: det.infer_batch(prepared), runs=runs, warmup=1).median_ms
+        return wall / batch, cpu
 
 
-def throughput(model: Path, clip: Path, work: Path, repeats: int, batches: tuple[int, ...]
-               ) -> dict[str, Any]:
-    """FPS of the sequential loop and the pipelined runner (per batch size, with and
-    without the annotated video), round-robin over ``repeats``."""
-    from runtime.stream.pipeline import StreamConfig, run_stream
-
+def _modes(batches: tuple[int, ...]) -> dict[str, dict[str, Any]]:
     modes: dict[str, dict[str, Any]] = {"sequential": {"pipelined": False, "batch_size": 1}}
     for b in batches:
         modes[f"pipelined b{b}"] = {"batch_size": b}
         modes[f"pipelined b{b} no video"] = {"batch_size": b, "video": False}
+    # A/B of the stream's ORT setting: the same runs with busy-waiting intra-op threads.
+    modes["pipelined b1 ORT spinning"] = {"batch_size": 1, "ort_spinning": True}
+    modes["pipelined b1 no video ORT spinning"] = {"batch_size": 1, "video": False,
+                                                   "ort_spinning": True}
+    modes["pipelined b1 x264 veryfast"] = {"batch_size": 1, "video_preset": "veryfast"}
+    modes["pipelined b1 no video ORT 1 thread"] = {"batch_size": 1, "video": False,
+                                                   "ort_threads": 1}
+    return modes
+
+
+def _spread(values: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(values), "min": min(values), "max": max(values)}
+
+
+def throughput(model: Path, clip: Path, work: Path, repeats: int, batches: tuple[int, ...],
+               runs: int) -> dict[str, Any]:
+    """FPS of the sequential loop and the pipelined runner (per batch size, with and
+    without the annotated video) and, in the same round, the model alone (best of ORT's
+    spinning on/off, per batch size): each repeat measures everything once, so a ratio
+    FPS x model-alone is taken within one round, under the load of that moment."""
+    from runtime.stream.pipeline import StreamConfig, run_stream
+
+    modes = _modes(batches)
     fps: dict[str, list[float]] = {m: [] for m in modes}
+    ratio: dict[str, list[float]] = {m: [] for m in modes}
+    cpu: dict[str, list[float]] = {m: [] for m in modes}  # CPU ms per frame, all threads
+    alone: dict[int, list[float]] = {b: [] for b in batches}
+    alone_cpu: dict[int, list[float]] = {b: [] for b in batches}
     stages: dict[str, Any] = {}
+    load: list[str] = []
+    frame = first_frame(clip)
     for r in range(repeats):
+        load.append(Path("/proc/loadavg").read_text().split(" ", 3)[0])
+        measured = {b: min(model_alone_ms(model, frame, runs, b, spinning=s)
+                           for s in (False, None)) for b in batches}  # the faster setting
+        round_alone = {b: m[0] for b, m in measured.items()}
+        for b, (ms, cpu_frame) in measured.items():
+            alone[b].append(ms)
+            alone_cpu[b].append(cpu_frame)
         for mode, options in modes.items():
             out = work / "runs" / f"{mode.replace(' ', '-')}-{r}"
+            start = cpu_ms()
             summary = run_stream(StreamConfig(model=model, source=str(clip), out_dir=out,
                                               providers=["cpu"], **options))
+            cpu[mode].append((cpu_ms() - start) / max(summary.frames_processed, 1))
             fps[mode].append(summary.fps)
+            ratio[mode].append(summary.fps * round_alone[options["batch_size"]] / 1000)
             stages[mode] = summary.stages
-    return {"fps": {m: {"median": statistics.median(v), "min": min(v), "max": max(v)}
-                    for m, v in fps.items()}, "stages": stages}
+    load.append(Path("/proc/loadavg").read_text().split(" ", 3)[0])
+    return {"fps": {m: _spread(v) for m, v in fps.items()},
+            "ratio": {m: _spread(v) for m, v in ratio.items()},
+            "cpu_ms_per_frame": {m: _spread(v) for m, v in cpu.items()},
+            "model_alone_ms": {b: _spread(v) for b, v in alone.items()},
+            "model_alone_cpu_ms": {b: _spread(v) for b, v in alone_cpu.items()},
+            "load_1min": load, "stages": stages}
 
 
 def preprocess_1080p(canvases: list[tuple[int, int]], runs: int) -> dict[str, Any]:
@@ -148,14 +209,17 @@ def tracking_quality(model: Path, work: Path, clips: int, seed: int) -> dict[str
 def report_lines(result: dict[str, Any]) -> list[str]:
     lines = []
     for name, row in result["throughput"].items():
-        alone = row["model_alone_ms"]  # batch -> ms per frame
-        lines.append(f"{name}: model alone " + ", ".join(
-            f"b{b} {ms:.1f} ms/frame ({1000 / ms:.1f} fps)" for b, ms in alone.items()))
+        lines.append(f"{name}: 1-min load average at each round {', '.join(row['load_1min'])}; "
+                     "model alone " + ", ".join(
+                         f"b{b} {a['median']:.1f} ms/frame (range {a['min']:.1f}-{a['max']:.1f})"
+                         for b, a in row["model_alone_ms"].items())
+                     + "; CPU per frame " + ", ".join(f"b{b} {c['median']:.1f} ms" for b, c
+                                                      in row["model_alone_cpu_ms"].items()))
         for mode, f in row["fps"].items():
-            b = 1 if mode == "sequential" else int(mode.split()[1][1:])
-            lines.append(f"  {mode:<24} {f['median']:7.2f} fps (range {f['min']:.2f}-"
-                         f"{f['max']:.2f}) = {f['median'] * alone[b] / 1000:.2f} x "
-                         f"1/model-alone(b{b})")
+            r, c = row["ratio"][mode], row["cpu_ms_per_frame"][mode]
+            lines.append(f"  {mode:<36} {f['median']:7.2f} fps (range {f['min']:.2f}-"
+                         f"{f['max']:.2f}) = {r['median']:.2f} x 1/model-alone of its round "
+                         f"(range {r['min']:.2f}-{r['max']:.2f}); CPU {c['median']:.1f} ms/frame")
     for canvas, p in result["preprocess_1080p"].items():
         lines.append(f"preprocess 1080p -> {canvas}: numpy {p['numpy_ms']:.1f} ms, fused (ORT "
                      f"CPU) {p['fused_ort_cpu_ms']:.1f} ms; share of pre + model: "
@@ -201,10 +265,9 @@ def measure(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     result: dict[str, Any] = {"throughput": {}, "preprocess_1080p": {}}
     alone: dict[str, float] = {}
     for name, (model, batches, (H, W)) in models.items():
-        row = throughput(model, clip, work, args.repeats, batches)
-        row["model_alone_ms"] = {b: model_alone_ms(model, clip, args.runs, b) for b in batches}
+        row = throughput(model, clip, work, args.repeats, batches, args.runs)
         result["throughput"][name] = row
-        alone[f"{H}x{W}"] = row["model_alone_ms"][1]
+        alone[f"{H}x{W}"] = row["model_alone_ms"][1]["median"]
     result["preprocess_1080p"] = preprocess_1080p([m[2] for m in models.values()], args.runs)
     for canvas, p in result["preprocess_1080p"].items():
         p["share"] = {k.replace("_ms", ""): v / (v + alone[canvas]) for k, v in p.items()

@@ -26,6 +26,7 @@ from export.engine_checks import (
     calibration_batch,
     calibration_profile,
     check_calibration_images,
+    check_fused_calibration,
     default_calib_cache,
     dla_placement,
     file_sha256,
@@ -155,6 +156,7 @@ def plan_build(config: EngineBuildConfig) -> BuildPlan:
     int8_flags = precision == "int8" and meta.precision == "fp32"
     calib_batch = calib_cache = None
     if int8_flags:
+        check_fused_calibration(meta)
         calib_batch = calibration_batch(meta, config.calib_batch, profiles)
         calib_cache = config.calib_cache or default_calib_cache(config.out_path, digest)
         if config.calib_data is None and read_cache(calib_cache) is None:

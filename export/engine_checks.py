@@ -16,6 +16,7 @@ from pathlib import Path
 
 from runtime.atomic import atomic_write_bytes
 from runtime.errors import InputError
+from runtime.fused import fused_source_size
 from runtime.metadata import ModelMeta
 
 DEFAULT_MIN_BATCH = 1  # dynamic-batch defaults when the user gives none
@@ -68,15 +69,20 @@ def batch_range(meta: ModelMeta, min_batch: int | None, opt_batch: int | None,
 
 def _shapes(meta: ModelMeta, lo: int, opt: int, hi: int) -> list[ProfileShapes]:
     h, w = meta.input_height, meta.input_width
-    shapes = [ProfileShapes("images", (lo, 3, h, w), (opt, 3, h, w), (hi, 3, h, w))]
-    if meta.with_mask:
+    fused = fused_source_size(meta)
+    # --fused-preprocess: uint8 NHWC frames of the source size; the graph makes the
+    # canvas (and a with-mask model's constant mask, so no mask input).
+    item = (3, h, w) if fused is None else (*fused, 3)
+    shapes = [ProfileShapes("images", (lo, *item), (opt, *item), (hi, *item))]
+    if meta.with_mask and fused is None:
         shapes.append(ProfileShapes("mask", (lo, h, w), (opt, h, w), (hi, h, w)))
     return shapes
 
 
 def profile_shapes(meta: ModelMeta, min_batch: int | None = None, opt_batch: int | None = None,
                    max_batch: int | None = None) -> list[ProfileShapes]:
-    """Shapes for ``images [B,3,H,W]`` (and ``mask [B,H,W]`` when the model has one)."""
+    """Shapes for ``images [B,3,H,W]`` (and ``mask [B,H,W]`` when the model has one), or
+    ``images [B,Hs,Ws,3]`` (uint8 frames) for a ``--fused-preprocess`` model."""
     return _shapes(meta, *batch_range(meta, min_batch, opt_batch, max_batch))
 
 
@@ -99,6 +105,16 @@ def calibration_batch(meta: ModelMeta, calib_batch: int | None,
                              f"{meta.batch_size}; got {calib_batch}")
         return meta.batch_size
     return profiles[0].opt[0] if calib_batch is None else calib_batch
+
+
+def check_fused_calibration(meta: ModelMeta) -> None:
+    """TensorRT 10 builder-flag INT8 calibrates on float canvases (``runtime.preprocess``
+    batches, ``export.calib_data``), which a ``--fused-preprocess`` graph (uint8 frames)
+    does not take: refused before the build rather than failing in the calibrator."""
+    if fused_source_size(meta) is not None:
+        raise InputError("--precision int8", "builder-flag INT8 calibration feeds float "
+                         "canvases, which a --fused-preprocess model does not take; build "
+                         "it as fp16/fp32, or calibrate the plain export")
 
 
 def calibration_profile(meta: ModelMeta, batch: int) -> list[ProfileShapes]:

@@ -2,8 +2,9 @@
 
 The exported graph gets a new ``images`` input, uint8 ``[B, Hs, Ws, 3]`` RGB frames
 of one fixed source size, and does what ``runtime.preprocess`` does on the CPU:
-keep-ratio bilinear resize into the canvas, ``(x / 255 - mean) / std``, zero padding
-bottom/right. On a GPU (TensorRT, CUDA) the runtime then only copies frames: the
+keep-ratio bilinear resize into the canvas (to the size ``runtime.preprocess.target_size``
+picks), ``(x / 255 - mean) / std``, zero padding bottom/right, and for a with-mask model
+the mask, a constant for one source size. On a GPU (TensorRT, CUDA) the runtime then only copies frames: the
 per-pixel float work of a 1080p frame leaves the CPU, which on Jetson-class boards
 takes longer than the model itself.
 
@@ -13,12 +14,21 @@ fixed by the source and canvas sizes. Their coefficients are taken from PIL itse
 (an identity image resized with the same filter as ``runtime.preprocess``), so
 PIL's antialiasing of downscales (support widened by the scale factor) is kept,
 which ONNX's Resize cannot express before opset 18 nor TensorRT at all. Every op
-(Cast, Reshape, MatMul, Transpose, Mul, Add, Pad) is in TensorRT's parser table.
+(Cast, Reshape, MatMul, Transpose, Mul, Add, Pad; Shape, Slice, Concat, Expand for
+the mask) is in TensorRT's parser table.
 The one difference: PIL rounds to uint8 between its horizontal and vertical
 passes, the graph keeps floats (<= 0.5 grey level).
 
-Cost: the first product runs on the full frame; the pass that shrinks more goes
-first. 1080p into 128x128 is ~0.5 G multiply-adds, into 800x1066 ~3.7 G.
+Cost: the first product runs on the full frame. 1080p into 128x128 is 0.50 G
+multiply-adds, into 800x1066 (600x1066 resized) 7.4 G. That is why the graph is slower
+than the numpy path on a CPU: PIL's filter touches only the nonzero taps of each output
+pixel (29 of 1080 rows for 1080 -> 72, 4 for 1080 -> 600), the dense matrices multiply
+every zero too (38x / 350x more work), and the frame is first cast to float32 (4x the
+bytes). ORT CPU profile at 1080p -> 128x128: first MatMul ~110 ms, Cast ~35 ms, all else
+< 3 ms (load average ~8 on 2 cores). A banded form (Gather of each window + batched
+MatMul, 38x fewer multiply-adds) ran slower still on ORT CPU (150 vs 130 ms): tiny
+batched products and gathered copies are memory-bound. On a GPU the dense products are
+what tensor cores do best, which is where this graph is meant to run.
 """
 
 from __future__ import annotations
@@ -31,7 +41,7 @@ import numpy as np
 from runtime.errors import InputError
 from runtime.fused import FUSED_KEY
 from runtime.metadata import ModelMeta
-from runtime.preprocess import fit_size
+from runtime.preprocess import target_size
 
 if TYPE_CHECKING:
     import onnx
@@ -63,7 +73,7 @@ def preprocess_nodes(meta: ModelMeta, source_h: int, source_w: int, out_name: st
     from onnx import TensorProto, helper, numpy_helper
 
     H, W = meta.input_height, meta.input_width  # canvas
-    h, w, _ = fit_size(source_h, source_w, H, W)
+    h, w, _ = target_size(source_h, source_w, meta)  # the size runtime.preprocess picks
     ry, rxt = resize_matrices(source_h, source_w, h, w)
     std = np.asarray(meta.std, np.float32)
     consts = {
@@ -117,20 +127,46 @@ def preprocess_graph(meta: ModelMeta, source_h: int, source_w: int, opset: int =
     return model
 
 
+def mask_nodes(meta: ModelMeta, source_h: int, source_w: int, mask_type: int
+               ) -> tuple[list[Any], list[Any]]:
+    """(nodes, initializers) making ``mask`` [B, H, W] (True = padding) from ``images``:
+    one source size gives one valid region ``[:h, :w]``, so the mask is a constant
+    [1, H, W] expanded to the batch (Shape, Slice, Concat, Expand: TensorRT parses them)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    H, W = meta.input_height, meta.input_width
+    h, w, _ = target_size(source_h, source_w, meta)
+    const = np.ones((1, H, W), dtype=bool)
+    const[:, :h, :w] = False
+    p = PREFIX
+    inits = [numpy_helper.from_array(const, p + "mask_const"),
+             numpy_helper.from_array(np.array([0], np.int64), p + "zero_i"),
+             numpy_helper.from_array(np.array([1], np.int64), p + "one_i"),
+             numpy_helper.from_array(np.array([H, W], np.int64), p + "canvas_hw")]
+    expanded = "mask" if mask_type == TensorProto.BOOL else p + "mask_bool"
+    nodes = [
+        helper.make_node("Shape", ["images"], [p + "in_shape"]),
+        helper.make_node("Slice", [p + "in_shape", p + "zero_i", p + "one_i"], [p + "batch"]),
+        helper.make_node("Concat", [p + "batch", p + "canvas_hw"], [p + "mask_shape"], axis=0),
+        helper.make_node("Expand", [p + "mask_const", p + "mask_shape"], [expanded]),
+    ]
+    if mask_type != TensorProto.BOOL:  # the graph declared another mask type: cast to it
+        nodes.append(helper.make_node("Cast", [expanded], ["mask"], to=mask_type))
+    return nodes, inits
+
+
 def fuse_preprocess(model: onnx.ModelProto, meta: ModelMeta, source_h: int, source_w: int
                     ) -> tuple[onnx.ModelProto, ModelMeta]:
     """Prepend the preprocessing to an exported DETR graph (FP32, FP16 or INT8 Q/DQ).
 
     Returns the new model (input ``images`` uint8 [B, Hs, Ws, 3], same outputs) and its
-    metadata with ``extra["fused_preprocess"]``. Graphs with a ``mask`` input are
-    refused: with one source size the mask is a constant, and the plain graph is right.
+    metadata with ``extra["fused_preprocess"]``. A ``mask`` input (``--with-mask``)
+    becomes a constant inside the graph (:func:`mask_nodes`): with one source size
+    every frame has the same padding, so the fused graph has ``images`` only.
     """
     import onnx
     from onnx import TensorProto, helper
 
-    if meta.with_mask:
-        raise InputError("--fused-preprocess", "not available with --with-mask (one source "
-                         "size means no padding varies between frames)")
     if source_h <= 0 or source_w <= 0:
         raise InputError("--fused-preprocess", f"source size {source_h}x{source_w}")
     old = next(i for i in model.graph.input if i.name == "images")
@@ -138,6 +174,11 @@ def fuse_preprocess(model: onnx.ModelProto, meta: ModelMeta, source_h: int, sour
     batch: int | str = batch_dim.dim_param or batch_dim.dim_value
     nodes, inits = preprocess_nodes(meta, source_h, source_w,
                                     out_type=old.type.tensor_type.elem_type)
+    mask = next((i for i in model.graph.input if i.name == "mask"), None)
+    if mask is not None:
+        more_nodes, more_inits = mask_nodes(meta, source_h, source_w,
+                                            mask.type.tensor_type.elem_type)
+        nodes, inits = nodes + more_nodes, inits + more_inits
     fused = onnx.ModelProto()
     fused.CopyFrom(model)
     g = fused.graph
@@ -147,7 +188,7 @@ def fuse_preprocess(model: onnx.ModelProto, meta: ModelMeta, source_h: int, sour
                 node.input[k] = CANVAS
     new_input = helper.make_tensor_value_info("images", TensorProto.UINT8,
                                               [batch, source_h, source_w, 3])
-    kept = [i for i in g.input if i.name != "images"]
+    kept = [i for i in g.input if i.name not in ("images", "mask")]
     del g.input[:]
     g.input.extend([new_input, *kept])
     old_nodes = list(g.node)
@@ -157,7 +198,7 @@ def fuse_preprocess(model: onnx.ModelProto, meta: ModelMeta, source_h: int, sour
     onnx.checker.check_model(fused, full_check=True)
     fused_meta = meta.replace(extra={**meta.extra, FUSED_KEY: {
         "source_height": source_h, "source_width": source_w,
-        "input": "uint8 [B, Hs, Ws, 3] RGB"}})
+        "input": "uint8 [B, Hs, Ws, 3] RGB", **({"mask": "in-graph"} if mask else {})}})
     return fused, fused_meta
 
 
@@ -229,7 +270,7 @@ def check_fused(plain: onnx.ModelProto, fused: onnx.ModelProto, meta: ModelMeta,
 
     from runtime.compare import match_detections
     from runtime.decode import decode
-    from runtime.preprocess import preprocess
+    from runtime.preprocess import box_reference_sizes, preprocess
 
     def session(model: Any) -> Any:
         return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -237,7 +278,6 @@ def check_fused(plain: onnx.ModelProto, fused: onnx.ModelProto, meta: ModelMeta,
     plain_s, fused_s = session(plain), session(fused)
     pre_s = session(preprocess_graph(meta, *frames[0].shape[:2]))
     report = FusedParity(source=source, frames=len(frames))
-    canvas = np.array([[meta.input_height, meta.input_width]], np.float64)
     reps = meta.batch_size or 1  # a fixed-batch graph gets the frame repeated
     for frame in frames:
         batch = preprocess([frame], meta)
@@ -245,10 +285,12 @@ def check_fused(plain: onnx.ModelProto, fused: onnx.ModelProto, meta: ModelMeta,
         (graph_canvas,) = pre_s.run(["canvas"], {"images": frame[None]})
         report.canvas_max_abs = max(report.canvas_max_abs,
                                     float(np.abs(graph_canvas - batch.images).max()))
-        images = np.repeat(batch.images, reps, axis=0).astype(_input_dtype(plain_s))
-        ref = plain_s.run(["logits", "boxes"], {"images": images})
+        feed = {"images": np.repeat(batch.images, reps, axis=0).astype(_input_dtype(plain_s))}
+        if meta.with_mask:
+            feed["mask"] = np.repeat(batch.mask, reps, axis=0)
+        ref = plain_s.run(["logits", "boxes"], feed)
         got = fused_s.run(["logits", "boxes"], {"images": fed})
-        target = canvas / batch.scales[:, None]
+        target = box_reference_sizes(batch, meta.with_mask)
         (d_ref,), (d_got,) = (decode(np.asarray(o[0], np.float32), np.asarray(o[1], np.float32),
                                      target) for o in (ref, got))
         report.detections_ref += len(d_ref)

@@ -22,6 +22,7 @@ import numpy as np
 from runtime.backends.base import pad_batch
 from runtime.compare import MATCH_IOU, OutputComparison, compare_outputs, summarize
 from runtime.errors import InputError
+from runtime.fused import fused_source_size
 from runtime.metadata import ModelMeta
 
 Feed = dict[str, np.ndarray]
@@ -120,6 +121,8 @@ def golden_inputs(meta: ModelMeta, data_dir: str | None, num_images: int, batch:
     """
     if num_images <= 0:
         raise InputError("--verify-images", f"must be positive, got {num_images}")
+    if fused_source_size(meta) is not None:  # --fused-preprocess: uint8 frames go in
+        return _frame_batches(meta, data_dir, num_images, batch, seed)
     if data_dir is not None:
         from export.calib_data import list_images, select_images
 
@@ -136,8 +139,9 @@ def _finish(meta: ModelMeta, images: np.ndarray, mask: np.ndarray, sizes: np.nda
         assert padded is not None
         mask = padded
         sizes = np.concatenate([sizes, np.repeat(sizes[:1], meta.batch_size - n, axis=0)])
-    feed = {"images": np.ascontiguousarray(images, dtype=np.float32)}
-    if meta.with_mask:
+    fused = images.dtype == np.uint8  # frames of a --fused-preprocess model, as they are
+    feed = {"images": np.ascontiguousarray(images, dtype=None if fused else np.float32)}
+    if meta.with_mask and not fused:
         feed["mask"] = np.ascontiguousarray(mask, dtype=bool)
     return feed, sizes, n
 
@@ -162,6 +166,35 @@ def _random_batches(meta: ModelMeta, num_images: int, batch: int, seed: int
         images = rng.standard_normal((n, 3, h, w), dtype=np.float32)
         sizes = np.repeat(np.array([[h, w]], dtype=np.int64), n, axis=0)
         yield _finish(meta, images, np.zeros((n, h, w), dtype=bool), sizes)
+
+
+def _frame_batches(meta: ModelMeta, data_dir: str | None, num_images: int, batch: int,
+                   seed: int) -> tuple[str, Iterator[tuple[Feed, np.ndarray, int]]]:
+    """uint8 [B, Hs, Ws, 3] frames for a fused model: images resized to the source size,
+    else uniform random bytes. Boxes are compared in canvas units, or in valid-region units for
+    a with-mask model (as ``_image_batches`` does)."""
+    from export.fused_preprocess import parity_frames
+    from runtime.preprocess import target_size
+
+    Hs, Ws = fused_source_size(meta) or (0, 0)
+    if data_dir is not None:
+        frames, source = parity_frames(Hs, Ws, data_dir, num_images)
+        frames = frames[:num_images]
+    else:
+        rng = np.random.default_rng(seed)
+        frames = list(rng.integers(0, 256, (num_images, Hs, Ws, 3), dtype=np.uint8))
+        source = "random frames"
+    canvas = np.array([[meta.input_height, meta.input_width]], dtype=np.int64)
+    if meta.with_mask:  # boxes relative to the valid region (the mask is in the graph)
+        canvas = np.array([target_size(Hs, Ws, meta)[:2]], dtype=np.int64)
+
+    def batches() -> Iterator[tuple[Feed, np.ndarray, int]]:
+        for start in range(0, len(frames), batch):
+            chunk = np.stack(frames[start:start + batch])
+            sizes = np.repeat(canvas, len(chunk), axis=0)
+            yield _finish(meta, chunk, np.zeros(chunk.shape[:3], dtype=bool), sizes)
+
+    return source, batches()
 
 
 def onnxruntime_runner(onnx_path: str) -> Runner:

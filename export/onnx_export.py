@@ -117,9 +117,13 @@ class ExportResult:
         return out
 
     def format(self) -> str:
+        from runtime.fused import expects_mask_input
+
+        mask = "" if not self.meta.with_mask else (
+            ", mask input" if expects_mask_input(self.meta) else ", mask made in the graph")
         lines = [(f"wrote {self.path} ({self.meta.precision}, batch "
                   f"{self.meta.batch_size or 'dynamic'}, {self.meta.input_height}x"
-                  f"{self.meta.input_width}{', mask input' if self.meta.with_mask else ''})")]
+                  f"{self.meta.input_width}{mask})")]
         if self.fp32_parity is not None:
             lines.append(self.fp32_parity.format())
         if self.fp16 is not None:

@@ -76,7 +76,7 @@ def check_graph_matches_meta(model: onnx.ModelProto, meta: ModelMeta,
         raise ModelFormatError(source, f"graph has no 'images' input (inputs: {sorted(inputs)})")
     dims: list[int | str] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
                              for d in inputs["images"].type.tensor_type.shape.dim]
-    from runtime.fused import fused_source_size
+    from runtime.fused import expects_mask_input, fused_source_size
 
     H, W = meta.input_height, meta.input_width
     fused = fused_source_size(meta)  # uint8 [B, Hs, Ws, 3] frames for --fused-preprocess
@@ -91,6 +91,6 @@ def check_graph_matches_meta(model: onnx.ModelProto, meta: ModelMeta,
             return "dynamic" if b is None else f"fixed {b}"
         raise ModelFormatError(source, f"graph batch is {describe(graph_batch)} but the metadata "
                                f"says {describe(meta.batch_size)}")
-    if ("mask" in inputs) != meta.with_mask:
+    if ("mask" in inputs) != expects_mask_input(meta):  # a fused graph makes its own mask
         raise ModelFormatError(source, f"metadata with_mask={meta.with_mask} but the graph "
                                f"{'has' if 'mask' in inputs else 'has no'} 'mask' input")

@@ -183,7 +183,7 @@ class Detector:
                      **options: Any) -> list[Detections]:
         """Set decoding of ``infer_batch`` outputs: boxes xyxy in original pixels, clipped,
         with class names and category ids. ``options`` go to ``runtime.decode.decode``."""
-        if self.fused_source is None:
+        if self.fused_source is None or self.meta.with_mask:
             target = box_reference_sizes(batch, self.meta.with_mask)
         else:  # batch.images are the raw frames; the canvas is the model's
             canvas = np.array([self.meta.input_height, self.meta.input_width], np.float64)

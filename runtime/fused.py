@@ -5,7 +5,10 @@ source size and does the resize into the canvas, the normalisation and the zero
 padding itself (``export/fused_preprocess.py``). The runtime only stacks frames:
 no resize, no float conversion on the CPU. The metadata records the source size
 under ``extra["fused_preprocess"]``; decoding is unchanged (boxes refer to the
-canvas, whose size in source pixels is ``canvas / scale``).
+canvas, whose size in source pixels is ``canvas / scale``, or for a with-mask model
+to the valid region, i.e. the source frame). A with-mask model gets its mask inside
+the graph: for one source size the valid region ``[:h, :w]`` is the same in every
+frame, so the mask is a constant and the graph has no ``mask`` input.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import numpy as np
 
 from runtime.errors import InputError
 from runtime.metadata import ModelMeta
-from runtime.preprocess import Batch, fit_size
+from runtime.preprocess import Batch, target_size
 
 FUSED_KEY = "fused_preprocess"
 
@@ -32,6 +35,12 @@ def fused_source_size(meta: ModelMeta) -> tuple[int, int] | None:
     return h, w
 
 
+def expects_mask_input(meta: ModelMeta) -> bool:
+    """Whether the graph has a ``mask`` input: with-mask models, except fused ones, whose
+    mask is a constant built inside the graph (one source size = one padding)."""
+    return meta.with_mask and fused_source_size(meta) is None
+
+
 def stack_frames(frames: Sequence[np.ndarray], meta: ModelMeta) -> Batch:
     """uint8 ``[H, W, 3]`` frames of the model's source size -> a Batch whose ``images``
     are the frames themselves, uint8 ``[B, Hs, Ws, 3]`` (the graph preprocesses)."""
@@ -45,7 +54,7 @@ def stack_frames(frames: Sequence[np.ndarray], meta: ModelMeta) -> Batch:
                              f"exported with --fused-preprocess for uint8 frames of "
                              f"{Hs}x{Ws}x3 (re-export for this source size)")
     B = len(frames)
-    h, w, scale = fit_size(Hs, Ws, meta.input_height, meta.input_width)
+    h, w, scale = target_size(Hs, Ws, meta)  # as runtime.preprocess sizes it
     mask = np.ones((B, meta.input_height, meta.input_width), dtype=bool)
     mask[:, :h, :w] = False
     return Batch(images=np.stack(frames), mask=mask, scales=np.full((B,), scale),

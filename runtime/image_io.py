@@ -70,7 +70,10 @@ def load_image(src: ImageSource, max_pixels: int | None = None) -> Image.Image:
     if isinstance(src, Image.Image):
         return _to_rgb(src, "<PIL image>")
     if isinstance(src, np.ndarray):
-        return _to_rgb(_array_to_pil(src), "<array>")
+        # No second copy: PIL unpacks an RGB array into an image of its own (RGB is not
+        # among the modes frombuffer maps), and other modes are converted to a new one.
+        # Saves ~10 of ~17 ms of CPU per 720p video frame (README, stream figures).
+        return _to_rgb(_array_to_pil(src), "<array>", copy=False)
     if isinstance(src, (str, os.PathLike)):
         return _load_path(Path(src), max_pixels_limit(max_pixels))
     raise DataError("<image>", f"unsupported image source type {type(src).__name__}")

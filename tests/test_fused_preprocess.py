@@ -9,7 +9,12 @@ import pytest
 from PIL import Image
 from tiny_onnx import make_tiny_onnx, tiny_meta
 
-from export.fused_preprocess import fuse_preprocess, preprocess_graph, resize_matrices
+from export.fused_preprocess import (
+    check_fused,
+    fuse_preprocess,
+    preprocess_graph,
+    resize_matrices,
+)
 from runtime.detector import Detector
 from runtime.errors import InputError
 from runtime.fused import fused_source_size, stack_frames
@@ -78,10 +83,37 @@ def test_fused_model_refuses_other_frame_sizes(tmp_path) -> None:
         stack_frames([np.zeros((50, 80, 3), np.uint8)], fused_meta)
 
 
-def test_mask_graph_is_refused(tmp_path) -> None:
+def test_mask_model_gets_its_mask_in_the_graph(tmp_path) -> None:
+    """A with-mask model: the fused graph builds the constant mask of the source size
+    (valid [:h, :w]) and detects like the plain graph fed runtime.preprocess's mask; the
+    mask matters here (a wrong one moves the tiny model's logits)."""
+    from export.onnx_meta import check_graph_matches_meta, write_meta
+
     meta = tiny_meta(64, 64, with_mask=True)
-    with pytest.raises(InputError, match="with-mask"):
-        fuse_preprocess(onnx.load(make_tiny_onnx(tmp_path / "m.onnx", meta)), meta, 64, 64)
+    plain_path = make_tiny_onnx(tmp_path / "m.onnx", meta, weight_scale=0.5)
+    fused, fused_meta = fuse_preprocess(onnx.load(plain_path), meta, 48, 80)
+    assert [i.name for i in fused.graph.input] == ["images"]
+    write_meta(fused, fused_meta)
+    check_graph_matches_meta(fused, fused_meta)
+    onnx.save(fused, tmp_path / "fused.onnx")
+    frames = list(np.random.default_rng(3).integers(0, 256, size=(2, 48, 80, 3),
+                                                    dtype=np.uint8))
+    with Detector(plain_path) as plain, Detector(tmp_path / "fused.onnx") as fast:
+        batch = fast.prepare(frames)
+        assert not batch.mask[:, :38, :].any() and batch.mask[:, 38:, :].all()
+        logits, _ = fast.infer_batch(batch)
+        ref, _ = plain.infer_batch(preprocess(frames, meta))
+        no_mask = plain.backend.infer(preprocess(frames, meta).images,
+                                      np.zeros((2, 64, 64), bool))[0]
+        want = plain.detect(frames, score_threshold=0.0)
+        got = fast.detect(frames, score_threshold=0.0)
+    np.testing.assert_allclose(logits, ref, atol=1e-3)
+    assert np.abs(no_mask - ref).max() > 1e-2  # the mask is not ignored by the model
+    parity = check_fused(onnx.load(plain_path), fused, meta, frames, "random frames")
+    assert parity.passed and parity.detections_ref > 0
+    for a, b in zip(want, got):
+        np.testing.assert_array_equal(a.labels, b.labels)
+        np.testing.assert_allclose(a.boxes, b.boxes, atol=0.05)
 
 
 def test_cli_option_parses_sizes() -> None:

@@ -156,6 +156,18 @@ def test_pil_input_is_copied() -> None:
     assert src.getpixel((0, 0)) == (1, 2, 3)
 
 
+@pytest.mark.parametrize("shape", [(5, 7, 3), (5, 7), (5, 7, 4), (5, 7, 1)])
+def test_array_input_does_not_alias_the_array(shape: tuple[int, ...]) -> None:
+    """load_image makes no extra copy of an array, yet the image never shares the
+    caller's memory: writing to the array afterwards leaves the image as it was."""
+    arr = np.full(shape, 200, dtype=np.uint8)
+    if len(shape) == 3 and shape[2] == 4:
+        arr[..., 3] = 255  # opaque
+    img = load_image(arr)
+    arr[...] = 7
+    assert img.mode == "RGB" and np.asarray(img).min() == 200 == np.asarray(img).max()
+
+
 def test_missing_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"nope\.jpg: file not found"):
         load_image(tmp_path / "nope.jpg")

@@ -113,6 +113,27 @@ def test_sequential_and_pipelined_agree(model, tmp_path) -> None:
     assert runs[True] == runs[False]
 
 
+@pytest.mark.parametrize("spinning", [False, True])
+def test_stream_sessions_do_not_busy_wait(model, tmp_path, spinning) -> None:
+    """The stream's ONNX Runtime session has intra-op spinning off unless asked for (busy
+    threads would take the cores decoding and encoding need); none for an engine file."""
+    from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
+    from runtime.stream.pipeline import _backend_options
+
+    config = StreamConfig(model=model, source="x", out_dir=tmp_path, ort_spinning=spinning,
+                          ort_threads=1)
+    options = _backend_options(config)
+    assert options == {"spinning": spinning, "intra_op_threads": 1}
+    backend = OnnxRuntimeBackend(model, providers="cpu", **options)
+    entries = backend.session.get_session_options()
+    assert entries.get_session_config_entry("session.intra_op.allow_spinning") == \
+        ("1" if spinning else "0")
+    assert entries.intra_op_num_threads == 1
+    engine = tmp_path / "m.engine"
+    engine.write_bytes(b"DETREDGE")  # the engine magic: auto picks TensorRT
+    assert _backend_options(StreamConfig(model=engine, source="x", out_dir=tmp_path)) == {}
+
+
 def test_image_folder_and_glob(model, tmp_path) -> None:
     folder = tmp_path / "imgs"
     folder.mkdir()
@@ -167,6 +188,8 @@ def test_errors_are_one_line(model, tmp_path, capsys) -> None:
         (["--source", str(tmp_path / "nope.mp4")], "no such file, folder, camera or URL"),
         (["--source", "http://127.0.0.1:9/none.ts"], "cannot open the video source"),
         (["--source", str(_video(tmp_path / "c.mp4", 3)), "--gt", "gt.txt"], "needs --track"),
+        (["--source", str(tmp_path / "c.mp4"), "--video-preset", "quick"],
+         "unknown x264 preset 'quick'"),
     ]
     (tmp_path / "notvideo.mp4").write_bytes(b"this is not a video")
     cases.append((["--source", str(tmp_path / "notvideo.mp4")], "cannot open the video source"))

@@ -17,7 +17,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, check_batch
 from runtime.errors import BackendUnavailableError, InputError, ModelFormatError, first_line
-from runtime.fused import check_frames, fused_source_size
+from runtime.fused import check_frames, expects_mask_input, fused_source_size
 from runtime.metadata import METADATA_KEY, ModelMeta
 
 # Preference of providers='auto': fastest first, CPU last (always available).
@@ -103,13 +103,33 @@ def saturates_here(meta: ModelMeta) -> bool:
     return bits == 8
 
 
+def _session_options(ort: Any, intra_op_threads: int | None, exact_int8: bool,
+                     spinning: bool | None) -> Any:
+    """``onnxruntime.SessionOptions`` for :class:`OnnxRuntimeBackend`'s arguments."""
+    options = ort.SessionOptions()
+    # ORT's C++ logger writes warnings and errors straight to stderr, ahead of the
+    # one error line; its failures reach us as exceptions anyway (ort_failures).
+    options.log_severity_level = 4  # fatal only
+    if intra_op_threads:
+        options.intra_op_num_threads = intra_op_threads
+    if spinning is not None:
+        options.add_session_config_entry("session.intra_op.allow_spinning",
+                                         "1" if spinning else "0")
+    if exact_int8:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    return options
+
+
 class OnnxRuntimeBackend(Backend):
     """An ``onnxruntime.InferenceSession`` on an exported detr-edge ONNX model."""
 
     def __init__(self, path: str | os.PathLike[str],
                  providers: Sequence[ProviderSpec] | str | None = None,
-                 intra_op_threads: int | None = None, exact_int8: bool = False) -> None:
-        """``exact_int8``: graph optimisations off, so Q/DQ pairs run as written
+                 intra_op_threads: int | None = None, exact_int8: bool = False,
+                 spinning: bool | None = None) -> None:
+        """``spinning``: whether idle intra-op threads busy-wait for work (None = ORT's
+        default, on). Off where other threads need the cores (the stream pipeline).
+        ``exact_int8``: graph optimisations off, so Q/DQ pairs run as written
         (float DequantizeLinear -> op): the exact integer semantics TensorRT computes,
         on any CPU. ORT's fused int8 kernels saturate on AVX2 CPUs without VNNI
         (``runtime.cpu_features``); slower, for accuracy decisions, not for speed."""
@@ -118,14 +138,7 @@ class OnnxRuntimeBackend(Backend):
         if not p.is_file():
             raise InputError(p, "model file not found")
         chosen = resolve_providers(providers, ort.get_available_providers())
-        options = ort.SessionOptions()
-        # ORT's C++ logger writes warnings and errors straight to stderr, ahead of the
-        # one error line; its failures reach us as exceptions anyway (ort_failures).
-        options.log_severity_level = 4  # fatal only
-        if intra_op_threads:
-            options.intra_op_num_threads = intra_op_threads
-        if exact_int8:
-            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options = _session_options(ort, intra_op_threads, exact_int8, spinning)
         try:
             self.session = ort.InferenceSession(str(p), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own pybind exception types
@@ -160,7 +173,7 @@ class OnnxRuntimeBackend(Backend):
                                    f"says {H}x{W}")
         self.batch_size = shape[0] if isinstance(shape[0], int) else None
         self.has_mask = "mask" in self._inputs
-        if self.has_mask != self.meta.with_mask:
+        if self.has_mask != expects_mask_input(self.meta):  # fused: the mask is in the graph
             raise ModelFormatError(p, f"metadata with_mask={self.meta.with_mask} but the graph "
                                    f"{'has' if self.has_mask else 'has no'} 'mask' input")
         # FP16 graphs may keep FP16 inputs; feed what the graph declares.

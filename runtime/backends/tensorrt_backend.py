@@ -16,6 +16,11 @@ re-shaped for another batch would invalidate the graphs captured before. An
 engine whose enqueue cannot be captured runs without a graph, with a warning
 (what trtexec ``--useCudaGraph`` does).
 
+Inputs follow the engine (``runtime/backends/tensorrt_io.py``): float canvases
+``[B, 3, H, W]`` for a plain export, uint8 frames ``[B, Hs, Ws, 3]`` for one
+exported with ``--fused-preprocess`` (the engine preprocesses on the GPU; ``infer``
+then only copies the frame bytes).
+
 tensorrt and cuda-python are imported inside :func:`_import_trt`; without them
 ``BackendUnavailableError`` says what to install.
 """
@@ -33,7 +38,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from runtime.backends.base import Backend, check_batch, pad_batch
+from runtime.backends.base import Backend
+from runtime.backends.tensorrt_io import (
+    TensorSpec,
+    buffer_shape,
+    plan_inputs,
+    prepare_feed,
+)
 from runtime.engine_file import check_compatible, read_engine_file
 from runtime.errors import BackendUnavailableError, DetrEdgeError, ModelFormatError
 
@@ -168,38 +179,30 @@ class TensorRTBackend(Backend):
 
     def _setup_io(self, trt_mod: Any) -> None:
         engine = self._engine
+        specs: dict[str, TensorSpec] = {}
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
-            self._tensors[name] = _Tensor(
+            specs[name] = TensorSpec(
                 name=name,
                 is_input=engine.get_tensor_mode(name) == trt_mod.TensorIOMode.INPUT,
                 dtype=np.dtype(trt_mod.nptype(engine.get_tensor_dtype(name))),
                 shape=_dims(engine.get_tensor_shape(name)))
-        names = set(self._tensors)
-        if not {"images", "logits", "boxes"} <= names:
-            raise ModelFormatError(self.path, f"engine I/O tensors are {sorted(names)}; "
-                                   "expected images, logits, boxes")
-        has_mask = "mask" in names
-        if has_mask != self.meta.with_mask:
-            raise ModelFormatError(self.path, f"header with_mask={self.meta.with_mask} but the "
-                                   f"engine {'has' if has_mask else 'has no'} 'mask' input")
-        images = self._tensors["images"]
-        if images.shape[0] >= 0:  # fixed batch
-            self.batch_size: int | None = images.shape[0]
-            self.max_batch_size = self.min_batch_size = images.shape[0]
-        else:  # dynamic batch: the optimisation profile bounds it
+        profile = None
+        if "images" in specs and specs["images"].shape[:1] == (-1,):
             min_shape, _, max_shape = engine.get_tensor_profile_shape("images", 0)
-            self.batch_size = None
-            self.min_batch_size = int(min_shape[0])  # smaller batches are padded up to it
-            self.max_batch_size = int(max_shape[0])
-        H, W = self.meta.input_height, self.meta.input_width
-        if images.shape[1:] != (3, H, W):
-            raise ModelFormatError(self.path, f"engine input 'images' is {images.shape}, "
-                                   f"header says [B, 3, {H}, {W}]")
-        self._set_batch(self._context, self.max_batch_size)
-        for t in self._tensors.values():
-            shape = _dims(self._context.get_tensor_shape(t.name))  # batch = max batch now
-            full = (self.max_batch_size, *shape[1:])
+            profile = (int(min_shape[0]), int(max_shape[0]))
+        # Layout (float canvases or uint8 frames of a fused model), dtypes and batch
+        # range come from the engine itself, checked against the header.
+        self.plan = plan = plan_inputs(self.meta, specs, profile, self.path)
+        self.batch_size: int | None = plan.batch_size
+        self.min_batch_size, self.max_batch_size = plan.min_batch, plan.max_batch
+        self._tensors = {name: _Tensor(s.name, s.is_input, s.dtype, s.shape)
+                         for name, s in specs.items()}
+        self._set_batch(self._context, plan.max_batch)
+        for name, t in self._tensors.items():
+            # The context's shapes at the max batch resolve the outputs' dynamic axes.
+            full = buffer_shape(specs[name], _dims(self._context.get_tensor_shape(name)),
+                                plan.max_batch, self.path)
             t.nbytes = int(np.prod(full)) * t.dtype.itemsize
             t.device_ptr = int(_check(self._cudart.cudaMalloc(t.nbytes), "cudaMalloc"))
             t.host_ptr = int(_check(self._cudart.cudaMallocHost(t.nbytes), "cudaMallocHost"))
@@ -224,18 +227,13 @@ class TensorRTBackend(Backend):
               ) -> tuple[np.ndarray, np.ndarray]:
         if self._closed:
             raise DetrEdgeError("TensorRT backend is closed")
-        images, mask = check_batch(self.meta, images, mask, self.batch_size, self.max_batch_size)
-        n = images.shape[0]  # images asked for; B >= n images run (profile minimum)
-        images, mask = pad_batch(images, mask, self.min_batch_size)
-        B = images.shape[0]
+        feed, n = prepare_feed(self.plan, self.meta, images, mask)
+        B = feed["images"].shape[0]  # >= n: padded up to the profile minimum
         cudart = self._cudart
-        feed = {"images": images}
-        if "mask" in self._tensors and mask is not None:
-            feed["mask"] = mask
         for name, array in feed.items():
             t = self._tensors[name]
             assert t.host is not None
-            t.host[:B] = array.astype(t.dtype, copy=False)
+            t.host[:B] = array  # uint8 frames of a fused model: a plain byte copy
             _check(cudart.cudaMemcpyAsync(t.device_ptr, t.host_ptr, t.nbytes // self._max * B,
                                           cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
                                           self._stream), "cudaMemcpyAsync H2D")

@@ -19,6 +19,9 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--no-video", action="store_true", help="skip the annotated video")
     g.add_argument("--codec", default="auto", metavar="NAME",
                    help="video encoder (default auto: H.264 if available, else mpeg4)")
+    g.add_argument("--video-preset", default="ultrafast", metavar="NAME",
+                   help="x264 preset of the annotated video (default ultrafast: least CPU taken "
+                   "from the model; veryfast etc. give smaller files)")
     g.add_argument("--sequential", action="store_true",
                    help="one frame at a time in one thread (baseline for the pipelined mode)")
     g.add_argument("--track", action="store_true",
@@ -47,5 +50,6 @@ def stream_config(args: argparse.Namespace) -> Any:
                         second_best=args.second_best, batch_size=args.batch_size,
                         live=args.live, reconnect_attempts=args.reconnect,
                         max_frames=args.max_frames, video=not (args.no_video or args.no_draw),
-                        video_codec=args.codec, track=args.track, tracker=tracker, gt=args.gt,
+                        video_codec=args.codec, video_preset=args.video_preset,
+                        track=args.track, tracker=tracker, gt=args.gt,
                         pipelined=not args.sequential)

@@ -58,17 +58,27 @@ class StreamConfig:
     max_frames: int | None = None  # stop after this many decoded frames
     video: bool = True  # write the annotated video
     video_codec: str = "auto"  # auto = H.264 if the encoder exists, else MPEG-4 Part 2
+    video_preset: str = "ultrafast"  # x264 preset: the encoder competes with the model for CPU
     track: bool = False  # ByteTrack ids + tracks.txt (MOTChallenge)
     tracker: TrackerConfig = field(default_factory=TrackerConfig)
     gt: Path | None = None  # MOTChallenge gt.txt: evaluate the tracks (MOTA, IDF1)
     pipelined: bool = True  # False = one frame at a time in one thread (the baseline)
     image_fps: float = 10.0  # nominal rate of image-folder sources
+    # ONNX Runtime's idle intra-op threads busy-wait by default; in a stream they would
+    # take the cores decoding, preprocessing and encoding need (README, stream figures).
+    ort_spinning: bool = False
+    ort_threads: int | None = None  # intra-op threads; None = ORT's default (cores)
 
     def validate(self) -> None:
         if self.queue_size < 1:
             raise InputError("--queue-size", f"must be >= 1, got {self.queue_size}")
         if self.max_frames is not None and self.max_frames < 1:
             raise InputError("--max-frames", f"must be >= 1, got {self.max_frames}")
+        from runtime.stream.writers import X264_PRESETS
+
+        if self.video_preset not in X264_PRESETS:
+            raise InputError("--video-preset", f"unknown x264 preset {self.video_preset!r} "
+                             f"(one of {', '.join(X264_PRESETS)})")
         if self.gt is not None and not self.track:
             raise InputError("--gt", "evaluating against ground truth needs --track")
         self.tracker.validate()
@@ -85,7 +95,7 @@ def run_stream(config: StreamConfig) -> StreamSummary:
                                       config.reconnect_delay_s, image_fps=config.image_fps))
     try:
         detector = Detector(config.model, backend=config.backend, providers=config.providers,
-                            batch_size=config.batch_size)
+                            batch_size=config.batch_size, backend_options=_backend_options(config))
     except BaseException:
         source.close()
         raise
@@ -124,6 +134,15 @@ def run_stream(config: StreamConfig) -> StreamSummary:
     if runner.error is not None:
         raise runner.error
     return summary
+
+
+def _backend_options(config: StreamConfig) -> dict[str, Any]:
+    """ONNX Runtime session settings of the stream (none for a TensorRT engine)."""
+    from runtime.engine_file import is_engine_file
+
+    if config.backend == "tensorrt" or (config.backend == "auto" and is_engine_file(config.model)):
+        return {}
+    return {"spinning": config.ort_spinning, "intra_op_threads": config.ort_threads}
 
 
 class _Runner:

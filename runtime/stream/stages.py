@@ -51,8 +51,8 @@ class Outputs:
         out = config.out_dir
         jsonl = JsonlWriter(out / "detections.jsonl")
         try:
-            video = VideoWriter(out / "annotated.mp4", fps, config.video_codec) \
-                if config.video else None
+            video = VideoWriter(out / "annotated.mp4", fps, config.video_codec,
+                                config.video_preset) if config.video else None
             mot = MotWriter(out / "tracks.txt") if config.track else None
         except BaseException:
             jsonl.close()
