@@ -8,14 +8,13 @@ import json
 import numpy as np
 import pytest
 import torch
+from tiny_checkpoint import SMALL
 
 import detr
 from detr.data.synthetic import ShapesConfig, make_shapes_dataset
 from detr.evaluate import METRIC_KEYS, EvalConfig, evaluate
 from runtime.errors import DataError
 
-SMALL = {"hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 2,
-         "dim_feedforward": 64, "num_queries": 5}
 LABEL_MAP = [2, 5, 7, 11, 13, 17]  # what make_shapes_dataset writes (non-contiguous)
 
 

@@ -1,0 +1,105 @@
+"""Session fixtures shared by several test files, and the suite's parallel layout.
+
+Every shared fixture is built once per test process, under ``tmp_path_factory``, and is
+read-only: a test that changes one copies it first.
+
+``make test`` runs the suite in two pytest-xdist workers (``--dist loadgroup``). Each
+test file is one unit of work, so a module fixture is built by one worker only; files
+that use the same expensive session fixture (``HEAVY_SHARED``) form one unit, so that
+fixture is built once too. Units holding slow tests are handed out first, so that no
+long file starts last. Each worker runs one thread per library: two workers on two
+cores, without the thread pools of one fighting those of the other.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # Before torch / ONNX Runtime / numpy are imported by any test module.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
+# Session fixtures whose users share one xdist worker (seconds of work to build).
+HEAVY_SHARED = ("detr_tiny_int8",)
+
+
+# ---- shared fixtures ---------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def shapes_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """4 train + 2 val synthetic 64 px images with COCO annotations (6 categories)."""
+    pytest.importorskip("torch")  # the synthetic dataset is drawn by detr.data
+    from cli_checks import make_dataset
+
+    return make_dataset(tmp_path_factory.mktemp("shapes"))
+
+
+@pytest.fixture(scope="session")
+def shapes_checkpoint(shapes_dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random ``SMALL`` detr-tiny checkpoint for the categories of ``shapes_dataset``."""
+    from tiny_checkpoint import dataset_categories, save_tiny_checkpoint
+
+    return save_tiny_checkpoint(tmp_path_factory.mktemp("ckpt") / "tiny.pth",
+                                dataset_categories(shapes_dataset))
+
+
+@pytest.fixture(scope="session")
+def detr_tiny_int8(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """The real DETR-tiny graph (random init, 64 px, tests/tiny_detr_like.py), 24
+    calibration images, and its INT8 models in both formats (8 calibration images).
+
+    Keys: ``fp32``, ``images``, ``cache`` (paths); ``tensorrt`` / ``cpu`` (the INT8
+    files); ``tensorrt_model`` / ``cpu_model`` (ModelProto); ``tensorrt_report`` /
+    ``cpu_report`` (QuantizeReport)."""
+    pytest.importorskip("torch")
+    pytest.importorskip("onnxruntime")
+    from tiny_detr_like import export_detr_tiny, write_images
+
+    from export.quantize import QuantizeConfig, quantize_int8
+
+    root = tmp_path_factory.mktemp("detr_tiny_int8")
+    out: dict[str, Any] = {"fp32": export_detr_tiny(root / "detr_tiny.onnx"),
+                           "images": write_images(root / "images"), "cache": root / "cache"}
+    for target in ("tensorrt", "cpu"):
+        out[target] = root / f"detr_tiny.{target}.onnx"
+        out[f"{target}_model"], out[f"{target}_report"] = quantize_int8(
+            out["fp32"], str(out["images"]), QuantizeConfig(
+                out_path=str(out[target]), calib_images=8, eval_images=0, latency_runs=0,
+                threads=1, progress=False, target=target, cache_dir=str(out["cache"])))
+    return out
+
+
+# ---- parallel layout ---------------------------------------------------------------------
+
+def _unit_of_each_file(items: list[pytest.Item]) -> dict[str, str]:
+    """Test file -> unit name: its own path, or the first of the files it shares a
+    ``HEAVY_SHARED`` fixture with (transitively)."""
+    unit = {item.path.name: item.path.name for item in items}
+
+    def root(name: str) -> str:
+        while unit[name] != name:
+            name = unit[name]
+        return name
+
+    owner: dict[str, str] = {}
+    for item in items:
+        for fixture in HEAVY_SHARED:
+            if fixture in getattr(item, "fixturenames", ()):
+                first = owner.setdefault(fixture, item.path.name)
+                a, b = root(first), root(item.path.name)
+                if a != b:
+                    unit[b] = a
+    return {name: root(name) for name in unit}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    units = _unit_of_each_file(items)
+    slow_units = {units[item.path.name] for item in items if item.get_closest_marker("slow")}
+    for item in items:
+        item.add_marker(pytest.mark.xdist_group(units[item.path.name]))
+    # Stable sort: units with slow tests first, collection order otherwise.
+    items.sort(key=lambda item: units[item.path.name] not in slow_units)
