@@ -96,6 +96,7 @@ def _unit_of_each_file(items: list[pytest.Item]) -> dict[str, str]:
     return {name: root(name) for name in unit}
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the xdist_group marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     units = _unit_of_each_file(items)
     slow_units = {units[item.path.name] for item in items if item.get_closest_marker("slow")}
