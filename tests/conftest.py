@@ -3,11 +3,11 @@
 Every shared fixture is built once per test process, under ``tmp_path_factory``, and is
 read-only: a test that changes one copies it first.
 
-``make test`` runs the suite in two pytest-xdist workers (``--dist loadgroup``). Each
-test file is one unit of work, so a module fixture is built by one worker only; files
-that use the same expensive session fixture (``HEAVY_SHARED``) form one unit, so that
-fixture is built once too. Units holding slow tests are handed out first, so that no
-long file starts last. Each worker runs one thread per library: two workers on two
+``make test`` runs the suite in two pytest-xdist workers (``--dist loadfile``). Each
+test file is one unit of work, so a module fixture is built by one worker only; the
+files that use the same expensive session fixture (``SHARED_UNITS``) form one unit, so
+that fixture is built once too. Units holding slow tests are handed out first, so that
+no long file starts last. Each worker runs one thread per library: two workers on two
 cores, without the thread pools of one fighting those of the other.
 """
 
@@ -23,8 +23,11 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     # Before torch / ONNX Runtime / numpy are imported by any test module.
     os.environ["OMP_NUM_THREADS"] = "1"
 
-# Session fixtures whose users share one xdist worker (seconds of work to build).
-HEAVY_SHARED = ("detr_tiny_int8",)
+# Expensive session fixtures (tens of CPU seconds) -> the test files that use them: one
+# unit of work for xdist, so the fixture is built by one worker only.
+SHARED_UNITS = {"detr_tiny_int8": ("test_int8_exact.py", "test_qdq_format.py",
+                                   "test_quantize.py", "test_stem_s2d.py")}
+HEAVY_SHARED = tuple(SHARED_UNITS)
 
 
 # ---- shared fixtures ---------------------------------------------------------------------
@@ -75,32 +78,37 @@ def detr_tiny_int8(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 
 # ---- parallel layout ---------------------------------------------------------------------
 
-def _unit_of_each_file(items: list[pytest.Item]) -> dict[str, str]:
-    """Test file -> unit name: its own path, or the first of the files it shares a
-    ``HEAVY_SHARED`` fixture with (transitively)."""
-    unit = {item.path.name: item.path.name for item in items}
+def _unit(path: str) -> str:
+    """The unit of work of a test file (path or name): its own path, or the shared unit
+    of the files that use one expensive session fixture."""
+    name = Path(path).name
+    return next((f"<{fixture}>" for fixture, files in SHARED_UNITS.items() if name in files),
+                path)
 
-    def root(name: str) -> str:
-        while unit[name] != name:
-            name = unit[name]
-        return name
 
-    owner: dict[str, str] = {}
+@pytest.hookimpl(tryfirst=True)  # before xdist's own loadfile scheduler
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """``--dist loadfile`` with the files of ``SHARED_UNITS`` as one unit each."""
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class FileUnits(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return _unit(nodeid.split("::", 1)[0])
+
+    return FileUnits(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         for fixture in HEAVY_SHARED:
-            if fixture in getattr(item, "fixturenames", ()):
-                first = owner.setdefault(fixture, item.path.name)
-                a, b = root(first), root(item.path.name)
-                if a != b:
-                    unit[b] = a
-    return {name: root(name) for name in unit}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the xdist_group marks
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    units = _unit_of_each_file(items)
-    slow_units = {units[item.path.name] for item in items if item.get_closest_marker("slow")}
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(units[item.path.name]))
-    # Stable sort: units with slow tests first, collection order otherwise.
-    items.sort(key=lambda item: units[item.path.name] not in slow_units)
+            if fixture in getattr(item, "fixturenames", ()) and \
+                    item.path.name not in SHARED_UNITS[fixture]:
+                item.warn(pytest.PytestWarning(
+                    f"uses {fixture}: list {item.path.name} in SHARED_UNITS (tests/conftest.py) "
+                    "so that the fixture is built by one xdist worker only"))
+    slow_units = {_unit(str(item.path)) for item in items if item.get_closest_marker("slow")}
+    # Stable sort: units with slow tests first (xdist hands units out in this order, and a
+    # long file started last would leave one worker idle), collection order otherwise.
+    items.sort(key=lambda item: _unit(str(item.path)) not in slow_units)
