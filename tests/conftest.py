@@ -7,8 +7,8 @@ read-only: a test that changes one copies it first.
 test file is one unit of work, so a module fixture is built by one worker only; the
 files that use the same expensive session fixture (``SHARED_UNITS``) form one unit, so
 that fixture is built once too. Units holding slow tests are handed out first, so that
-no long file starts last. Each worker runs one thread per library: two workers on two
-cores, without the thread pools of one fighting those of the other.
+no long file starts last. Each worker sets OMP_NUM_THREADS=1 (torch, numpy): two workers
+on two cores, without the thread pools of one fighting those of the other.
 """
 
 from __future__ import annotations
