@@ -209,13 +209,13 @@ def test_saved_reference_on_a_device_without_torch(report, tmp_path: Path) -> No
     """``--save-reference`` on the workstation, ``--reference`` with torch blocked: the
     device report shows the same reference, the PyTorch FP32 row from the file, and
     every row's deltas and parity against PyTorch as on the workstation."""
-    from test_runtime_no_torch import _run
+    from no_torch import run_without_torch
 
     rep, out, paths = report
     ref = out.parent / "reference.npz"
     common = ["--data", str(paths["data"]), "--artifacts", str(paths["artifacts"]),
               "--reference", str(ref), "--runs", "1", "--warmup", "0", "--no-memory"]
-    proc = _run(f"""
+    proc = run_without_torch(f"""
         import sys
         from runtime.cli import main
         common = {common!r}
