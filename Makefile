@@ -26,8 +26,13 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/detr-edge pipeline --out runs/demo
 
+# Two workers, one thread each (tests/conftest.py): on 2 cores the suite's serial parts
+# (imports, subprocesses, ONNX export) overlap. TEST_WORKERS=0 runs in this process.
+TEST_WORKERS ?= 2
+
 test: $(STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider --timeout=900
+	$(PY) -m pytest -q -p no:cacheprovider --timeout=900 -n $(TEST_WORKERS) --dist loadfile \
+		--no-loadscope-reorder
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not slow" -x

@@ -16,9 +16,6 @@ from runtime.cli import main
 
 ROOT = Path(__file__).resolve().parents[1]
 BAD_IMAGES = Path(__file__).parent / "data" / "bad" / "images"
-# Small but real DETR (the tiny preset's ResNet-18, a narrow transformer): as in test_train.
-SMALL = {"hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 1,
-         "dim_feedforward": 64, "num_queries": 5}
 
 
 def visible_lines(err: str) -> list[str]:

@@ -1,4 +1,4 @@
-"""Issue 8: the bad-image corpus and fuzz tests of everything that parses input.
+"""The bad-image corpus and fuzz tests of everything that parses input.
 
 - tests/data/bad/image_cases.json lists every file of tests/data/bad/images/ with
   the message it must give, through the runtime loader and the COCO dataset.

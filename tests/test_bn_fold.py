@@ -9,14 +9,14 @@ import pickle
 
 import pytest
 import torch
+from tiny_checkpoint import SMALL as TINY_SMALL
 
 import detr
 from detr.backbone import FrozenBatchNorm2d
 
 torch.set_num_threads(1)
 
-SMALL = {"hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 2,
-         "dim_feedforward": 64, "num_queries": 7}
+SMALL = dict(TINY_SMALL, num_queries=7)
 
 
 def _model(preset: str, seed: int = 0) -> detr.DETR:

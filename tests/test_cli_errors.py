@@ -1,4 +1,4 @@
-"""Issue 8: every user error of every command is one line on stderr, exit code 2,
+"""Every user error of every command is one line on stderr, exit code 2,
 naming the file or argument at fault, and no traceback: datasets, checkpoints,
 images and outputs here; ONNX models and engine files in test_cli_model_errors.py.
 
@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_checks import BAD_IMAGES, SMALL, assert_one_line_error, fails, make_dataset
+from cli_checks import BAD_IMAGES, assert_one_line_error, fails
+from tiny_checkpoint import SMALL, save_tiny_checkpoint
 from tiny_onnx import make_tiny_onnx, tiny_meta
 
 from runtime.cli import main
@@ -33,24 +34,6 @@ torch = pytest.importorskip("torch")
 
 
 # ---- fixtures ----------------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_dataset(tmp_path_factory.mktemp("shapes"))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(dataset: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import detr
-
-    cats = json.loads((dataset / "annotations" / "instances_val.json").read_text())["categories"]
-    torch.manual_seed(0)
-    config = detr.get_config("detr-tiny", **SMALL)
-    model = detr.build_model_from_config(config, len(cats))
-    path = tmp_path_factory.mktemp("ckpt") / "tiny.pth"
-    detr.save_checkpoint(path, model, config, [c["name"] for c in cats], [c["id"] for c in cats])
-    return path
-
 
 @pytest.fixture(scope="module")
 def onnx_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -113,36 +96,36 @@ def _train_argv(data: Path, out: Path, workers: int = 0) -> list[str]:
 # ---- datasets: eval and train --------------------------------------------------------------
 
 @pytest.mark.parametrize("case", DATA_CASES, ids=list(DATA_CASES))
-def test_eval_bad_dataset(case: str, dataset: Path, checkpoint: Path, tmp_path: Path,
-                          capsys: pytest.CaptureFixture[str]) -> None:
+def test_eval_bad_dataset(case: str, shapes_dataset: Path, shapes_checkpoint: Path,
+                          tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     change, patterns = DATA_CASES[case]
-    data = bad_dataset(dataset, tmp_path / "data", **change)
-    fails(capsys, _eval_argv(checkpoint, data), *patterns)
+    data = bad_dataset(shapes_dataset, tmp_path / "data", **change)
+    fails(capsys, _eval_argv(shapes_checkpoint, data), *patterns)
 
 
 @pytest.mark.parametrize("case", DATA_CASES, ids=list(DATA_CASES))
-def test_train_bad_dataset(case: str, dataset: Path, tmp_path: Path,
+def test_train_bad_dataset(case: str, shapes_dataset: Path, tmp_path: Path,
                            capsys: pytest.CaptureFixture[str]) -> None:
     change, patterns = DATA_CASES[case]
-    data = bad_dataset(dataset, tmp_path / "data", **change)
+    data = bad_dataset(shapes_dataset, tmp_path / "data", **change)
     fails(capsys, _train_argv(data, tmp_path / "run"), *patterns)
     assert not (tmp_path / "run" / "checkpoint.pth").exists()
 
 
-def test_train_bad_image_in_a_dataloader_worker(dataset: Path, tmp_path: Path,
+def test_train_bad_image_in_a_dataloader_worker(shapes_dataset: Path, tmp_path: Path,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     # torch re-raises a worker's exception as a RuntimeError carrying the worker's
     # traceback; the training loader must forward the DataError itself.
     change, patterns = DATA_CASES["corrupt_image"]
-    data = bad_dataset(dataset, tmp_path / "data", **change)
+    data = bad_dataset(shapes_dataset, tmp_path / "data", **change)
     fails(capsys, _train_argv(data, tmp_path / "run", workers=1), *patterns)
 
 
-def test_box_outside_the_image_is_accepted(dataset: Path, checkpoint: Path, tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    data = bad_dataset(dataset, tmp_path / "data",
+def test_box_outside_the_image_is_accepted(shapes_dataset: Path, shapes_checkpoint: Path,
+                                           tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = bad_dataset(shapes_dataset, tmp_path / "data",
                        mutate=_set_first_annotation("bbox", [50, 50, 500, 500]))
-    assert main(_eval_argv(checkpoint, data)) == 0
+    assert main(_eval_argv(shapes_checkpoint, data)) == 0
     assert "AP50" in capsys.readouterr().out
 
 
@@ -192,11 +175,11 @@ CHECKPOINT_CASES = {
 
 @pytest.mark.parametrize("command", ["eval", "export-onnx"])
 @pytest.mark.parametrize("case", CHECKPOINT_CASES, ids=list(CHECKPOINT_CASES))
-def test_bad_checkpoint(case: str, command: str, dataset: Path, checkpoint: Path,
+def test_bad_checkpoint(case: str, command: str, shapes_dataset: Path, shapes_checkpoint: Path,
                         tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    bad = _bad_checkpoint(case, checkpoint, tmp_path)
+    bad = _bad_checkpoint(case, shapes_checkpoint, tmp_path)
     out = tmp_path / "model.onnx"
-    argv = (_eval_argv(bad, dataset) if command == "eval" else
+    argv = (_eval_argv(bad, shapes_dataset) if command == "eval" else
             ["export-onnx", "--checkpoint", str(bad), "--out", str(out), "--height", "64",
              "--width", "64"])
     fails(capsys, argv, re.escape(str(bad)) + ": ", CHECKPOINT_CASES[case])
@@ -204,21 +187,17 @@ def test_bad_checkpoint(case: str, command: str, dataset: Path, checkpoint: Path
     assert not out.exists()
 
 
-def test_eval_checkpoint_of_another_dataset(dataset: Path, tmp_path: Path,
+def test_eval_checkpoint_of_another_dataset(shapes_dataset: Path, tmp_path: Path,
                                             capsys: pytest.CaptureFixture[str]) -> None:
-    import detr
-
-    config = detr.get_config("detr-tiny", **SMALL)
-    model = detr.build_model_from_config(config, 2)
-    path = tmp_path / "other.pth"
-    detr.save_checkpoint(path, model, config, ["cat", "dog"], [101, 102])
-    fails(capsys, _eval_argv(path, dataset), r"instances_val\.json: ",
+    path = save_tiny_checkpoint(tmp_path / "other.pth", [(101, "cat"), (102, "dog")])
+    fails(capsys, _eval_argv(path, shapes_dataset), r"instances_val\.json: ",
           r"category ids \[101, 102\] are not in this dataset")
 
 
-def test_missing_checkpoint(dataset: Path, tmp_path: Path,
+def test_missing_checkpoint(shapes_dataset: Path, tmp_path: Path,
                             capsys: pytest.CaptureFixture[str]) -> None:
-    fails(capsys, _eval_argv(tmp_path / "nope.pth", dataset), r"nope\.pth: .*does not exist")
+    fails(capsys, _eval_argv(tmp_path / "nope.pth", shapes_dataset),
+          r"nope\.pth: .*does not exist")
 
 
 # ---- images: predict ---------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Issue 8, model files: a truncated, non-ONNX or inconsistent ONNX model and a
+"""Model files: a truncated, non-ONNX or inconsistent ONNX model and a
 truncated, corrupt or incompatible engine file are one line on stderr, exit
 code 2, naming the file, no traceback, for every command that reads them
 (predict, check-onnx, quantize, build-engine).

@@ -7,11 +7,9 @@ import socket
 
 import torch
 import torch.multiprocessing as mp
+from tiny_checkpoint import SMALL
 
 from detr.data.synthetic import ShapesConfig, make_shapes_dataset
-
-SMALL = {"hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 2,
-         "dim_feedforward": 64, "num_queries": 5}
 
 
 def _free_port() -> int:

@@ -1,4 +1,4 @@
-"""Deployment keeps the accuracy the model was trained with (issue 16), on non-square
+"""Deployment keeps the accuracy the model was trained with, on non-square
 images of mixed sizes: for a checkpoint recorded as trained with padded batches, the
 default export (mask input + training resize rule) run by the runtime gives the AP of
 ``eval`` (official protocol), and the benchmark's reference IS ``eval``'s figure."""

@@ -152,11 +152,11 @@ def test_device_commands_without_torch(device_venv: Path, tiny_export: Path,
 def test_check_onnx_build_engine_and_golden_check_import_no_torch(tmp_path: Path) -> None:
     """Fast companion of the venv test: with torch blocked in this interpreter, check-onnx
     runs, build-engine gets as far as needing TensorRT, the golden check runs."""
-    from test_runtime_no_torch import _run
+    from no_torch import run_without_torch
     from tiny_onnx import make_tiny_onnx, tiny_meta
 
     model = make_tiny_onnx(tmp_path / "m.onnx", tiny_meta(32, 48))
-    proc = _run(f"""
+    proc = run_without_torch(f"""
         import sys
         from runtime.cli import main
         assert main(["check-onnx", {str(model)!r}]) == 0

@@ -1,4 +1,4 @@
-"""Issue 8: a full disk and an interrupted run, for real, in subprocesses.
+"""A full disk and an interrupted run, for real, in subprocesses.
 
 Out of disk: the command runs with ``RLIMIT_FSIZE`` lowered and SIGXFSZ ignored,
 so the kernel fails its write() with EFBIG at the limit (no mocks); where this
@@ -25,7 +25,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_checks import ROOT, SMALL, assert_one_line_error, sigint_not_ignored
+from cli_checks import ROOT, assert_one_line_error, sigint_not_ignored
+from tiny_checkpoint import SQUARE_64, dataset_categories, save_tiny_checkpoint
 from tiny_onnx import make_tiny_onnx, tiny_meta
 
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONDONTWRITEBYTECODE": "1",
@@ -89,14 +90,8 @@ def test_predict_file_size_limit(onnx_model: Path, images: Path, tmp_path: Path)
 
 def test_export_onnx_file_size_limit(tmp_path: Path) -> None:
     """An exported model (tens of MB) hits a 1 MB limit: the old model stays."""
-    torch = pytest.importorskip("torch")
-    import detr
-
-    config = detr.get_config("detr-tiny", **SMALL)
-    torch.manual_seed(0)
-    model = detr.build_model_from_config(config, 2)
-    ckpt = tmp_path / "tiny.pth"
-    detr.save_checkpoint(ckpt, model, config, ["a", "b"], [1, 2])
+    pytest.importorskip("torch")
+    ckpt = save_tiny_checkpoint(tmp_path / "tiny.pth", [(1, "a"), (2, "b")])
     out = tmp_path / "models" / "model.onnx"
     out.parent.mkdir()
     out.write_bytes(b"OLD MODEL")
@@ -146,21 +141,13 @@ def test_predict_on_a_full_disk(onnx_model: Path, images: Path, full_tmpfs: Path
 
 @pytest.fixture(scope="module")
 def bench_inputs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    torch = pytest.importorskip("torch")
-    import detr
+    pytest.importorskip("torch")
     from detr.data.synthetic import ShapesConfig, make_shapes_dataset
 
     root = tmp_path_factory.mktemp("bench")
     make_shapes_dataset(root / "data", ShapesConfig(num_train=1, num_val=2, image_size=64,
                                                     max_objects=2), progress=False)
-    cats = json.loads((root / "data" / "annotations" / "instances_val.json").read_text())
-    cats = cats["categories"]
-    config = detr.get_config("detr-tiny", **SMALL)
-    torch.manual_seed(0)
-    model = detr.build_model_from_config(config, len(cats))
-    detr.save_checkpoint(root / "tiny.pth", model, config, [c["name"] for c in cats],
-                         [c["id"] for c in cats],
-                         extra={"training_resize": {"shorter": 64, "max_size": 64, "padded": False}})
+    save_tiny_checkpoint(root / "tiny.pth", dataset_categories(root / "data"), extra=SQUARE_64)
     return {"data": root / "data", "checkpoint": root / "tiny.pth"}
 
 

@@ -4,18 +4,19 @@ second-best decoding, the eval command and its files."""
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pytest
 import torch
+from tiny_checkpoint import SMALL
 
 import detr
+from detr.coco_eval import coco_metrics
 from detr.data.synthetic import ShapesConfig, make_shapes_dataset
 from detr.evaluate import METRIC_KEYS, EvalConfig, evaluate
 from runtime.errors import DataError
 
-SMALL = {"hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 2,
-         "dim_feedforward": 64, "num_queries": 5}
 LABEL_MAP = [2, 5, 7, 11, 13, 17]  # what make_shapes_dataset writes (non-contiguous)
 
 
@@ -63,8 +64,17 @@ def test_boxes_in_original_pixels_with_original_category_ids(shapes, size):
         np.testing.assert_allclose(det["bbox"], [0.25 * w, 0.25 * h, 0.5 * w, 0.5 * h],
                                    rtol=1e-4, atol=1e-3)
         assert det["category_id"] == LABEL_MAP[3]
+    # The metrics are COCO AP of exactly those boxes: the same detections written by
+    # hand (score = softmax of logit 4 against six logits 0) give the same figures.
+    score = math.exp(4.0) / (math.exp(4.0) + 6.0)
+    by_hand = [{"image_id": i, "category_id": LABEL_MAP[3], "score": score,
+                "bbox": [0.25 * w, 0.25 * h, 0.5 * w, 0.5 * h]}
+               for i, (w, h) in sizes.items() for _ in range(SMALL["num_queries"])]
+    assert all(d["score"] == pytest.approx(score, rel=1e-5) for d in result.detections)
+    gt = json.loads((shapes / "annotations" / "instances_val.json").read_text())
+    expected = coco_metrics(gt, by_hand)
     assert set(result.metrics) == set(METRIC_KEYS)
-    assert all(-1.0 <= v <= 1.0 for v in result.metrics.values())
+    assert result.metrics == pytest.approx(expected, abs=1e-6)
 
 
 def test_second_best_keeps_slots_whose_top_class_is_no_object(shapes):

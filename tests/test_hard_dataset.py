@@ -1,4 +1,4 @@
-"""The 'shapes-hard' dataset: a user's own data as issue 16 met it (mixed portrait /
+"""The 'shapes-hard' dataset: like a user's own data (mixed portrait /
 landscape sizes, nested sub-folders, odd file names, grayscale files,
 non-contiguous ids), deterministic, and read by the training data loader."""
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -18,27 +19,11 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from tiny_detr_like import export_detr_tiny, write_images
-
 from export.calib_data import iter_feeds, list_images
-from export.quantize import QuantizeConfig, quantize_int8
+from export.quantize import QuantizeConfig
 from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend, saturates_here
 from runtime.cpu_features import int8_dot_product_safe
 from runtime.errors import InputError
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("int8_exact")
-    fp32 = export_detr_tiny(root / "detr_tiny.onnx")
-    images = write_images(root / "images")
-    out = {"fp32": fp32, "images": images}
-    for target in ("tensorrt", "cpu"):
-        out[target] = root / f"detr_tiny.{target}.onnx"
-        quantize_int8(fp32, str(images), QuantizeConfig(
-            out_path=str(out[target]), calib_images=8, eval_images=0, latency_runs=0, threads=1,
-            progress=False, target=target, cache_dir=str(root / "cache")))
-    return out
 
 
 def _relative_logits_error(models: dict[str, Path], name: str, exact: bool) -> float:
@@ -53,27 +38,27 @@ def _relative_logits_error(models: dict[str, Path], name: str, exact: bool) -> f
     return float(np.mean(errs))
 
 
-def test_exact_int8_is_close_to_fp32_on_any_cpu(models: dict[str, Path]) -> None:
+def test_exact_int8_is_close_to_fp32_on_any_cpu(detr_tiny_int8: dict[str, Any]) -> None:
     # Unfused Q/DQ: ~0.05 here; ORT's fused kernels on an AVX2-only CPU: ~0.20.
-    assert _relative_logits_error(models, "tensorrt", exact=True) < 0.1
+    assert _relative_logits_error(detr_tiny_int8, "tensorrt", exact=True) < 0.1
 
 
-def test_cpu_format_has_7bit_weights_and_stays_close(models: dict[str, Path]) -> None:
-    model = onnx.load(str(models["cpu"]))
+def test_cpu_format_has_7bit_weights_and_stays_close(detr_tiny_int8: dict[str, Any]) -> None:
+    model = onnx.load(str(detr_tiny_int8["cpu"]))
     inits = {i.name: onnx.numpy_helper.to_array(i) for i in model.graph.initializer}
     weights = [inits[n.input[0]] for n in model.graph.node if n.op_type == "DequantizeLinear"
                and n.input[0] in inits and inits[n.input[0]].ndim > 1]
     assert weights and all(np.abs(w.astype(np.int32)).max() <= 64 for w in weights)
-    meta = OnnxRuntimeBackend(models["cpu"], providers="cpu").meta
+    meta = OnnxRuntimeBackend(detr_tiny_int8["cpu"], providers="cpu").meta
     assert meta.extra["int8"]["weight_bits"] == 7 and not saturates_here(meta)
     # 7-bit weights never saturate, so the fused kernels are close on every CPU.
-    assert _relative_logits_error(models, "cpu", exact=False) < 0.1
+    assert _relative_logits_error(detr_tiny_int8, "cpu", exact=False) < 0.1
 
 
-def test_saturation_warning_only_where_it_applies(models: dict[str, Path]) -> None:
+def test_saturation_warning_only_where_it_applies(detr_tiny_int8: dict[str, Any]) -> None:
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        OnnxRuntimeBackend(models["tensorrt"], providers="cpu")
+        OnnxRuntimeBackend(detr_tiny_int8["tensorrt"], providers="cpu")
     warned = [w for w in caught if "VNNI" in str(w.message)]
     assert bool(warned) == (not int8_dot_product_safe())
 

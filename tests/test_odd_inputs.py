@@ -1,4 +1,4 @@
-"""Issue 15: odd files, output folders, multi-line errors and memory.
+"""Odd files, output folders, multi-line errors and memory.
 
 - FIFOs and devices among a split's images or given as a model are refused
   without being opened (no hang); Unicode-digit file names do not crash; file
@@ -25,10 +25,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cli_checks import BAD_IMAGES, ROOT, SMALL, capped_cli, make_dataset, refused_capped
+from cli_checks import BAD_IMAGES, ROOT, capped_cli, make_dataset, refused_capped
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from tiny_checkpoint import SMALL
 
 from runtime.errors import one_line
 
@@ -77,16 +78,12 @@ def _make_odd(path: Path, kind: str) -> None:
 
 @pytest.mark.parametrize("kind", ["fifo", "device"])
 def test_odd_file_in_a_split_is_refused_without_hanging(kind: str, tmp_path: Path,
+                                                        shapes_dataset: Path,
+                                                        shapes_checkpoint: Path,
                                                         no_hang: None) -> None:
-    pytest.importorskip("torch")
-    import detr
-
-    data = make_dataset(tmp_path / "data")
-    cats = json.loads((data / "annotations" / "instances_val.json").read_text())["categories"]
-    config = detr.get_config("detr-tiny", **SMALL)
-    ckpt = tmp_path / "c.pth"
-    detr.save_checkpoint(ckpt, detr.build_model_from_config(config, len(cats)), config,
-                         [c["name"] for c in cats], [c["id"] for c in cats])
+    data = tmp_path / "data"
+    shutil.copytree(shapes_dataset, data)
+    ckpt = shapes_checkpoint
     victim = min((data / "val").iterdir())
     _make_odd(victim, kind)
     what = "FIFO" if kind == "fifo" else "character device"

@@ -11,6 +11,8 @@ import pytest
 torch = pytest.importorskip("torch")
 pytest.importorskip("onnxruntime")
 
+from tiny_checkpoint import SQUARE_64, save_tiny_checkpoint
+
 from benchmarks.dataset_check import checkpoint_rule, choose_canvas, training_rule
 from benchmarks.pipeline import PipelineConfig, StageCache, run_pipeline
 from runtime.errors import DataError, InputError
@@ -18,19 +20,12 @@ from runtime.errors import DataError, InputError
 
 def _tiny_checkpoint(path: Path, extra: dict | None = None, categories: tuple | None = None
                      ) -> Path:
-    """A random detr-tiny for ``categories`` (default: the 6 shape classes, ids 2..17)."""
-    import detr
+    """A random detr-tiny for ``categories`` (default: the 6 shape classes, ids 2..17),
+    recorded as trained at 64 px on square images unless ``extra`` says otherwise."""
     from detr.data.synthetic import DEFAULT_CATEGORIES
 
-    categories = categories or DEFAULT_CATEGORIES
-    torch.manual_seed(1)
-    config = detr.get_config("detr-tiny", num_queries=10)
-    model = detr.build_model_from_config(config, len(categories))
-    detr.save_checkpoint(path, model, config, [n for _, n in categories],
-                         [i for i, _ in categories],
-                         extra={"training_resize": {"shorter": 64, "max_size": 64, "padded": False},
-                                **(extra or {})})
-    return path
+    return save_tiny_checkpoint(path, categories or DEFAULT_CATEGORIES, {"num_queries": 10},
+                                seed=1, extra={**SQUARE_64, **(extra or {})})
 
 
 def test_pipeline_runs_then_resumes(tmp_path: Path) -> None:

@@ -18,27 +18,23 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from tiny_detr_like import export_detr_tiny, export_tiny_detr_like, write_images
+from tiny_detr_like import export_tiny_detr_like
 
 from export.calib_data import iter_feeds, list_images
 from export.onnx_meta import read_meta
 from export.qdq import ensure_node_names, head_nodes, inspect_qdq
 from export.qdq_format import conv_stage_nodes
 from export.qdq_layout import op_counts, ort_optimized_graph, unfused_weight_ops
-from export.quantize import QuantizeConfig, quantize_int8
+from export.quantize import QuantizeConfig
 from runtime.errors import InputError, ModelFormatError
 
 
 @pytest.fixture(scope="module")
-def cpu_int8(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
-    root = tmp_path_factory.mktemp("cpu_int8")
-    fp32 = export_detr_tiny(root / "detr_tiny.onnx")
-    images = write_images(root / "images")
-    out = root / "detr_tiny.int8_cpu.onnx"
-    model, report = quantize_int8(fp32, str(images), QuantizeConfig(
-        out_path=str(out), calib_images=8, eval_images=0, latency_runs=0, threads=1,
-        progress=False, target="cpu", cache_dir=str(root / "cache")))
-    return {"fp32": fp32, "images": images, "out": out, "model": model, "report": report}
+def cpu_int8(detr_tiny_int8: dict[str, object]) -> dict[str, object]:
+    """The cpu-format INT8 DETR-tiny of the shared fixture, by the names used here."""
+    return {"fp32": detr_tiny_int8["fp32"], "images": detr_tiny_int8["images"],
+            "out": detr_tiny_int8["cpu"], "model": detr_tiny_int8["cpu_model"],
+            "report": detr_tiny_int8["cpu_report"]}
 
 
 def _const(model: onnx.ModelProto, name: str) -> np.ndarray:
@@ -120,7 +116,8 @@ def test_check_onnx_fails_the_cpu_format_and_says_why(cpu_int8: dict) -> None:
     assert qdq.detail.startswith("quantized with --target cpu") and "needs int8" in qdq.detail
 
 
-def test_conv_stage_is_the_resnet_body_only(tmp_path: Path) -> None:
+def test_conv_stage_is_the_resnet_body_only(tmp_path: Path,
+                                            detr_tiny_int8: dict[str, object]) -> None:
     """ReLU/Add/MaxPool fed by quantized convs are quantized; transformer ReLUs and
     residual Adds (next to float LayerNorm/attention) are not."""
     small = ensure_node_names(onnx.load(str(export_tiny_detr_like(tmp_path / "t.onnx"))))
@@ -129,7 +126,7 @@ def test_conv_stage_is_the_resnet_body_only(tmp_path: Path) -> None:
     # A conv left in FP32 (fallback) takes its ReLU with it.
     assert conv_stage_nodes(small, {c for c in convs if "layer2" not in c}) == [
         "/layer1/layer1.1/Relu"]
-    real = ensure_node_names(onnx.load(str(export_detr_tiny(tmp_path / "d.onnx"))))
+    real = ensure_node_names(onnx.load(str(detr_tiny_int8["fp32"])))
     stage = conv_stage_nodes(real, {n.name for n in real.graph.node if n.op_type == "Conv"})
     kinds = [next(n.op_type for n in real.graph.node if n.name == s) for s in stage]
     assert (kinds.count("Relu"), kinds.count("Add"), kinds.count("MaxPool")) == (17, 8, 1)

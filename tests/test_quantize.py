@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 pytest.importorskip("pycocotools")
 
-from tiny_detr_like import export_detr_tiny, export_tiny_detr_like, write_images
+from tiny_detr_like import export_tiny_detr_like, write_images
 
 from export.calib_data import iter_feeds, list_images, select_images, split_images
 from export.int8_objective import Candidate
@@ -319,14 +320,12 @@ def test_refuses_non_fp32_model(quantized: tuple, tmp_path: Path,
         quantize_int8(out, str(data["images"]), _config(tmp_path))
 
 
-def test_real_detr_tiny_graph(tmp_path: Path, data: dict[str, Path]) -> None:
+def test_real_detr_tiny_graph(detr_tiny_int8: dict[str, Any]) -> None:
     """The real DETR-tiny graph from export-onnx's tracer (random init, 64 px):
     heads found, every block named, TensorRT-format Q/DQ, check-onnx passes."""
     from export.qdq import ensure_node_names, group_blocks
 
-    path = export_detr_tiny(tmp_path / "detr_tiny.onnx")
-
-    named = ensure_node_names(onnx.load(str(path)))
+    named = ensure_node_names(onnx.load(str(detr_tiny_int8["fp32"])))
     heads = head_nodes(named)
     assert len(heads) == 4  # class_embed + the 3 bbox_embed layers
     assert all("class_embed" in h or "bbox_embed" in h for h in heads)
@@ -335,10 +334,7 @@ def test_real_detr_tiny_graph(tmp_path: Path, data: dict[str, Path]) -> None:
         | {f"encoder.layers.{i}" for i in range(3)} | {f"decoder.layers.{i}" for i in range(3)}
     assert set(blocks) == expected
 
-    out = tmp_path / "detr_tiny.int8.onnx"
-    model8, report = quantize_int8(path, str(data["images"]),
-                                   _config(tmp_path, out_path=str(out), calib_images=4,
-                                           eval_images=0, latency_runs=0))
+    model8, report = detr_tiny_int8["tensorrt_model"], detr_tiny_int8["tensorrt_report"]
     info = inspect_qdq(model8)
     assert info.problems == [] and not info.quantized & heads
     assert report.quantized_nodes == sum(len(v) for v in blocks.values())

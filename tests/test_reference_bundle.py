@@ -50,9 +50,9 @@ def test_reference_order(monkeypatch: pytest.MonkeyPatch, checkpoint: str | None
 
 
 def test_torch_available_sees_a_blocked_torch() -> None:
-    from test_runtime_no_torch import _run
+    from no_torch import run_without_torch
 
-    proc = _run("""
+    proc = run_without_torch("""
         from benchmarks.reference import choose_source, torch_available
         assert not torch_available()
         print(choose_source("c.pth", None, print)[0])
@@ -332,11 +332,11 @@ def test_device_commands_on_a_bundle_without_torch(bundle: tuple[Path, Path, Pat
                                                    tmp_path: Path) -> None:
     """No reference in the bundle, torch blocked: ONNX Runtime FP32 is the reference,
     labelled so; build-engine --bundle gets as far as TensorRT (not installed here)."""
-    from test_runtime_no_torch import _run
+    from no_torch import run_without_torch
 
     out = bundle[0]
     rep = tmp_path / "rep"
-    proc = _run(f"""
+    proc = run_without_torch(f"""
         import json, sys
         from runtime.cli import main
         assert main(["benchmark", "--bundle", {str(out)!r}, "--runs", "1", "--warmup", "0",

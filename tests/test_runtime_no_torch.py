@@ -2,36 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-import textwrap
-from pathlib import Path
-
+from no_torch import run_without_torch
 from tiny_onnx import make_tiny_onnx, tiny_meta
-
-REPO = Path(__file__).resolve().parents[1]
-
-BLOCK_TORCH = textwrap.dedent("""
-    import importlib.abc, sys
-
-    class BlockTorch(importlib.abc.MetaPathFinder):
-        def find_spec(self, name, path=None, target=None):
-            if name == "torch" or name.startswith(("torch.", "torchvision")):
-                raise ImportError(f"torch is blocked in this test (tried to import {name})")
-            return None
-
-    sys.meta_path.insert(0, BlockTorch())
-""")
-
-
-def _run(code: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-c", BLOCK_TORCH + textwrap.dedent(code)],
-                          cwd=REPO, capture_output=True, text=True, timeout=120, check=False,
-                          env={"OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin"})
 
 
 def test_blocker_really_blocks() -> None:
-    proc = _run("import torch")
+    proc = run_without_torch("import torch")
     assert proc.returncode != 0 and "torch is blocked" in proc.stderr
 
 
@@ -40,7 +16,7 @@ def test_detection_and_predict_without_torch(tmp_path) -> None:
     from PIL import Image
 
     Image.new("RGB", (90, 40), (10, 200, 30)).save(tmp_path / "x.png")
-    proc = _run(f"""
+    proc = run_without_torch(f"""
         import sys
         import numpy as np
         import runtime

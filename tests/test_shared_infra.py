@@ -94,19 +94,13 @@ def test_every_command_has_help(name: str, capsys: pytest.CaptureFixture[str]) -
 
 def test_console_script_help_without_torch(tmp_path: Path) -> None:
     """`detr-edge --help` must work on a runtime-only install (no torch)."""
-    blocker = (
-        "import sys\n"
-        "class B:\n"
-        "    def find_spec(self, name, path=None, target=None):\n"
-        "        if name == 'torch' or name.startswith('torch.'):\n"
-        "            raise ImportError('torch blocked')\n"
-        "sys.meta_path.insert(0, B())\n"
-        "from runtime.cli import main\n"
-        "sys.exit(main(sys.argv[1:]))\n"
-    )
-    proc = subprocess.run([sys.executable, "-c", blocker, "--help"], capture_output=True, check=False,
-                          text=True, cwd=Path(__file__).resolve().parents[1],
-                          env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
+    from no_torch import run_without_torch
+
+    proc = run_without_torch("""
+        import sys
+        from runtime.cli import main
+        sys.exit(main(sys.argv[1:]))
+    """, ["--help"])
     assert proc.returncode == 0, proc.stderr
     assert "predict" in proc.stdout
 

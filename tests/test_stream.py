@@ -256,10 +256,10 @@ def test_interrupt_leaves_valid_files(model, tmp_path, sig, code, name) -> None:
 
 
 def test_stream_and_tracking_without_torch(model, tmp_path) -> None:
-    from test_runtime_no_torch import _run
+    from no_torch import run_without_torch
 
     clip = _video(tmp_path / "c.mp4", 8)
-    proc = _run(f"""
+    proc = run_without_torch(f"""
         import sys
         from runtime.cli import main
         code = main(["predict", "--model", {str(model)!r}, "--source", {str(clip)!r},

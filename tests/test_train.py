@@ -9,15 +9,12 @@ import shlex
 
 import pytest
 import torch
+from tiny_checkpoint import SMALL
 
 from detr.data.synthetic import ShapesConfig, make_shapes_dataset
 from detr.train import TrainConfig, train
 from detr.train.loop import resume_command
 from runtime.errors import InputError, ModelFormatError, TrainingDivergedError
-
-# Small but real DETR: the tiny preset's ResNet-18 with a narrow 1+2 layer transformer.
-SMALL = {"hidden_dim": 32, "nheads": 2, "enc_layers": 1, "dec_layers": 2,
-         "dim_feedforward": 64, "num_queries": 5}
 
 
 @pytest.fixture(scope="module")

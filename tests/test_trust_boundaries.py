@@ -1,4 +1,4 @@
-"""Issue 15: every input is validated at its trust boundary (property-based).
+"""Every input is validated at its trust boundary (property-based).
 
 Hypothesis generates structurally valid but semantically wrong inputs at each
 boundary: checkpoint dicts (own and official format, HF config.json), ONNX
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cli_checks import BAD_IMAGES, SMALL, capped_cli, make_dataset, refused_capped
+from cli_checks import BAD_IMAGES, capped_cli, refused_capped
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -44,22 +44,9 @@ def work(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def dataset(work: Path) -> Path:
-    return make_dataset(work / "shapes")
-
-
-@pytest.fixture(scope="module")
-def own_checkpoint(dataset: Path) -> dict[str, Any]:
-    """A valid own-format checkpoint dict (3 classes of the small dataset)."""
-    import detr
-
-    cats = json.loads((dataset / "annotations" / "instances_val.json").read_text())["categories"]
-    torch.manual_seed(0)
-    config = detr.get_config("detr-tiny", **SMALL)
-    model = detr.build_model_from_config(config, len(cats))
-    path = dataset.parent / "own.pth"
-    detr.save_checkpoint(path, model, config, [c["name"] for c in cats], [c["id"] for c in cats])
-    return torch.load(path, weights_only=True)
+def own_checkpoint(shapes_checkpoint: Path) -> dict[str, Any]:
+    """A valid own-format checkpoint dict (the 6 classes of the small dataset)."""
+    return torch.load(shapes_checkpoint, weights_only=True)
 
 
 # ---- checkpoints -------------------------------------------------------------------------
@@ -302,12 +289,12 @@ def _coco_mutation(doc: dict[str, Any], how: str) -> str | dict[str, Any]:
 @fast(12)
 @given(how=st.sampled_from(["category_id_beyond_int64", "image_id_huge", "no_annotations",
                             "crowd_only", "deep", "digits", "bbox_strings"]))
-def test_coco_annotation_files(own_checkpoint: dict[str, Any], dataset: Path, how: str,
-                               work: Path) -> None:
+def test_coco_annotation_files(own_checkpoint: dict[str, Any], shapes_dataset: Path,
+                               how: str, work: Path) -> None:
     pytest.importorskip("pycocotools")
     with tempfile.TemporaryDirectory(dir=work) as tmp:
         data = Path(tmp) / "data"
-        shutil.copytree(dataset, data)
+        shutil.copytree(shapes_dataset, data)
         ann = data / "annotations" / "instances_val.json"
         mutated = _coco_mutation(json.loads(ann.read_text()), how)
         ann.write_text(mutated if isinstance(mutated, str) else json.dumps(mutated))

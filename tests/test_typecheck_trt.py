@@ -25,7 +25,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 OWN_FILES = ["export/engine_builder.py", "export/calibrator.py", "export/trt_compat.py",
              "export/engine_output.py"]
-BACKEND_FILE = "runtime/backends/tensorrt_backend.py"  # the runtime engineer's file
+BACKEND_FILE = "runtime/backends/tensorrt_backend.py"
 
 
 def _split_params(text: str) -> list[str]:
@@ -91,7 +91,7 @@ def mypy_config(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ast.parse(stub.read_text(), filename=str(stub))  # every stub now parses
     config = stub_dir / "mypy.ini"
     # Errors inside the third-party stubs are not ours; follow_imports=silent
-    # checks the listed files only (shared modules they import are the lead's).
+    # checks the listed files only, not the project modules they import.
     config.write_text(
         "[mypy]\npython_version = 3.11\nignore_missing_imports = True\n"
         f"follow_imports = silent\nmypy_path = {stub_dir}\ncache_dir = {stub_dir / '.cache'}\n\n"
@@ -135,6 +135,6 @@ def test_engine_builder_typechecks(mypy_config: Path) -> None:
 
 def test_tensorrt_backend_typechecks(mypy_config: Path) -> None:
     if not (REPO / BACKEND_FILE).is_file():
-        pytest.skip(f"{BACKEND_FILE} not written yet (runtime engineer)")
+        pytest.skip(f"{BACKEND_FILE} is missing")
     result = _mypy(mypy_config, BACKEND_FILE)
     assert result.returncode == 0, result.stdout + result.stderr
