@@ -19,9 +19,37 @@ from typing import Any
 
 import pytest
 
+
+def _one_onnxruntime_thread_per_worker() -> None:
+    """ONNX Runtime sessions that leave their thread count to ORT get 1 intra-op
+    thread that does not busy-wait: ORT's default is a pool of one thread per core
+    that spins after each run, so two workers on two cores would each keep both
+    cores busy spinning while the other worker waits for a core. Sessions that set
+    their threads or spinning themselves (timing code, the stream runner) keep them."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return
+    original = ort.InferenceSession.__init__
+
+    def init(self: Any, path_or_bytes: Any, sess_options: Any = None, *args: Any,
+             **kwargs: Any) -> None:
+        options = sess_options if sess_options is not None else ort.SessionOptions()
+        if options.intra_op_num_threads == 0:
+            options.intra_op_num_threads = 1
+            try:  # raises when the key was never set
+                options.get_session_config_entry("session.intra_op.allow_spinning")
+            except RuntimeError:
+                options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        original(self, path_or_bytes, options, *args, **kwargs)
+
+    ort.InferenceSession.__init__ = init  # type: ignore[method-assign]
+
+
 if os.environ.get("PYTEST_XDIST_WORKER"):
     # Before torch / ONNX Runtime / numpy are imported by any test module.
     os.environ["OMP_NUM_THREADS"] = "1"
+    _one_onnxruntime_thread_per_worker()
 
 # Expensive session fixtures (tens of CPU seconds) -> the test files that use them: one
 # unit of work for xdist, so the fixture is built by one worker only.
