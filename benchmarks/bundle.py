@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from export.engine_checks import file_sha256
 from runtime.errors import InputError
+from runtime.files import file_sha256
 
 FORMAT, VERSION = "detr-edge-bundle", 1
 MANIFEST = "manifest.json"

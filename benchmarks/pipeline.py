@@ -36,9 +36,10 @@ from typing import Any
 
 from benchmarks import pipeline_stages as stages
 from benchmarks.dataset_check import DatasetSummary
-from benchmarks.pipeline_stages import DataPaths, StageCache, file_digest
+from benchmarks.pipeline_stages import DataPaths, StageCache
 from runtime.atomic import atomic_write_text
 from runtime.errors import InputError
+from runtime.files import file_sha256
 
 __all__ = ["DEMO_CHECKPOINT", "PipelineConfig", "PipelineResult", "StageCache", "run_pipeline"]
 
@@ -156,9 +157,9 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
         stage("model", {"plan": asdict(plan), "dataset": data_inputs}, [result.checkpoint],
               stages.bind(stages.train_for, plan, data, result.checkpoint, config.progress, log))
     else:
-        stage("model", {"checkpoint": file_digest(source)}, [result.checkpoint],
+        stage("model", {"checkpoint": file_sha256(source)}, [result.checkpoint],
               stages.bind(stages.copy_checkpoint, source, result.checkpoint))
-    ckpt_digest = file_digest(result.checkpoint)
+    ckpt_digest = file_sha256(result.checkpoint)
     canvas = config.canvas or _canvas(result.checkpoint, summary, log)
     result.canvas = canvas
     art = result.artifacts
@@ -174,14 +175,14 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
     # 5. INT8 -------------------------------------------------------------------------------
     for target, name in (("tensorrt", "int8"), ("cpu", "int8-cpu")):
         int8 = art / f"model_{name.replace('-', '_')}.onnx"
-        stage(name, {"onnx": file_digest(fp32_onnx), "calib_images": config.calib_images,
+        stage(name, {"onnx": file_sha256(fp32_onnx), "calib_images": config.calib_images,
                      "eval_images": config.quant_eval_images, "target": target,
                      "dataset": data_inputs}, [int8],
               stages.bind(stages.quantize, fp32_onnx, int8, data, config.calib_images,
                           config.quant_eval_images, target, config.progress, log))
 
     # 6. TensorRT engines -------------------------------------------------------------------
-    stage("engines", {"onnx": [file_digest(p) for p in sorted(art.glob("*.onnx"))]},
+    stage("engines", {"onnx": [file_sha256(p) for p in sorted(art.glob("*.onnx"))]},
           sorted(art.glob("*.engine")) or [art / "model_fp32.engine"],
           stages.bind(stages.engines, art, data, config.build_engines, log))
 
@@ -230,7 +231,7 @@ def _dataset_stage(config: PipelineConfig, out: Path,
         data = DataPaths(root, config.train_split, config.val_split)
         anns = [root / "annotations" / f"instances_{s}.json" for s in (data.train_split,
                                                                         data.val_split)]
-        inputs = {"root": str(root.resolve()), "annotations": [file_digest(a) for a in anns]}
+        inputs = {"root": str(root.resolve()), "annotations": [file_sha256(a) for a in anns]}
         stage("dataset", inputs, [], lambda: "checked")  # never cached: the checks always run
         return data, inputs
     from detr.data.synthetic import ShapesConfig, make_shapes_dataset

@@ -25,15 +25,6 @@ from runtime.errors import DetrEdgeError
 Log = Callable[[str], None]
 
 
-def file_digest(path: Path) -> str:
-    """SHA-256 of a file (1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 class StageCache:
     """Per-stage input fingerprints under ``out/stages``: a stage whose inputs
     (config + SHA-256 of input files) match its stamp and whose outputs exist is

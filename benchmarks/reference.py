@@ -31,8 +31,8 @@ from benchmarks.reference_file import (
     images_digest,
     load_reference,
 )
-from export.engine_checks import file_sha256
 from runtime.errors import InputError
+from runtime.files import file_sha256
 
 PYTORCH, FILE, ONNXRUNTIME = "pytorch", "file", "onnxruntime"
 ORT_REFERENCE_NAME = "ONNX Runtime FP32 (no PyTorch reference)"

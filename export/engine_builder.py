@@ -29,7 +29,6 @@ from export.engine_checks import (
     check_fused_calibration,
     default_calib_cache,
     dla_placement,
-    file_sha256,
     profile_shapes,
     read_timing_cache,
     resolve_precision,
@@ -38,6 +37,7 @@ from export.engine_checks import (
     write_timing_cache,
 )
 from runtime.errors import InputError, ModelFormatError
+from runtime.files import file_sha256
 from runtime.metadata import ModelMeta
 
 if TYPE_CHECKING:

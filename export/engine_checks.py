@@ -8,7 +8,6 @@ translates the decisions into TensorRT calls.
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -203,15 +202,6 @@ def dla_placement(layers: Sequence[tuple[str, bool]], gpu_fallback: bool) -> tup
 
 
 # ---- cache files -------------------------------------------------------------------------
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def default_calib_cache(out_path: str | os.PathLike[str], onnx_sha256: str) -> str:
     """``<out>.calib-<first 16 hex of the ONNX SHA-256>.cache``.

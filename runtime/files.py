@@ -9,6 +9,7 @@ swapped for a FIFO between a check and the open is refused too.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import stat
 from pathlib import Path
@@ -75,3 +76,13 @@ def read_regular_bytes(path: str | os.PathLike[str], *, error: type[InputError] 
             return fh.read()
         except OSError as exc:
             raise error(path, f"cannot read ({exc.strerror or exc})") from exc
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes (read in 1 MiB chunks): the content key of
+    calibration caches, pipeline stages, bundle manifests and reference files."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -17,7 +17,6 @@ from export.engine_checks import (
     check_calibration_images,
     default_calib_cache,
     dla_placement,
-    file_sha256,
     profile_shapes,
     resolve_precision,
     timing_cache_outcome,
@@ -25,6 +24,7 @@ from export.engine_checks import (
 )
 from runtime.backends.base import pad_batch
 from runtime.errors import DataError, InputError
+from runtime.files import file_sha256
 from runtime.metadata import ModelMeta
 
 

@@ -262,7 +262,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Path]:
 
 def test_bundle_manifest(bundle: tuple[Path, Path, Path]) -> None:
     from benchmarks.bundle import read_bundle
-    from export.engine_checks import file_sha256
+    from runtime.files import file_sha256
 
     out, art, _ = bundle
     manifest = json.loads((out / "manifest.json").read_text())
