@@ -10,9 +10,12 @@ from __future__ import annotations
 import os
 from typing import TYPE_CHECKING
 
+import numpy as np
+
+from runtime.backends.model_io import TensorSpec, check_model_io
 from runtime.errors import ModelFormatError, first_line
 from runtime.files import is_regular, kind_of
-from runtime.metadata import METADATA_KEY, ModelMeta
+from runtime.metadata import METADATA_KEY, ModelMeta, meta_from_properties
 
 if TYPE_CHECKING:
     import onnx
@@ -31,11 +34,7 @@ def write_meta(model: onnx.ModelProto, meta: ModelMeta) -> onnx.ModelProto:
 
 def read_meta(model: onnx.ModelProto, source: str | os.PathLike[str] = "<onnx model>") -> ModelMeta:
     """Parse the detr-edge metadata of ``model``; ``ModelFormatError`` if absent/invalid."""
-    for prop in model.metadata_props:
-        if prop.key == METADATA_KEY:
-            return ModelMeta.from_json(prop.value, str(source))
-    raise ModelFormatError(source, f"ONNX model has no '{METADATA_KEY}' metadata "
-                           "(was it exported by detr-edge export-onnx?)")
+    return meta_from_properties({p.key: p.value for p in model.metadata_props}, str(source))
 
 
 def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
@@ -61,36 +60,29 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     return model
 
 
+def graph_tensors(model: onnx.ModelProto) -> dict[str, TensorSpec]:
+    """The graph's inputs (initializers excluded) and outputs as ``TensorSpec``: dtype
+    from the element type (None when unset), ``-1`` for a symbolic or unknown dimension."""
+    import onnx
+
+    weights = {init.name for init in model.graph.initializer}
+    specs = {}
+    for is_input, values in ((True, model.graph.input), (False, model.graph.output)):
+        for value in values:
+            if value.name in weights:
+                continue
+            tensor = value.type.tensor_type
+            dtype = (np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.elem_type))
+                     if tensor.elem_type else None)
+            shape = tuple(d.dim_value if d.HasField("dim_value") else -1
+                          for d in tensor.shape.dim)
+            specs[value.name] = TensorSpec(value.name, is_input, dtype, shape)
+    return specs
+
+
 def check_graph_matches_meta(model: onnx.ModelProto, meta: ModelMeta,
                              source: str | os.PathLike[str] = "<onnx model>") -> None:
-    """Raise ``ModelFormatError`` when the graph's ``images`` (and ``mask``) inputs
-    disagree with the metadata: fixed input size, fixed or dynamic batch, mask.
-
-    The runtime resizes every image to the metadata's size and TensorRT builds
-    profiles from it, so an edited or mixed-up file would otherwise fail deep
-    inside the builder or feed the graph a canvas of the wrong size.
-    """
-    weights = {init.name for init in model.graph.initializer}
-    inputs = {i.name: i for i in model.graph.input if i.name not in weights}
-    if "images" not in inputs:
-        raise ModelFormatError(source, f"graph has no 'images' input (inputs: {sorted(inputs)})")
-    dims: list[int | str] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or "?")
-                             for d in inputs["images"].type.tensor_type.shape.dim]
-    from runtime.fused import expects_mask_input, fused_source_size
-
-    H, W = meta.input_height, meta.input_width
-    fused = fused_source_size(meta)  # uint8 [B, Hs, Ws, 3] frames for --fused-preprocess
-    want = (fused[0], fused[1], 3) if fused else (3, H, W)
-    if len(dims) != 4 or any(isinstance(got, int) and got != w
-                             for got, w in zip(dims[1:], want)):
-        raise ModelFormatError(source, f"graph input 'images' has shape {dims} but the metadata "
-                               f"says [B, {want[0]}, {want[1]}, {want[2]}]")
-    graph_batch = dims[0] if isinstance(dims[0], int) else None
-    if graph_batch != meta.batch_size:
-        def describe(b: int | None) -> str:
-            return "dynamic" if b is None else f"fixed {b}"
-        raise ModelFormatError(source, f"graph batch is {describe(graph_batch)} but the metadata "
-                               f"says {describe(meta.batch_size)}")
-    if ("mask" in inputs) != expects_mask_input(meta):  # a fused graph makes its own mask
-        raise ModelFormatError(source, f"metadata with_mask={meta.with_mask} but the graph "
-                               f"{'has' if 'mask' in inputs else 'has no'} 'mask' input")
+    """Raise ``ModelFormatError`` when the graph's inputs and outputs disagree with the
+    metadata (``runtime.backends.model_io.check_model_io``: names, input size, dtype,
+    fixed or dynamic batch, mask, logits width)."""
+    check_model_io(meta, graph_tensors(model), source)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -152,6 +152,17 @@ class ModelMeta:
             problems.append(f"batch_size {self.batch_size} is not within 1..{MAX_BATCH}")
         if problems:
             raise ModelFormatError(source, "invalid detr-edge metadata: " + "; ".join(problems))
+
+
+def meta_from_properties(properties: Mapping[str, str], source: str = "<onnx model>"
+                         ) -> ModelMeta:
+    """The :class:`ModelMeta` stored under :data:`METADATA_KEY` in an ONNX model's
+    ``metadata_props`` (as a key -> value mapping); ``ModelFormatError`` if absent or
+    invalid. The one reader for ``export.onnx_meta`` and the ONNX Runtime backend."""
+    if METADATA_KEY not in properties:
+        raise ModelFormatError(source, f"ONNX model has no '{METADATA_KEY}' metadata (was it "
+                               "exported by `detr-edge export-onnx`?)")
+    return ModelMeta.from_json(properties[METADATA_KEY], source)
 
 
 # JSON types of the metadata fields. The document comes from a model file, which

@@ -132,20 +132,10 @@ def test_dla_arguments() -> None:
 
 
 def _onnx_file(tmp_path: Path, meta: ModelMeta) -> Path:
-    onnx = pytest.importorskip("onnx")
-    from onnx import TensorProto, helper
+    pytest.importorskip("onnx")
+    from tiny_onnx import make_tiny_onnx
 
-    from export.onnx_meta import write_meta
-
-    graph = helper.make_graph(
-        [helper.make_node("Identity", ["images"], ["logits"], name="id")], "g",
-        [helper.make_tensor_value_info("images", TensorProto.FLOAT, [1, 3, 96, 128])],
-        [helper.make_tensor_value_info("logits", TensorProto.FLOAT, [1, 3, 96, 128])])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    write_meta(model, meta)
-    path = tmp_path / "m.onnx"
-    onnx.save(model, str(path))
-    return path
+    return make_tiny_onnx(tmp_path / "m.onnx", meta)
 
 
 def test_bad_arguments_fail_before_tensorrt_is_needed(tmp_path: Path) -> None:

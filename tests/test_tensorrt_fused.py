@@ -15,7 +15,8 @@ from tiny_onnx import make_tiny_onnx, tiny_meta
 from export.engine_checks import check_fused_calibration, profile_shapes
 from export.fused_preprocess import fuse_preprocess
 from export.golden import golden_check, golden_inputs, onnxruntime_runner
-from runtime.backends.tensorrt_io import TensorSpec, buffer_shape, plan_inputs, prepare_feed
+from runtime.backends.model_io import TensorSpec
+from runtime.backends.tensorrt_io import buffer_shape, plan_inputs, prepare_feed
 from runtime.errors import InputError, ModelFormatError
 from runtime.metadata import ModelMeta
 
@@ -64,7 +65,7 @@ def test_fused_engine_takes_uint8_frames_copied_as_they_are() -> None:
 
 
 def test_fused_with_mask_engine_has_no_mask_input() -> None:
-    meta = _fused_meta(with_mask=True)
+    meta = _fused_meta(with_mask=True, batch_size=2)
     plan = plan_inputs(meta, _tensors((U8, (2, 48, 80, 3))), None, "e")
     assert plan.batch_size == 2 and not plan.has_mask
     with pytest.raises(ModelFormatError, match="mask in the graph.*has 'mask' input"):
@@ -73,9 +74,11 @@ def test_fused_with_mask_engine_has_no_mask_input() -> None:
 
 @pytest.mark.parametrize(("meta", "images", "match"), [
     (tiny_meta(64, 64), (U8, (-1, 48, 80, 3)),
-     r"uint8 \[-1, 48, 80, 3\], the header says float \[B, 3, 64, 64\]"),
+     (r"engine input 'images' has shape \[-1, 48, 80, 3\] but the header says float "
+     r"\[B, 3, 64, 64\]")),
     (_fused_meta(), (F32, (-1, 3, 64, 64)), r"says uint8 \[B, 48, 80, 3\]"),
-    (_fused_meta(), (F32, (-1, 48, 80, 3)), "float32"),  # right shape, float dtype
+    # right shape, float dtype
+    (_fused_meta(), (F32, (-1, 48, 80, 3)), "'images' is float32 but the header says uint8"),
 ])
 def test_engine_from_another_onnx_is_refused(meta, images, match) -> None:
     with pytest.raises(ModelFormatError, match=match):

@@ -16,9 +16,10 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import Backend, check_batch
+from runtime.backends.model_io import TensorSpec, check_model_io
 from runtime.errors import BackendUnavailableError, InputError, ModelFormatError, first_line
-from runtime.fused import check_frames, expects_mask_input, fused_source_size
-from runtime.metadata import METADATA_KEY, ModelMeta
+from runtime.fused import check_frames, fused_source_size
+from runtime.metadata import ModelMeta, meta_from_properties
 
 # Preference of providers='auto': fastest first, CPU last (always available).
 AUTO_ORDER = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
@@ -84,11 +85,26 @@ def ort_failures(source: str | os.PathLike[str], doing: str = "while running the
 
 def read_onnx_meta(session: Any, path: str | os.PathLike[str]) -> ModelMeta:
     """The detr-edge ``ModelMeta`` stored in the model's metadata_props."""
-    custom = session.get_modelmeta().custom_metadata_map
-    if METADATA_KEY not in custom:
-        raise ModelFormatError(path, f"ONNX model has no '{METADATA_KEY}' metadata; export it "
-                               "with `detr-edge export-onnx`")
-    return ModelMeta.from_json(custom[METADATA_KEY], source=str(path))
+    return meta_from_properties(session.get_modelmeta().custom_metadata_map, str(path))
+
+
+# ONNX Runtime's type strings -> numpy (the types a detr-edge graph's I/O can have).
+_ORT_DTYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16,
+               "tensor(uint8)": np.uint8, "tensor(bool)": np.bool_, "tensor(int64)": np.int64,
+               "tensor(int32)": np.int32, "tensor(double)": np.float64}
+
+
+def session_tensors(session: Any) -> dict[str, TensorSpec]:
+    """The session's inputs and outputs as ``TensorSpec`` (ORT reports a dynamic
+    dimension as a string or None: ``-1`` here)."""
+    specs = {}
+    for is_input, values in ((True, session.get_inputs()), (False, session.get_outputs())):
+        for value in values:
+            dtype = _ORT_DTYPES.get(value.type)
+            specs[value.name] = TensorSpec(
+                value.name, is_input, None if dtype is None else np.dtype(dtype),
+                tuple(d if isinstance(d, int) and d >= 0 else -1 for d in value.shape))
+    return specs
 
 
 def saturates_here(meta: ModelMeta) -> bool:
@@ -152,33 +168,12 @@ class OnnxRuntimeBackend(Backend):
         self.path = p
         self.providers = list(self.session.get_providers())
         self.name = f"onnxruntime[{self.providers[0]}]"
-        self._inputs = {i.name: i for i in self.session.get_inputs()}
-        outputs = [o.name for o in self.session.get_outputs()]
-        if "images" not in self._inputs or not {"logits", "boxes"} <= set(outputs):
-            raise ModelFormatError(p, f"expected input 'images' and outputs 'logits', 'boxes'; "
-                                   f"got inputs {list(self._inputs)}, outputs {outputs}")
-        logits_dims = {o.name: o.shape for o in self.session.get_outputs()}["logits"]
-        K = self.meta.num_classes
-        if len(logits_dims) == 3 and isinstance(logits_dims[2], int) and logits_dims[2] != K + 1:
-            raise ModelFormatError(p, f"graph output 'logits' has {logits_dims[2]} columns but the "
-                                   f"metadata lists {K} class names ({K + 1} incl. no-object)")
-        shape = self._inputs["images"].shape  # [B, 3, H, W]; dims are int or str (dynamic)
-        H, W = self.meta.input_height, self.meta.input_width
+        inputs = check_model_io(self.meta, session_tensors(self.session), p)
         self.fused = fused_source_size(self.meta)  # uint8 [B, Hs, Ws, 3] frames instead
-        if self.fused is not None:
-            shape = [shape[0], 3, H, W] if list(shape[1:]) == [*self.fused, 3] else shape
-        if len(shape) != 4 or (isinstance(shape[2], int) and shape[2] != H) or (
-                isinstance(shape[3], int) and shape[3] != W):
-            raise ModelFormatError(p, f"graph input 'images' has shape {shape} but the metadata "
-                                   f"says {H}x{W}")
-        self.batch_size = shape[0] if isinstance(shape[0], int) else None
-        self.has_mask = "mask" in self._inputs
-        if self.has_mask != expects_mask_input(self.meta):  # fused: the mask is in the graph
-            raise ModelFormatError(p, f"metadata with_mask={self.meta.with_mask} but the graph "
-                                   f"{'has' if self.has_mask else 'has no'} 'mask' input")
+        self.batch_size = inputs.batch_size
+        self.has_mask = inputs.has_mask
         # FP16 graphs may keep FP16 inputs; feed what the graph declares.
-        self._image_dtype = np.float16 if self._inputs["images"].type == "tensor(float16)" \
-            else np.float32
+        self._image_dtype = inputs.images_dtype
 
     def infer(self, images: np.ndarray, mask: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray]:

@@ -39,12 +39,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from runtime.backends.base import Backend
-from runtime.backends.tensorrt_io import (
-    TensorSpec,
-    buffer_shape,
-    plan_inputs,
-    prepare_feed,
-)
+from runtime.backends.model_io import TensorSpec
+from runtime.backends.tensorrt_io import buffer_shape, plan_inputs, prepare_feed
 from runtime.engine_file import check_compatible, read_engine_file
 from runtime.errors import BackendUnavailableError, DetrEdgeError, ModelFormatError
 
@@ -180,13 +176,14 @@ class TensorRTBackend(Backend):
     def _setup_io(self, trt_mod: Any) -> None:
         engine = self._engine
         specs: dict[str, TensorSpec] = {}
+        dtypes: dict[str, np.dtype[Any]] = {}
         for i in range(engine.num_io_tensors):
             name = engine.get_tensor_name(i)
+            dtypes[name] = np.dtype(trt_mod.nptype(engine.get_tensor_dtype(name)))
             specs[name] = TensorSpec(
                 name=name,
                 is_input=engine.get_tensor_mode(name) == trt_mod.TensorIOMode.INPUT,
-                dtype=np.dtype(trt_mod.nptype(engine.get_tensor_dtype(name))),
-                shape=_dims(engine.get_tensor_shape(name)))
+                dtype=dtypes[name], shape=_dims(engine.get_tensor_shape(name)))
         profile = None
         if "images" in specs and specs["images"].shape[:1] == (-1,):
             min_shape, _, max_shape = engine.get_tensor_profile_shape("images", 0)
@@ -196,7 +193,7 @@ class TensorRTBackend(Backend):
         self.plan = plan = plan_inputs(self.meta, specs, profile, self.path)
         self.batch_size: int | None = plan.batch_size
         self.min_batch_size, self.max_batch_size = plan.min_batch, plan.max_batch
-        self._tensors = {name: _Tensor(s.name, s.is_input, s.dtype, s.shape)
+        self._tensors = {name: _Tensor(s.name, s.is_input, dtypes[name], s.shape)
                          for name, s in specs.items()}
         self._set_batch(self._context, plan.max_batch)
         for name, t in self._tensors.items():

@@ -26,21 +26,10 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import check_batch, pad_batch
+from runtime.backends.model_io import TensorSpec, check_model_io
 from runtime.errors import InputError, ModelFormatError
-from runtime.fused import check_frames, expects_mask_input, fused_source_size
+from runtime.fused import check_frames
 from runtime.metadata import ModelMeta
-
-FLOAT_INPUTS = (np.dtype(np.float32), np.dtype(np.float16))  # plain canvases: as exported
-
-
-@dataclass(frozen=True)
-class TensorSpec:
-    """One engine I/O tensor as the engine declares it."""
-
-    name: str
-    is_input: bool
-    dtype: np.dtype[Any]  # numpy equivalent of the TensorRT DataType
-    shape: tuple[int, ...]  # -1 = dynamic (the batch axis)
 
 
 @dataclass(frozen=True)
@@ -70,39 +59,19 @@ def plan_inputs(meta: ModelMeta, tensors: dict[str, TensorSpec],
 
     ``profile``: (min, max) batch of optimization profile 0 for a dynamic batch axis
     (``ICudaEngine.get_tensor_profile_shape``), None for a fixed batch.
-    Raises ``ModelFormatError`` naming ``source`` when they disagree.
+    Raises ``ModelFormatError`` naming ``source`` when they disagree
+    (``runtime.backends.model_io.check_model_io``, the check every model file gets).
     """
-    names = set(tensors)
-    if not {"images", "logits", "boxes"} <= names:
-        raise ModelFormatError(source, f"engine I/O tensors are {sorted(names)}; "
-                               "expected images, logits, boxes")
-    fused = fused_source_size(meta)
-    want_mask = expects_mask_input(meta)  # a fused model makes its (constant) mask itself
-    has_mask = "mask" in names
-    if has_mask != want_mask:
-        raise ModelFormatError(source, f"header with_mask={meta.with_mask}"
-                               f"{' (fused preprocessing: mask in the graph)' if fused else ''} "
-                               f"but the engine {'has' if has_mask else 'has no'} 'mask' input")
-    images = tensors["images"]
-    H, W = meta.input_height, meta.input_width
-    if fused is None:
-        layout, item, dtypes = "canvas", (3, H, W), FLOAT_INPUTS
-        what = f"float [B, 3, {H}, {W}]"
-    else:
-        layout, item, dtypes = "frames", (*fused, 3), (np.dtype(np.uint8),)
-        what = f"uint8 [B, {fused[0]}, {fused[1]}, 3] (--fused-preprocess)"
-    if images.shape[1:] != item or images.dtype not in dtypes:
-        raise ModelFormatError(source, f"engine input 'images' is {images.dtype} "
-                               f"{list(images.shape)}, the header says {what}")
-    if images.shape[0] >= 0:  # fixed batch
-        fixed: int | None = images.shape[0]
-        lo = hi = images.shape[0]
+    inputs = check_model_io(meta, tensors, source, kind="engine")
+    if inputs.batch_size is not None:
+        lo = hi = inputs.batch_size
     elif profile is None:
         raise ModelFormatError(source, "dynamic batch axis without an optimization profile")
     else:
-        fixed, (lo, hi) = None, profile
-    return InputPlan(layout=layout, item_shape=item, images_dtype=images.dtype,
-                     batch_size=fixed, min_batch=lo, max_batch=hi, has_mask=has_mask)
+        lo, hi = profile
+    return InputPlan(layout=inputs.layout, item_shape=inputs.item_shape,
+                     images_dtype=inputs.images_dtype, batch_size=inputs.batch_size,
+                     min_batch=lo, max_batch=hi, has_mask=inputs.has_mask)
 
 
 def prepare_feed(plan: InputPlan, meta: ModelMeta, images: np.ndarray,
