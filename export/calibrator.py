@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-from runtime.atomic import atomic_write_bytes
+from export.engine_checks import read_cache_file, write_cache_file
+from runtime.backends.trt_import import cuda_call, import_cudart, import_tensorrt
 from runtime.errors import BackendUnavailableError, InputError
 
 if TYPE_CHECKING:
@@ -30,19 +30,8 @@ _T = TypeVar("_T")
 
 def read_cache(path: str | os.PathLike[str] | None) -> bytes | None:
     """Bytes of an existing, non-empty calibration cache, else ``None``."""
-    if path is None:
-        return None
-    p = Path(path)
-    if not p.is_file():
-        return None
-    data = p.read_bytes()
-    return data or None  # an empty file (interrupted older write) means "recalibrate"
-
-
-def write_cache(path: str | os.PathLike[str] | None, data: bytes) -> None:
-    """Write the calibration cache atomically (no-op without a path)."""
-    if path is not None:
-        atomic_write_bytes(path, bytes(data))
+    # An empty file (interrupted older write) means "recalibrate".
+    return read_cache_file(path) or None
 
 
 class BatchStream:
@@ -115,32 +104,11 @@ class CalibrationSession:
 
     def write_cache(self, data: bytes) -> None:
         if self.error is None:  # scales from a calibration that failed part-way are wrong
-            write_cache(self.cache_path, data)
+            write_cache_file(self.cache_path, data)
 
     def raise_if_failed(self) -> None:
         if self.error is not None:
             raise self.error
-
-
-def _cudart() -> Any:
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                f"cuda-python not installed ({exc}); INT8 calibration needs it "
-                "(pip install 'detr-edge[trt]')") from exc
-    return cudart
-
-
-def _check(result: tuple[Any, ...], what: str) -> Any:
-    """cuda-python calls return ``(error, *values)``; raise on a non-zero error."""
-    err = result[0]
-    if int(err) != 0:
-        raise BackendUnavailableError(f"CUDA {what} failed: {err}")
-    return result[1] if len(result) > 1 else None
 
 
 def make_entropy_calibrator(session: CalibrationSession) -> trt.IInt8EntropyCalibrator2:
@@ -149,8 +117,6 @@ def make_entropy_calibrator(session: CalibrationSession) -> trt.IInt8EntropyCali
     Raises ``BackendUnavailableError`` on TensorRT 11 (no calibrators) or when
     TensorRT / cuda-python are missing.
     """
-    from export.trt_compat import import_tensorrt
-
     import_tensorrt()  # a clear error when only the stubs are installed
     import tensorrt as trt
 
@@ -158,7 +124,7 @@ def make_entropy_calibrator(session: CalibrationSession) -> trt.IInt8EntropyCali
         raise BackendUnavailableError(
             f"TensorRT {trt.__version__} has no INT8 calibrator (removed in TensorRT 11); "
             "make an INT8 Q/DQ ONNX with 'detr-edge quantize' instead")
-    cudart = _cudart()
+    cudart = import_cudart()
 
     class EntropyCalibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self) -> None:
@@ -180,10 +146,10 @@ def make_entropy_calibrator(session: CalibrationSession) -> trt.IInt8EntropyCali
             for name in names:
                 host = feed[name]
                 if name not in self.device:
-                    self.device[name] = int(_check(cudart.cudaMalloc(host.nbytes), "malloc"))
-                _check(cudart.cudaMemcpy(self.device[name], host.ctypes.data, host.nbytes,
-                                         cudart.cudaMemcpyKind.cudaMemcpyHostToDevice),
-                       "memcpy")
+                    self.device[name] = int(cuda_call(cudart.cudaMalloc(host.nbytes), "cudaMalloc"))
+                cuda_call(cudart.cudaMemcpy(self.device[name], host.ctypes.data, host.nbytes,
+                                            cudart.cudaMemcpyKind.cudaMemcpyHostToDevice),
+                          "cudaMemcpy")
                 pointers.append(self.device[name])
             return pointers
 

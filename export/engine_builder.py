@@ -7,9 +7,12 @@ removed both, see ``export.trt_compat``. The result is a detr-edge engine file
 (``runtime.engine_file``: header with the model metadata and build facts, then
 the serialized plan), written atomically.
 
-Pure parts (optimization-profile shapes, argument validation, timing-cache
-files) need no TensorRT and are unit-tested; the rest is type-checked with mypy
-against tensorrt-stubs.
+The steps of :func:`build_engine`: plan (``export.engine_plan``: read the ONNX,
+check every argument; no TensorRT), parse the ONNX, configure the builder
+(profile, precision, DLA, timing cache), build (with the calibrator for
+builder-flag INT8), then write (``export.engine_output``: layer report, golden
+check, engine file). The pure decisions live in ``export.engine_checks`` and are
+unit-tested; the TensorRT calls are type-checked with mypy against tensorrt-stubs.
 """
 
 from __future__ import annotations
@@ -20,72 +23,29 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from export.calib_data import fixed_size_batches, list_images, select_images
+from export.calibrator import BatchStream, CalibrationSession, make_entropy_calibrator
 from export.engine_checks import (
     ProfileShapes,
-    batch_range,
-    calibration_batch,
     calibration_profile,
     check_calibration_images,
-    check_fused_calibration,
-    default_calib_cache,
     dla_placement,
-    profile_shapes,
-    read_timing_cache,
-    resolve_precision,
+    read_cache_file,
     timing_cache_outcome,
     validate_dla,
-    write_timing_cache,
+    write_cache_file,
 )
-from runtime.errors import InputError, ModelFormatError
-from runtime.files import file_sha256
-from runtime.metadata import ModelMeta
+from export.engine_output import EngineBytes, verify_and_write, write_layer_report
+from export.engine_plan import BuildPlan, EngineBuildConfig, plan_build
+from export.golden import GoldenReport
+from export.trt_compat import check_precision_request, installed_features
+from runtime.backends.trt_import import device_info
+from runtime.errors import BackendUnavailableError, ModelFormatError
 
 if TYPE_CHECKING:
     import tensorrt as trt
 
-    from export.calibrator import CalibrationSession
-    from export.golden import GoldenReport
-
-__all__ = ["BuildPlan", "BuildResult", "EngineBuildConfig", "batch_range", "build_engine",
-           "plan_build", "profile_shapes", "read_timing_cache", "validate_dla",
-           "write_timing_cache"]
-
-@dataclass(frozen=True)
-class EngineBuildConfig:
-    onnx_path: str  # detr-edge ONNX (fp32, fp16 or int8 Q/DQ), metadata inside
-    out_path: str  # engine file to write
-    min_batch: int | None = None  # None = model's fixed batch, or 1 for a dynamic batch
-    opt_batch: int | None = None  # None = fixed batch, or 4 (clamped into [min, max])
-    max_batch: int | None = None  # None = fixed batch, or 8
-    workspace_mb: int | None = None  # None = TensorRT default (all free device memory)
-    timing_cache: str | None = None  # read before and written after the build; None = none
-    dla_core: int | None = None  # None = GPU; N = run on DLA core N (Jetson Orin/Xavier)
-    gpu_fallback: bool = False  # allow layers DLA cannot run to fall back to the GPU
-    precision: str | None = None  # None = as the ONNX; fp16|int8 on FP32 ONNX = TRT 10 flags
-    calib_data: str | None = None  # image dir for TRT 10 INT8 calibration
-    calib_images: int = 256  # calibration images drawn from calib_data
-    calib_batch: int | None = None  # images per calibration batch; None = profile opt batch
-    calib_cache: str | None = None  # None = <out_path>.calib-<ONNX sha256[:16]>.cache
-    seed: int = 0  # calibration image selection
-    version_compatible: bool = False  # BuilderFlag.VERSION_COMPATIBLE: runs on later TensorRT
-    verify: str = "fail"  # golden check vs ONNX Runtime: fail | warn | off
-    verify_data: str | None = None  # images for it; None = calib_data, else random inputs
-    verify_images: int = 8  # inputs the golden check runs
-    plan_path: str | None = None  # also write the bare plan here (trtexec, DeepStream, Triton)
-    builder_opt_level: int | None = None  # 0..5; None = TensorRT's default (3)
-
-
-@dataclass(frozen=True)
-class BuildPlan:
-    """What the build will do, decided before TensorRT is touched."""
-
-    meta: ModelMeta  # metadata of the ONNX
-    precision: str  # the engine's real precision (export.engine_checks.resolve_precision)
-    mode: str  # "strongly_typed" | "builder_flags"
-    profiles: list[ProfileShapes]  # the optimization profile
-    calib_batch: int | None  # images per calibration batch (builder-flags INT8 only)
-    calib_cache: str | None  # calibration cache file (builder-flags INT8 only)
-    onnx_sha256: str  # content hash of the ONNX file
+__all__ = ["BuildResult", "EngineBuildConfig", "build_engine"]
 
 
 @dataclass
@@ -95,6 +55,24 @@ class BuildResult:
     built_with: dict[str, Any]  # as recorded in the engine header
     warnings: list[str] = field(default_factory=list)  # one line each, for the CLI
     golden: GoldenReport | None = None  # None with --verify off
+
+
+def build_engine(config: EngineBuildConfig) -> BuildResult:
+    """Build and write the engine file.
+
+    Raises ``BackendUnavailableError`` without TensorRT, ``InputError`` for bad
+    arguments (before any slow work), ``ModelFormatError`` when the parser or
+    builder rejects the model (parser errors name the ONNX nodes).
+    """
+    plan = plan_build(config)
+    # Raises on TensorRT 11 for builder flags (no BuilderFlag.FP16/INT8 there).
+    check_precision_request(plan.precision, plan.meta.precision, installed_features())
+    import tensorrt as trt
+
+    engine, built_with, warnings = _compile(trt, config, plan)
+    write_layer_report(config, plan, engine, built_with, warnings)
+    golden = verify_and_write(config, plan, engine, built_with, warnings)
+    return BuildResult(Path(config.out_path), plan.precision, built_with, warnings, golden)
 
 
 def parser_errors(parser: trt.OnnxParser) -> list[str]:
@@ -108,97 +86,53 @@ def parser_errors(parser: trt.OnnxParser) -> list[str]:
 
 
 def gpu_info() -> tuple[str, str]:
-    """``(gpu name, compute capability "8.7")`` of device 0 via cuda-python, or
-    ``("unknown", "unknown")`` when cuda-python is not installed."""
+    """``(gpu name, compute capability "8.7")`` of device 0 (``runtime.backends.trt_import``,
+    what the backend compares the header with), or ``("unknown", "unknown")`` without
+    cuda-python."""
     try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:
-            from cuda import cudart
-        except ImportError:
-            return "unknown", "unknown"
-    err, props = cudart.cudaGetDeviceProperties(0)
-    if int(err) != 0:
+        return device_info(0)
+    except BackendUnavailableError:
         return "unknown", "unknown"
-    name = props.name.decode() if isinstance(props.name, bytes) else str(props.name)
-    return name.rstrip("\x00"), f"{props.major}.{props.minor}"
 
 
-def plan_build(config: EngineBuildConfig) -> BuildPlan:
-    """Read the ONNX and validate every argument; raise ``InputError`` /
-    ``ModelFormatError`` before any slow work (no TensorRT needed)."""
-    from export.golden import VERIFY_MODES
-    from export.onnx_meta import check_graph_matches_meta, load_onnx, read_meta
-    from export.qdq_format import int8_target
-
-    model = load_onnx(config.onnx_path)
-    meta = read_meta(model, config.onnx_path)
-    check_graph_matches_meta(model, meta, config.onnx_path)
-    if int8_target(meta) == "cpu":
-        raise ModelFormatError(config.onnx_path, "INT8 model in the cpu Q/DQ format (uint8 "
-                               "activations) is not a TensorRT input; quantize it with "
-                               "`detr-edge quantize --target tensorrt`")
-    del model  # TensorRT parses the file itself; do not hold a large graph twice
-    profiles = profile_shapes(meta, config.min_batch, config.opt_batch, config.max_batch)
-    precision = resolve_precision(config.precision, meta.precision)
-    validate_dla(config.dla_core, config.gpu_fallback, precision=precision, profiles=profiles)
-    if config.workspace_mb is not None and config.workspace_mb <= 0:
-        raise InputError("--workspace-mb", f"must be positive, got {config.workspace_mb}")
-    if config.verify not in VERIFY_MODES:
-        raise InputError("--verify", f"must be one of {'|'.join(VERIFY_MODES)}, "
-                         f"got {config.verify!r}")
-    if config.verify_images <= 0:
-        raise InputError("--verify-images", f"must be positive, got {config.verify_images}")
-    if config.builder_opt_level is not None and not 0 <= config.builder_opt_level <= 5:
-        raise InputError("--builder-opt-level", f"must be 0..5 (TensorRT's levels), got "
-                         f"{config.builder_opt_level}")
-    digest = file_sha256(config.onnx_path)
-    int8_flags = precision == "int8" and meta.precision == "fp32"
-    calib_batch = calib_cache = None
-    if int8_flags:
-        check_fused_calibration(meta)
-        calib_batch = calibration_batch(meta, config.calib_batch, profiles)
-        calib_cache = config.calib_cache or default_calib_cache(config.out_path, digest)
-        if config.calib_data is None and read_cache(calib_cache) is None:
-            raise InputError("--calib-data", f"INT8 with builder flags needs calibration "
-                             f"images (or an existing calibration cache {calib_cache})")
-    elif config.calib_batch is not None:
-        raise InputError("--calib-batch", "only used when an FP32 ONNX is built as INT8 "
-                         "(--precision int8 with calibration)")
-    mode = "builder_flags" if precision != meta.precision else "strongly_typed"
-    return BuildPlan(meta=meta, precision=precision, mode=mode, profiles=profiles,
-                     calib_batch=calib_batch, calib_cache=calib_cache, onnx_sha256=digest)
+def _built_with(config: EngineBuildConfig, plan: BuildPlan) -> dict[str, Any]:
+    """The build facts the engine header records (the steps add theirs)."""
+    return {"profile": [dataclasses.asdict(p) for p in plan.profiles], "mode": plan.mode,
+            "workspace_mb": config.workspace_mb, "dla_core": config.dla_core,
+            "gpu_fallback": config.gpu_fallback, "onnx": Path(config.onnx_path).name,
+            "onnx_sha256": plan.onnx_sha256, "version_compatible": config.version_compatible}
 
 
-def build_engine(config: EngineBuildConfig) -> BuildResult:
-    """Build and write the engine file.
+def _compile(trt: Any, config: EngineBuildConfig, plan: BuildPlan
+             ) -> tuple[EngineBytes, dict[str, Any], list[str]]:
+    """Parse, configure and build: ``(engine, build facts, warnings)``.
 
-    Raises ``BackendUnavailableError`` without TensorRT, ``InputError`` for bad
-    arguments (before any slow work), ``ModelFormatError`` when the parser or
-    builder rejects the model (parser errors name the ONNX nodes).
+    The builder, network, parser and calibrator are local here, so their device
+    memory is released when this returns, before the golden check runs the engine
+    (Jetson memory is shared between CPU and GPU).
     """
-    from export.trt_compat import check_precision_request, installed_features
-
-    plan = plan_build(config)
-    features = installed_features()
-    # Raises on TensorRT 11 for builder flags (no BuilderFlag.FP16/INT8 there).
-    check_precision_request(plan.precision, plan.meta.precision, features)
-
-    import tensorrt as trt
-
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
     validate_dla(config.dla_core, config.gpu_fallback, builder.num_DLA_cores)
     network, _parser = _parse_network(trt, builder, logger, config.onnx_path, plan.mode)
     build_config = builder.create_builder_config()
     warnings: list[str] = []
-    built_with: dict[str, Any] = {
-        "profile": [dataclasses.asdict(p) for p in plan.profiles], "mode": plan.mode,
-        "workspace_mb": config.workspace_mb, "dla_core": config.dla_core,
-        "gpu_fallback": config.gpu_fallback, "onnx": Path(config.onnx_path).name,
-        "onnx_sha256": plan.onnx_sha256, "version_compatible": config.version_compatible}
+    built_with = _built_with(config, plan)
     _configure(trt, builder, network, build_config, config, plan, built_with, warnings)
     cache, write_cache_back = _attach_timing_cache(build_config, config.timing_cache, warnings)
+    serialized = _serialize(trt, builder, network, build_config, config, plan, built_with)
+    if write_cache_back:
+        write_cache_file(config.timing_cache, bytes(memoryview(cache.serialize())))
+    engine = EngineBytes(plan.meta.replace(precision=plan.precision), serialized,
+                         trt.__version__, *gpu_info())
+    return engine, built_with, warnings
+
+
+def _serialize(trt: Any, builder: trt.Builder, network: trt.INetworkDefinition,
+               build_config: trt.IBuilderConfig, config: EngineBuildConfig, plan: BuildPlan,
+               built_with: dict[str, Any]) -> bytes:
+    """The serialized plan; builder-flag INT8 calibrates first (a failure inside the
+    calibrator fails the build instead of ending calibration early)."""
     session: CalibrationSession | None = None
     calibrator: Any = None
     if plan.mode == "builder_flags" and plan.precision == "int8":
@@ -215,17 +149,7 @@ def build_engine(config: EngineBuildConfig) -> BuildResult:
     if serialized is None:
         raise ModelFormatError(config.onnx_path, "TensorRT could not build an engine "
                                "(see the TensorRT log above)")
-    if write_cache_back:
-        write_timing_cache(config.timing_cache, bytes(memoryview(cache.serialize())))
-    from export.engine_output import EngineBytes, verify_and_write, write_layer_report
-
-    engine = EngineBytes(plan.meta.replace(precision=plan.precision),
-                         bytes(memoryview(serialized)), trt.__version__, *gpu_info())
-    # Free the builder's device memory before the engine runs (Jetson memory is shared).
-    del serialized, cache, calibrator, build_config, network, _parser, builder
-    write_layer_report(config, plan, engine, built_with, warnings)
-    golden = verify_and_write(config, plan, engine, built_with, warnings)
-    return BuildResult(Path(config.out_path), plan.precision, built_with, warnings, golden)
+    return bytes(memoryview(serialized))
 
 
 def _parse_network(trt: Any, builder: trt.Builder, logger: trt.ILogger, onnx_path: str,
@@ -295,7 +219,7 @@ def _configure(trt: Any, builder: trt.Builder, network: trt.INetworkDefinition,
 def _attach_timing_cache(build_config: trt.IBuilderConfig, path: str | None,
                          warnings: list[str]) -> tuple[trt.ITimingCache, bool]:
     """The timing cache for the build and whether to write it back afterwards."""
-    data = read_timing_cache(path)
+    data = read_cache_file(path)
     cache = build_config.create_timing_cache(data)
     accepted = build_config.set_timing_cache(cache, ignore_mismatch=False)
     write_back, warning = timing_cache_outcome(path, bool(data), accepted)
@@ -311,9 +235,6 @@ def _attach_calibrator(trt: Any, builder: trt.Builder, network: trt.INetworkDefi
                        build_config: trt.IBuilderConfig, config: EngineBuildConfig,
                        plan: BuildPlan) -> tuple[CalibrationSession, Any]:
     """Entropy calibrator at a static calibration profile of ``plan.calib_batch`` images."""
-    from export.calib_data import fixed_size_batches, list_images, select_images
-    from export.calibrator import BatchStream, CalibrationSession, make_entropy_calibrator
-
     assert plan.calib_batch is not None
     batch = plan.calib_batch
     paths: list[Path] = []
@@ -330,10 +251,3 @@ def _attach_calibrator(trt: Any, builder: trt.Builder, network: trt.INetworkDefi
         raise ModelFormatError(config.onnx_path, f"TensorRT rejected the calibration profile "
                                f"at batch {batch}")
     return session, calibrator
-
-
-def read_cache(path: str) -> bytes | None:
-    from export.calibrator import read_cache as _read
-
-    return _read(path)
-

@@ -213,16 +213,17 @@ def default_calib_cache(out_path: str | os.PathLike[str], onnx_sha256: str) -> s
     return f"{os.fspath(out_path)}.calib-{onnx_sha256[:16]}.cache"
 
 
-def read_timing_cache(path: str | os.PathLike[str] | None) -> bytes:
-    """Serialized timing cache at ``path``; ``b""`` (start empty) if absent."""
+def read_cache_file(path: str | os.PathLike[str] | None) -> bytes:
+    """Bytes of a timing or calibration cache at ``path``; ``b""`` (start empty) if absent."""
     if path is None or not Path(path).is_file():
         return b""
     return Path(path).read_bytes()
 
 
-def write_timing_cache(path: str | os.PathLike[str] | None, data: bytes) -> None:
+def write_cache_file(path: str | os.PathLike[str] | None, data: bytes) -> None:
+    """Write a timing or calibration cache atomically (no-op without a path)."""
     if path is not None:
-        atomic_write_bytes(path, data)
+        atomic_write_bytes(path, bytes(data))
 
 
 def timing_cache_outcome(path: str | os.PathLike[str] | None, had_data: bool,

@@ -12,16 +12,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from export.engine_plan import BuildPlan, EngineBuildConfig
+from export.golden import (
+    GoldenReport,
+    backend_runner,
+    golden_check,
+    onnxruntime_runner,
+    tolerance_key,
+)
 from runtime.atomic import atomic_write_bytes, atomic_write_text
+from runtime.backends.tensorrt_backend import TensorRTBackend
 from runtime.engine_file import write_engine_file
 from runtime.errors import InputError, ModelFormatError
 from runtime.metadata import ModelMeta
-
-if TYPE_CHECKING:
-    from export.engine_builder import BuildPlan, EngineBuildConfig
-    from export.golden import GoldenReport
 
 
 @dataclass(frozen=True)
@@ -48,23 +53,19 @@ def verify_and_write(config: EngineBuildConfig, plan: BuildPlan, engine: EngineB
     warn``) engine becomes ``<out>``, with the result in its header; a failing
     one stays at ``<out>.unverified`` for inspection.
     """
-    from export.golden import golden_check, onnxruntime_runner, tolerance_key
-
     if config.verify == "off":
         built_with["golden"] = {"verify": "off"}
         engine.write(config.out_path, built_with)
         if config.plan_path is not None:
             write_plan_file(config.plan_path, engine.plan)
         return None
-    from runtime.backends.tensorrt_backend import TensorRTBackend
-
     unverified = f"{config.out_path}.unverified"
     engine.write(unverified, built_with)
     backend = TensorRTBackend(unverified)
     try:
         report = golden_check(
             onnxruntime_runner(config.onnx_path),
-            lambda feed: backend.infer(feed["images"], feed.get("mask")), plan.meta,
+            backend_runner(backend), plan.meta,
             tolerance_key(plan.precision, plan.meta.precision),
             data_dir=config.verify_data or config.calib_data, num_images=config.verify_images,
             batch=plan.meta.batch_size or plan.profiles[0].opt[0], seed=config.seed)

@@ -18,12 +18,17 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from runtime.backends.base import pad_batch
+from export.calib_data import list_images, select_images
+from export.fused_preprocess import parity_frames
+from runtime.backends.base import Backend, pad_batch
+from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from runtime.compare import MATCH_IOU, OutputComparison, compare_outputs, summarize
 from runtime.errors import InputError
 from runtime.fused import fused_source_size
 from runtime.metadata import ModelMeta
+from runtime.preprocess import preprocess, target_size
 
 Feed = dict[str, np.ndarray]
 Runner = Callable[[Feed], Sequence[np.ndarray]]  # feed -> (logits [B,Q,K+1], boxes [B,Q,4])
@@ -124,8 +129,6 @@ def golden_inputs(meta: ModelMeta, data_dir: str | None, num_images: int, batch:
     if fused_source_size(meta) is not None:  # --fused-preprocess: uint8 frames go in
         return _frame_batches(meta, data_dir, num_images, batch, seed)
     if data_dir is not None:
-        from export.calib_data import list_images, select_images
-
         paths = select_images(list_images(data_dir), num_images, seed)
         return f"images from {data_dir}", _image_batches(meta, paths, batch)
     return "random normalised", _random_batches(meta, num_images, batch, seed)
@@ -148,8 +151,6 @@ def _finish(meta: ModelMeta, images: np.ndarray, mask: np.ndarray, sizes: np.nda
 
 def _image_batches(meta: ModelMeta, paths: Sequence[Any], batch: int
                    ) -> Iterator[tuple[Feed, np.ndarray, int]]:
-    from runtime.preprocess import preprocess
-
     canvas = np.array([meta.input_height, meta.input_width], dtype=np.int64)
     for start in range(0, len(paths), batch):
         b = preprocess(list(paths[start:start + batch]), meta)
@@ -173,9 +174,6 @@ def _frame_batches(meta: ModelMeta, data_dir: str | None, num_images: int, batch
     """uint8 [B, Hs, Ws, 3] frames for a fused model: images resized to the source size,
     else uniform random bytes. Boxes are compared in canvas units, or in valid-region units for
     a with-mask model (as ``_image_batches`` does)."""
-    from export.fused_preprocess import parity_frames
-    from runtime.preprocess import target_size
-
     Hs, Ws = fused_source_size(meta) or (0, 0)
     if data_dir is not None:
         frames, source = parity_frames(Hs, Ws, data_dir, num_images)
@@ -197,25 +195,20 @@ def _frame_batches(meta: ModelMeta, data_dir: str | None, num_images: int, batch
     return source, batches()
 
 
+def backend_runner(backend: Backend) -> Runner:
+    """A runtime backend as a ``feed -> (logits, boxes)`` runner."""
+    return lambda feed: backend.infer(feed["images"], feed.get("mask"))
+
+
 def onnxruntime_runner(onnx_path: str) -> Runner:
-    """ONNX Runtime (CPU provider) on ``onnx_path`` as a ``feed -> (logits, boxes)`` runner."""
-    import onnxruntime as ort
-
-    session = ort.InferenceSession(onnx_path, providers=["CPUExecutionProvider"])
-    names = {i.name for i in session.get_inputs()}
-
-    def run(feed: Feed) -> Sequence[np.ndarray]:
-        return session.run(["logits", "boxes"], {k: v for k, v in feed.items() if k in names})
-
-    return run
+    """The runtime's ONNX Runtime backend (CPU provider) on ``onnx_path`` as a runner."""
+    return backend_runner(OnnxRuntimeBackend(onnx_path, providers="cpu"))
 
 
 def golden_check(reference: Runner, candidate: Runner, meta: ModelMeta, precision: str,
                  data_dir: str | None = None, num_images: int = 8, batch: int = 4,
                  seed: int = 0) -> GoldenReport:
     """Run both on the same inputs and compare (``precision``: a TOLERANCES key)."""
-    from tqdm import tqdm
-
     if precision not in TOLERANCES:
         raise InputError("precision", f"no golden tolerance for {precision!r}")
     source, batches = golden_inputs(meta, data_dir, num_images, batch, seed)

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any
 
+from export.engine_checks import resolve_precision
+from runtime.backends.trt_import import import_tensorrt
 from runtime.errors import BackendUnavailableError, InputError
 
 MIN_MAJOR = 10  # strongly typed networks and the v3 execution API need TensorRT >= 10
@@ -62,8 +63,6 @@ def check_precision_request(precision: str, onnx_precision: str, features: TrtFe
     refused (``export.engine_checks.resolve_precision``). A plain FP32 ONNX with
     ``--precision fp16|int8`` needs the TensorRT 10 builder flags.
     """
-    from export.engine_checks import resolve_precision
-
     resolve_precision(precision, onnx_precision)
     if onnx_precision != "fp32":
         return "strongly_typed"
@@ -78,35 +77,6 @@ def check_precision_request(precision: str, onnx_precision: str, features: TrtFe
                          f"(removed in TensorRT 11); make a {precision} ONNX with "
                          f"'{hint}' and build it without --precision")
     return "builder_flags"
-
-
-def import_tensorrt() -> Any:
-    """The ``tensorrt`` module; ``BackendUnavailableError`` if it is absent.
-
-    ``tensorrt-stubs`` installs a ``tensorrt/`` folder holding only ``.pyi``
-    files, which Python imports as an empty namespace package: a module without
-    ``Builder`` is the stubs, not TensorRT.
-    """
-    try:
-        import tensorrt as trt
-    except ImportError as exc:
-        raise BackendUnavailableError(
-            f"TensorRT not installed ({exc}); install 'detr-edge[trt]' or use JetPack's "
-            "python3-libnvinfer") from exc
-    if not hasattr(trt, "Builder") or not hasattr(trt, "__version__"):
-        raise BackendUnavailableError(
-            "TensorRT not installed (only the tensorrt-stubs type stubs were found); install "
-            "'detr-edge[trt]' or use JetPack's python3-libnvinfer")
-    return trt
-
-
-def tensorrt_available() -> bool:
-    """True when the real TensorRT library can be imported."""
-    try:
-        import_tensorrt()
-    except BackendUnavailableError:
-        return False
-    return True
 
 
 def installed_features() -> TrtFeatures:

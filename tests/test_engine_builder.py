@@ -11,24 +11,28 @@ import numpy as np
 import pytest
 
 from export.calib_data import fixed_size_batches, iter_feeds
-from export.calibrator import BatchStream, read_cache, write_cache
-from export.engine_builder import (
-    EngineBuildConfig,
+from export.calibrator import BatchStream, read_cache
+from export.engine_builder import EngineBuildConfig, build_engine
+from export.engine_checks import (
     batch_range,
-    build_engine,
     profile_shapes,
-    read_timing_cache,
+    read_cache_file,
     validate_dla,
-    write_timing_cache,
+    write_cache_file,
 )
-from export.trt_compat import (
-    check_precision_request,
-    features_for,
-    parse_version,
-    tensorrt_available,
-)
+from export.trt_compat import check_precision_request, features_for, parse_version
+from runtime.backends.trt_import import import_tensorrt
 from runtime.errors import BackendUnavailableError, InputError
 from runtime.metadata import ModelMeta
+
+
+def tensorrt_available() -> bool:
+    try:
+        import_tensorrt()
+    except BackendUnavailableError:
+        return False
+    return True
+
 
 TRT10 = features_for("10.13.0.35")
 TRT11 = features_for("11.0.0.12")
@@ -163,16 +167,16 @@ def test_without_tensorrt_build_says_so(tmp_path: Path) -> None:
 
 def test_timing_cache_round_trip(tmp_path: Path) -> None:
     path = tmp_path / "sub" / "timing.cache"
-    assert read_timing_cache(path) == b"" and read_timing_cache(None) == b""
-    write_timing_cache(path, b"\x00tactics\xff")
-    assert read_timing_cache(path) == b"\x00tactics\xff"
-    write_timing_cache(None, b"ignored")  # no path: nothing written, no error
+    assert read_cache_file(path) == b"" and read_cache_file(None) == b""
+    write_cache_file(path, b"\x00tactics\xff")
+    assert read_cache_file(path) == b"\x00tactics\xff"
+    write_cache_file(None, b"ignored")  # no path: nothing written, no error
 
 
 def test_calibration_cache_round_trip_and_empty_file(tmp_path: Path) -> None:
     path = tmp_path / "calib.cache"
     assert read_cache(path) is None and read_cache(None) is None
-    write_cache(path, b"TRT-100-EntropyCalibration2\nimages: 3c010a14\n")
+    write_cache_file(path, b"TRT-100-EntropyCalibration2\nimages: 3c010a14\n")
     assert read_cache(path) == b"TRT-100-EntropyCalibration2\nimages: 3c010a14\n"
     path.write_bytes(b"")
     assert read_cache(path) is None  # empty = recalibrate

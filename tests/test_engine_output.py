@@ -62,7 +62,7 @@ def _onnx(tmp_path: Path, precision: str = "fp32", batch_size: int | None = None
 
 
 def test_arguments_refused_before_tensorrt(tmp_path: Path) -> None:
-    from export.engine_builder import EngineBuildConfig, plan_build
+    from export.engine_plan import EngineBuildConfig, plan_build
 
     out = str(tmp_path / "m.engine")
     fp16 = _onnx(tmp_path, "fp16")

@@ -15,6 +15,7 @@ from tiny_onnx import make_tiny_onnx, tiny_meta
 from export.engine_checks import check_fused_calibration, profile_shapes
 from export.fused_preprocess import fuse_preprocess
 from export.golden import golden_check, golden_inputs, onnxruntime_runner
+from export.onnx_meta import write_meta
 from runtime.backends.model_io import TensorSpec
 from runtime.backends.tensorrt_io import buffer_shape, plan_inputs, prepare_feed
 from runtime.errors import InputError, ModelFormatError
@@ -111,7 +112,7 @@ def test_golden_check_feeds_frames_to_a_fused_model(tmp_path: Path, with_mask: b
     plain = make_tiny_onnx(tmp_path / "p.onnx", meta, weight_scale=0.05)
     fused, fused_meta = fuse_preprocess(onnx.load(plain), meta, 48, 80)
     path = tmp_path / "fused.onnx"
-    onnx.save(fused, path)
+    onnx.save(write_meta(fused, fused_meta), path)
     source, batches = golden_inputs(fused_meta, None, 3, 2)
     feeds = list(batches)
     assert source == "random frames" and [n for _, _, n in feeds] == [2, 1]

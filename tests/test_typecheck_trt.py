@@ -24,7 +24,8 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 OWN_FILES = ["export/engine_builder.py", "export/calibrator.py", "export/trt_compat.py",
-             "export/engine_output.py"]
+             "export/engine_output.py", "export/engine_plan.py",
+             "runtime/backends/trt_import.py"]
 BACKEND_FILE = "runtime/backends/tensorrt_backend.py"
 
 

@@ -1,5 +1,5 @@
 """``detr-edge build-engine --onnx model.onnx --out model.engine``: compile a
-TensorRT engine (see export/engine_builder.py).
+TensorRT engine (see export/engine_plan.py and export/engine_builder.py).
 
 ``build-engine --bundle BUNDLE`` builds one engine per TensorRT-ready ONNX of a
 ``detr-edge bundle`` (``BUNDLE/artifacts/<name>.engine``, next to its ONNX, where
@@ -86,7 +86,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _build_one(args: argparse.Namespace, onnx: str, out: str, calib_data: str | None,
                verify_data: str | None) -> None:
-    from export.engine_builder import EngineBuildConfig, build_engine
+    from export.engine_builder import build_engine
+    from export.engine_plan import EngineBuildConfig
 
     config = EngineBuildConfig(
         onnx_path=onnx, out_path=out, min_batch=args.min_batch,

@@ -21,15 +21,15 @@ Inputs follow the engine (``runtime/backends/tensorrt_io.py``): float canvases
 exported with ``--fused-preprocess`` (the engine preprocesses on the GPU; ``infer``
 then only copies the frame bytes).
 
-tensorrt and cuda-python are imported inside :func:`_import_trt`; without them
-``BackendUnavailableError`` says what to install.
+tensorrt and cuda-python are imported inside :func:`_import_trt`
+(``runtime.backends.trt_import``); without them ``BackendUnavailableError`` says what
+to install.
 """
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
-import importlib
 import os
 import warnings
 from dataclasses import dataclass
@@ -41,6 +41,7 @@ import numpy as np
 from runtime.backends.base import Backend
 from runtime.backends.model_io import TensorSpec
 from runtime.backends.tensorrt_io import buffer_shape, plan_inputs, prepare_feed
+from runtime.backends.trt_import import cuda_call, device_info, import_cudart, import_tensorrt
 from runtime.engine_file import check_compatible, read_engine_file
 from runtime.errors import BackendUnavailableError, DetrEdgeError, ModelFormatError
 
@@ -50,35 +51,7 @@ if TYPE_CHECKING:
 
 def _import_trt() -> tuple[Any, Any]:
     """Return ``(tensorrt, cudart)`` or raise ``BackendUnavailableError``."""
-    hint = ("pip install 'detr-edge[trt]' on an x86 GPU machine; on Jetson it comes with "
-            "JetPack")
-    try:
-        import tensorrt
-    except ImportError as exc:
-        raise BackendUnavailableError(f"TensorRT not installed ({hint})") from exc
-    if not hasattr(tensorrt, "Runtime"):
-        # tensorrt-stubs alone leaves an empty namespace package named "tensorrt".
-        raise BackendUnavailableError(f"TensorRT not installed (only type stubs found; {hint})")
-    try:
-        from cuda.bindings import runtime as cudart
-    except ImportError:
-        try:  # cuda-python < 12.6 spelled it cuda.cudart
-            cudart = importlib.import_module("cuda.cudart")
-        except ImportError as exc:
-            raise BackendUnavailableError(
-                "cuda-python not installed (pip install cuda-python); the native TensorRT "
-                "backend needs it for device buffers") from exc
-    return tensorrt, cudart
-
-
-def _check(result: Any, what: str) -> Any:
-    """Unwrap a cuda-python ``(err, *values)`` result; raise on a CUDA error."""
-    err, *values = result if isinstance(result, tuple) else (result,)
-    if int(err) != 0:
-        raise BackendUnavailableError(f"CUDA error in {what}: {err!r}")
-    if not values:
-        return None
-    return values[0] if len(values) == 1 else tuple(values)
+    return import_tensorrt(), import_cudart()
 
 
 def _dims(dims: trt.Dims) -> tuple[int, ...]:
@@ -97,16 +70,6 @@ def tensorrt_available() -> str | None:
     if int(err) != 0 or int(count) == 0:
         return f"no CUDA GPU ({'cudaGetDeviceCount: ' + repr(err) if int(err) else 'none found'})"
     return None
-
-
-def device_info(device: int = 0) -> tuple[str, str]:
-    """``(gpu_name, compute_capability)`` of a CUDA device, e.g. ("NVIDIA H100", "9.0")."""
-    _, cudart = _import_trt()
-    prop = _check(cudart.cudaGetDeviceProperties(device), "cudaGetDeviceProperties")
-    name = prop.name
-    if isinstance(name, (bytes, bytearray)):
-        name = bytes(name).split(b"\0", 1)[0].decode("utf-8", "replace")
-    return str(name), f"{prop.major}.{prop.minor}"
 
 
 @dataclass
@@ -145,7 +108,7 @@ class TensorRTBackend(Backend):
         self._cudart = cudart
         self.meta = header.meta
         self.header = header
-        _check(cudart.cudaSetDevice(device), "cudaSetDevice")
+        cuda_call(cudart.cudaSetDevice(device), "cudaSetDevice")
         gpu_name, cc = device_info(device)
         if check:
             check_compatible(header, str(trt_mod.__version__), gpu_name, cc, source=self.path)
@@ -166,7 +129,7 @@ class TensorRTBackend(Backend):
             raise BackendUnavailableError("TensorRT could not create an execution context "
                                           "(out of GPU memory?)")
         self._context: trt.IExecutionContext = context
-        self._stream = _check(cudart.cudaStreamCreate(), "cudaStreamCreate")
+        self._stream = cuda_call(cudart.cudaStreamCreate(), "cudaStreamCreate")
         self.cuda_graph = cuda_graph
         self.name = f"tensorrt[{gpu_name}{', cuda graph' if cuda_graph else ''}]"
         self._setup_io(trt_mod)
@@ -201,8 +164,8 @@ class TensorRTBackend(Backend):
             full = buffer_shape(specs[name], _dims(self._context.get_tensor_shape(name)),
                                 plan.max_batch, self.path)
             t.nbytes = int(np.prod(full)) * t.dtype.itemsize
-            t.device_ptr = int(_check(self._cudart.cudaMalloc(t.nbytes), "cudaMalloc"))
-            t.host_ptr = int(_check(self._cudart.cudaMallocHost(t.nbytes), "cudaMallocHost"))
+            t.device_ptr = int(cuda_call(self._cudart.cudaMalloc(t.nbytes), "cudaMalloc"))
+            t.host_ptr = int(cuda_call(self._cudart.cudaMallocHost(t.nbytes), "cudaMallocHost"))
             raw = (ctypes.c_uint8 * t.nbytes).from_address(t.host_ptr)
             t.host = np.frombuffer(memoryview(raw).cast("B"), dtype=t.dtype).reshape(full)
         self._bind(self._context)
@@ -231,17 +194,17 @@ class TensorRTBackend(Backend):
             t = self._tensors[name]
             assert t.host is not None
             t.host[:B] = array  # uint8 frames of a fused model: a plain byte copy
-            _check(cudart.cudaMemcpyAsync(t.device_ptr, t.host_ptr, t.nbytes // self._max * B,
+            cuda_call(cudart.cudaMemcpyAsync(t.device_ptr, t.host_ptr, t.nbytes // self._max * B,
                                           cudart.cudaMemcpyKind.cudaMemcpyHostToDevice,
                                           self._stream), "cudaMemcpyAsync H2D")
         self._enqueue(B)
         outputs = {}
         for name in ("logits", "boxes"):
             t = self._tensors[name]
-            _check(cudart.cudaMemcpyAsync(t.host_ptr, t.device_ptr, t.nbytes // self._max * B,
+            cuda_call(cudart.cudaMemcpyAsync(t.host_ptr, t.device_ptr, t.nbytes // self._max * B,
                                           cudart.cudaMemcpyKind.cudaMemcpyDeviceToHost,
                                           self._stream), "cudaMemcpyAsync D2H")
-        _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        cuda_call(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
         for name in ("logits", "boxes"):
             host = self._tensors[name].host
             assert host is not None
@@ -269,7 +232,7 @@ class TensorRTBackend(Backend):
             if not self._execute(context):
                 raise DetrEdgeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
             return
-        _check(self._cudart.cudaGraphLaunch(graph_exec, self._stream), "cudaGraphLaunch")
+        cuda_call(self._cudart.cudaGraphLaunch(graph_exec, self._stream), "cudaGraphLaunch")
 
     def _capture(self, batch: int) -> tuple[trt.IExecutionContext, Any]:
         """A context of its own for ``batch`` and its CUDA graph (None if capture fails)."""
@@ -284,8 +247,8 @@ class TensorRTBackend(Backend):
         # enqueue after set_input_shape, and that work must not be captured.
         if not self._execute(context):
             raise DetrEdgeError("TensorRT execute_async_v3 failed (see the TensorRT log)")
-        _check(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
-        _check(cudart.cudaStreamBeginCapture(
+        cuda_call(cudart.cudaStreamSynchronize(self._stream), "cudaStreamSynchronize")
+        cuda_call(cudart.cudaStreamBeginCapture(
             self._stream, cudart.cudaStreamCaptureMode.cudaStreamCaptureModeThreadLocal),
             "cudaStreamBeginCapture")
         # The enqueue returns false when the engine has work that cannot be captured;
