@@ -124,7 +124,8 @@ def throughput(model: Path, clip: Path, work: Path, repeats: int, batches: tuple
     without the annotated video) and, in the same round, the model alone (best of ORT's
     spinning on/off, per batch size): each repeat measures everything once, so a ratio
     FPS x model-alone is taken within one round, under the load of that moment."""
-    from runtime.stream.pipeline import StreamConfig, run_stream
+    from runtime.stream.config import StreamConfig
+    from runtime.stream.pipeline import run_stream
 
     modes = _modes(batches)
     fps: dict[str, list[float]] = {m: [] for m in modes}
@@ -190,7 +191,8 @@ def preprocess_1080p(canvases: list[tuple[int, int]], runs: int) -> dict[str, An
 def tracking_quality(model: Path, work: Path, clips: int, seed: int) -> dict[str, Any]:
     """MOTA / IDF1 of ``model`` + ByteTrack (default settings) on synthetic clips."""
     from detr.data.shapes_video import ShapesVideoConfig, make_shapes_video
-    from runtime.stream.pipeline import StreamConfig, run_stream
+    from runtime.stream.config import StreamConfig
+    from runtime.stream.pipeline import run_stream
 
     root = work / f"clips-seed{seed}"
     if not (root / f"clip-{clips:03d}").is_dir():

@@ -22,7 +22,8 @@ from tiny_onnx import make_tiny_onnx, tiny_meta
 av = pytest.importorskip("av")
 
 from runtime.cli import main
-from runtime.stream.pipeline import StreamConfig, run_stream
+from runtime.stream.config import StreamConfig
+from runtime.stream.pipeline import run_stream
 from runtime.stream.sources import source_kind
 from runtime.stream.writers import VideoWriter
 

@@ -15,7 +15,8 @@ pytest.importorskip("trackers")
 pytest.importorskip("torch")
 
 from runtime.decode import Detections
-from runtime.stream.pipeline import StreamConfig, run_stream
+from runtime.stream.config import StreamConfig
+from runtime.stream.pipeline import run_stream
 
 REPO = Path(__file__).resolve().parents[1]
 CHECKPOINT = REPO / "detr" / "assets" / "detr-tiny-shapes.pth"

@@ -18,10 +18,14 @@ __all__ = ["StreamConfig", "StreamSummary", "run_stream"]
 
 
 def __getattr__(name: str) -> Any:
-    if name in ("StreamConfig", "run_stream"):
-        from runtime.stream import pipeline
+    if name == "StreamConfig":
+        from runtime.stream.config import StreamConfig
 
-        return getattr(pipeline, name)
+        return StreamConfig
+    if name == "run_stream":
+        from runtime.stream.pipeline import run_stream
+
+        return run_stream
     if name == "StreamSummary":
         from runtime.stream.summary import StreamSummary
 

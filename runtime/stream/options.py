@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
-from typing import Any
+
+from runtime.stream.config import StreamConfig
+from runtime.stream.tracking import TrackerConfig
 
 
 def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,11 +39,8 @@ def add_stream_arguments(parser: argparse.ArgumentParser) -> None:
                    help="MOTChallenge gt.txt: add MOTA / IDF1 of the tracks to the summary")
 
 
-def stream_config(args: argparse.Namespace) -> Any:
+def stream_config(args: argparse.Namespace) -> StreamConfig:
     """The typed StreamConfig of the parsed ``predict --source`` arguments."""
-    from runtime.stream.pipeline import StreamConfig
-    from runtime.stream.tracking import TrackerConfig
-
     tracker = TrackerConfig(low_threshold=args.track_low, high_threshold=args.track_high,
                             activation_threshold=args.track_activation)
     return StreamConfig(model=args.model, source=args.source, out_dir=args.out,

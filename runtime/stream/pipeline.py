@@ -26,62 +26,17 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
+from runtime.engine_file import is_engine_file
 from runtime.errors import InputError, Terminated
+from runtime.stream.config import StreamConfig
 from runtime.stream.sources import Frame, FrameSource, SourceConfig, open_source
 from runtime.stream.stages import Chunk, Outputs, StageWork
-from runtime.stream.summary import StageTimes, StreamSummary
-from runtime.stream.tracking import TrackerConfig
+from runtime.stream.summary import StageTimes, StreamSummary, evaluate_tracks
 
 _END = object()  # end-of-stream marker passed down the queues
 _POLL_S = 0.05  # queue wait granularity: how fast a stage notices a stop
-
-
-@dataclass(frozen=True)
-class StreamConfig:
-    model: Path  # ONNX model or detr-edge engine file
-    source: str  # video file, URL, /dev/videoN, image folder or glob
-    out_dir: Path  # detections.jsonl, annotated.mp4, tracks.txt, summary.json
-    threshold: float = 0.5  # minimum score written (without --track)
-    backend: str = "auto"  # auto | onnxruntime | tensorrt
-    providers: list[str] | None = None  # ONNX Runtime providers; None = best available
-    top_k: int | None = None  # at most this many detections per frame
-    second_best: bool = False  # keep no-object slots with their best real class
-    batch_size: int | None = None  # frames per call for dynamic-batch models
-    live: bool | None = None  # latest-frame policy; None = auto (URLs and cameras)
-    reconnect_attempts: int = 3  # live sources: reopen attempts in a row after a drop
-    reconnect_delay_s: float = 1.0  # pause between them
-    queue_size: int = 4  # frames/batches waiting between two stages (files)
-    max_frames: int | None = None  # stop after this many decoded frames
-    video: bool = True  # write the annotated video
-    video_codec: str = "auto"  # auto = H.264 if the encoder exists, else MPEG-4 Part 2
-    video_preset: str = "ultrafast"  # x264 preset: the encoder competes with the model for CPU
-    track: bool = False  # ByteTrack ids + tracks.txt (MOTChallenge)
-    tracker: TrackerConfig = field(default_factory=TrackerConfig)
-    gt: Path | None = None  # MOTChallenge gt.txt: evaluate the tracks (MOTA, IDF1)
-    pipelined: bool = True  # False = one frame at a time in one thread (the baseline)
-    image_fps: float = 10.0  # nominal rate of image-folder sources
-    # ONNX Runtime's idle intra-op threads busy-wait by default; in a stream they would
-    # take the cores decoding, preprocessing and encoding need (README, stream figures).
-    ort_spinning: bool = False
-    ort_threads: int | None = None  # intra-op threads; None = ORT's default (cores)
-
-    def validate(self) -> None:
-        if self.queue_size < 1:
-            raise InputError("--queue-size", f"must be >= 1, got {self.queue_size}")
-        if self.max_frames is not None and self.max_frames < 1:
-            raise InputError("--max-frames", f"must be >= 1, got {self.max_frames}")
-        from runtime.stream.writers import X264_PRESETS
-
-        if self.video_preset not in X264_PRESETS:
-            raise InputError("--video-preset", f"unknown x264 preset {self.video_preset!r} "
-                             f"(one of {', '.join(X264_PRESETS)})")
-        if self.gt is not None and not self.track:
-            raise InputError("--gt", "evaluating against ground truth needs --track")
-        self.tracker.validate()
 
 
 def run_stream(config: StreamConfig) -> StreamSummary:
@@ -125,8 +80,6 @@ def run_stream(config: StreamConfig) -> StreamSummary:
         summary.interrupted = str(runner.error)
     summary.stages = {name: t.percentiles() for name, t in runner.times.items()}
     if config.gt is not None and outputs.mot is not None:
-        from runtime.stream.summary import evaluate_tracks
-
         summary.tracking = evaluate_tracks(config.gt, outputs.mot.path)
     summary.write(config.out_dir / "summary.json")
     if stopped is not None:
@@ -138,8 +91,6 @@ def run_stream(config: StreamConfig) -> StreamSummary:
 
 def _backend_options(config: StreamConfig) -> dict[str, Any]:
     """ONNX Runtime session settings of the stream (none for a TensorRT engine)."""
-    from runtime.engine_file import is_engine_file
-
     if config.backend == "tensorrt" or (config.backend == "auto" and is_engine_file(config.model)):
         return {}
     return {"spinning": config.ort_spinning, "intra_op_threads": config.ort_threads}

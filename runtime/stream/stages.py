@@ -22,7 +22,7 @@ from runtime.stream.writers import JsonlWriter, MotWriter, VideoWriter, frame_re
 if TYPE_CHECKING:
     from runtime.detector import Detector
     from runtime.preprocess import Batch
-    from runtime.stream.pipeline import StreamConfig
+    from runtime.stream.config import StreamConfig
     from runtime.stream.summary import StreamSummary
 
 
