@@ -8,17 +8,15 @@ label map, batch size, mask input, precision) from this one JSON document.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING
 
 import numpy as np
+import onnx
+from google.protobuf.message import DecodeError
 
 from runtime.backends.model_io import TensorSpec, check_model_io
 from runtime.errors import ModelFormatError, first_line
 from runtime.files import is_regular, kind_of
 from runtime.metadata import METADATA_KEY, ModelMeta, meta_from_properties
-
-if TYPE_CHECKING:
-    import onnx
 
 
 def write_meta(model: onnx.ModelProto, meta: ModelMeta) -> onnx.ModelProto:
@@ -39,9 +37,6 @@ def read_meta(model: onnx.ModelProto, source: str | os.PathLike[str] = "<onnx mo
 
 def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
     """Load an ONNX file; a missing, truncated or non-ONNX file -> ``ModelFormatError``."""
-    import onnx
-    from google.protobuf.message import DecodeError
-
     if not os.path.exists(path):
         raise ModelFormatError(path, "file not found")
     if not is_regular(path):  # onnx.load would block on a FIFO
@@ -63,8 +58,6 @@ def load_onnx(path: str | os.PathLike[str]) -> onnx.ModelProto:
 def graph_tensors(model: onnx.ModelProto) -> dict[str, TensorSpec]:
     """The graph's inputs (initializers excluded) and outputs as ``TensorSpec``: dtype
     from the element type (None when unset), ``-1`` for a symbolic or unknown dimension."""
-    import onnx
-
     weights = {init.name for init in model.graph.initializer}
     specs = {}
     for is_input, values in ((True, model.graph.input), (False, model.graph.output)):

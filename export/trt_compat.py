@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 from export.engine_checks import resolve_precision
 from runtime.backends.trt_import import import_tensorrt
+from runtime.engine_file import version_numbers
 from runtime.errors import BackendUnavailableError, InputError
 
 MIN_MAJOR = 10  # strongly typed networks and the v3 execution API need TensorRT >= 10
@@ -34,10 +35,10 @@ class TrtFeatures:
 
 def parse_version(version: str) -> tuple[int, int]:
     """``"10.13.0.35"`` -> ``(10, 13)``; ``InputError`` for anything unparsable."""
-    match = re.match(r"^\s*(\d+)\.(\d+)", version)
-    if not match:
+    if not re.match(r"^\s*\d+\.\d+", version):
         raise InputError("tensorrt.__version__", f"cannot parse TensorRT version {version!r}")
-    return int(match.group(1)), int(match.group(2))
+    major, minor = version_numbers(version)[:2]
+    return major, minor
 
 
 def features_for(version: str) -> TrtFeatures:

@@ -128,7 +128,7 @@ def version_problem(built: str, runtime: str, version_compatible: bool) -> str |
       also runs on *later* runtimes of the same major version, and across
       majors only 8 -> 10 and 10 -> 11; never on an older runtime.
     """
-    b, r = _version_key(built)[:3], _version_key(runtime)[:3]
+    b, r = version_numbers(built)[:3], version_numbers(runtime)[:3]
     if not version_compatible:
         if b != r:
             return f"built with TensorRT {built}, this is TensorRT {runtime}"
@@ -177,7 +177,9 @@ def check_compatible(header: EngineHeader, trt_version: str, gpu_name: str, cc: 
                                + ". Rebuild it on this machine with `detr-edge build-engine`.")
 
 
-def _version_key(version: str) -> tuple[int, ...]:
+def version_numbers(version: str) -> tuple[int, ...]:
+    """``"10.13.0.35"`` -> ``(10, 13, 0, 35)``, at least 3 numbers; the digits of each
+    dot-separated piece (none = 0). TensorRT versions and compute capabilities ("8.7")."""
     parts = []
     for piece in str(version).split("."):
         digits = "".join(ch for ch in piece if ch.isdigit())
@@ -186,7 +188,7 @@ def _version_key(version: str) -> tuple[int, ...]:
 
 
 def _cc_key(cc: str) -> tuple[int, int]:
-    key = _version_key(cc)
+    key = version_numbers(cc)
     return key[0], key[1]
 
 

@@ -12,6 +12,7 @@ import argparse
 import sys
 
 from runtime import options as opt
+from runtime.errors import DetrEdgeError, InputError
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -72,8 +73,6 @@ def run(args: argparse.Namespace) -> int:
         args, min_batch=opt.batch, opt_batch=opt.batch, max_batch=opt.batch,
         workspace_mb=opt.int_range(1, 10 ** 7), dla_core=opt.int_range(0, 15), calib_images=opt.count)
 
-    from runtime.errors import InputError
-
     if args.bundle is not None:
         if args.onnx is not None or args.out is not None:
             raise InputError("--bundle", "builds every ONNX of the bundle: not with --onnx/--out")
@@ -114,7 +113,6 @@ def _build_bundle(args: argparse.Namespace) -> int:
     failures are reported together (one line)."""
     from benchmarks.artifacts import find_artifacts
     from benchmarks.bundle import read_bundle
-    from runtime.errors import DetrEdgeError, InputError
 
     if args.plan or args.calib_cache or args.timing_cache:
         raise InputError("--bundle", "--plan, --calib-cache and --timing-cache name one "
