@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from export.qdq import constant_value
+from export.int8.nodes import constant_value
 from export.trt_ops import MAX_OPSET, MIN_OPSET, RESTRICTIONS, SOURCE, supported_ops
 
 if TYPE_CHECKING:
@@ -254,8 +254,8 @@ def check_overflow(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]
 
 def _with_target_hint(model: onnx.ModelProto, result: CheckResult) -> CheckResult:
     """A failed Q/DQ check on a ``quantize --target cpu`` model says what to do."""
+    from export.int8.qdq_insert import int8_target
     from export.onnx_meta import read_meta
-    from export.qdq_format import int8_target
     from runtime.errors import DetrEdgeError
 
     if result.status != FAIL:
@@ -277,7 +277,7 @@ def check_onnx(path: str | os.PathLike[str], config: CheckConfig | None = None) 
     Raises ``ModelFormatError`` when the file is missing, truncated or not ONNX.
     """
     from export.activation_ranges import image_feeds, random_feeds
-    from export.calib_data import list_images
+    from export.int8.calib_data import list_images
     from export.onnx_meta import load_onnx, read_meta
     from runtime.backends.onnxruntime_backend import ort_failures
 

@@ -128,8 +128,8 @@ def plan_build(config: EngineBuildConfig) -> BuildPlan:
     """Read the ONNX and validate every argument; raise ``InputError`` /
     ``ModelFormatError`` before any slow work (no TensorRT needed)."""
     from export.golden import VERIFY_MODES
+    from export.int8.qdq_insert import int8_target
     from export.onnx_meta import check_graph_matches_meta, load_onnx, read_meta
-    from export.qdq_format import int8_target
 
     model = load_onnx(config.onnx_path)
     meta = read_meta(model, config.onnx_path)
@@ -311,8 +311,8 @@ def _attach_calibrator(trt: Any, builder: trt.Builder, network: trt.INetworkDefi
                        build_config: trt.IBuilderConfig, config: EngineBuildConfig,
                        plan: BuildPlan) -> tuple[CalibrationSession, Any]:
     """Entropy calibrator at a static calibration profile of ``plan.calib_batch`` images."""
-    from export.calib_data import fixed_size_batches, list_images, select_images
     from export.calibrator import BatchStream, CalibrationSession, make_entropy_calibrator
+    from export.int8.calib_data import fixed_size_batches, list_images, select_images
 
     assert plan.calib_batch is not None
     batch = plan.calib_batch

@@ -124,7 +124,7 @@ def golden_inputs(meta: ModelMeta, data_dir: str | None, num_images: int, batch:
     if fused_source_size(meta) is not None:  # --fused-preprocess: uint8 frames go in
         return _frame_batches(meta, data_dir, num_images, batch, seed)
     if data_dir is not None:
-        from export.calib_data import list_images, select_images
+        from export.int8.calib_data import list_images, select_images
 
         paths = select_images(list_images(data_dir), num_images, seed)
         return f"images from {data_dir}", _image_batches(meta, paths, batch)

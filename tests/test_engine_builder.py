@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.calib_data import fixed_size_batches, iter_feeds
 from export.calibrator import BatchStream, read_cache, write_cache
 from export.engine_builder import (
     EngineBuildConfig,
@@ -21,6 +20,7 @@ from export.engine_builder import (
     validate_dla,
     write_timing_cache,
 )
+from export.int8.calib_data import fixed_size_batches, iter_feeds
 from export.trt_compat import (
     check_precision_request,
     features_for,

@@ -3,7 +3,7 @@
 ORT fuses ``DQ -> Conv -> Q`` into QLinearConv only after rewriting the int8
 Q->DQ pairs to uint8, which it does only for a Q with one consumer; a ResNet
 block input feeds conv1 *and* the residual Add, so its Conv stayed FP32.
-``export.qdq_layout.dedicate_activation_qdq`` gives every consumer its own
+``export.int8.ort_fusion_layout.dedicate_activation_qdq`` gives every consumer its own
 pair; ``quantize_add_before_relu`` lets ORT run the residual Add as QLinearAdd.
 These tests check the graph ORT really runs (no timing): a hand-built residual
 block here, the real DETR-tiny graph in ``test_quantize.py``.
@@ -19,8 +19,8 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper
 
-from export.qdq import inspect_qdq
-from export.qdq_layout import (
+from export.int8.nodes import inspect_qdq
+from export.int8.ort_fusion_layout import (
     apply_cpu_layout,
     dedicate_activation_qdq,
     op_counts,

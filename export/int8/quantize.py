@@ -7,15 +7,15 @@ are fragile), so this keeps accuracy in three ways:
   activation x activation MatMuls only on request), the output heads
   ``class_embed`` / ``bbox_embed`` never;
 - ranges come from real images through ``runtime.preprocess``;
-- a measured search (``export.int8_search``): full INT8 first, then better
+- a measured search (``export.int8.search``): full INT8 first, then better
   calibration ranges per block, then FP32 fallback chosen by AP recovered per
   ms lost, decided on held-out images (the val split of a dataset, with its
-  annotations) with a paired bootstrap error (``export.int8_objective``).
+  annotations) with a paired bootstrap error (``export.int8.objective``).
 
-The Q/DQ format (``export.qdq_format``) is TensorRT's by default: symmetric
+The Q/DQ format (``export.int8.qdq_insert``) is TensorRT's by default: symmetric
 INT8, zero point 0, per-tensor activations, per-channel weights
-(``export.qdq.inspect_qdq`` verifies it), laid out so that ONNX Runtime's CPU
-provider runs it as integer kernels (``export.qdq_layout``). ``target="cpu"``
+(``export.int8.nodes.inspect_qdq`` verifies it), laid out so that ONNX Runtime's CPU
+provider runs it as integer kernels (``export.int8.ort_fusion_layout``). ``target="cpu"``
 writes ONNX Runtime's own uint8-activation format instead: faster on a CPU,
 not a TensorRT input. Quantization itself is ONNX Runtime's ``quantize_static``. The
 calibration ranges are cached (keyed by model, images and method), so every
@@ -38,8 +38,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from export.int8_report import QuantizeReport
-from export.qdq_format import TARGETS, quantize_nodes, weight_bits
+from export.int8.qdq_insert import TARGETS, quantize_nodes, weight_bits
+from export.int8.report import QuantizeReport
 from runtime import json_limits
 from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.errors import DataError, InputError, ModelFormatError
@@ -66,7 +66,7 @@ class QuantizeConfig:
     pseudo_gt: bool = False  # ignore annotations: score INT8 against FP32 pseudo ground truth
     pseudo_top_k: int = 10  # detections per image kept as pseudo ground truth
     pseudo_budget: float | None = None  # budget in pseudo-GT points; None = mapped from
-    #                                     ap_budget (export.int8_objective.pseudo_budget)
+    #                                     ap_budget (export.int8.objective.pseudo_budget)
     second_best: bool = True  # AP with the official PostProcess; False drops no-object slots
     method_blocks: int = 4  # most sensitive blocks whose calibration method is searched
     candidates: int = 3  # FP32-fallback candidates measured per search step
@@ -131,7 +131,7 @@ class _Builder:
     def __init__(self, fp32: onnx.ModelProto, fp32_path: Path, work: Path,
                  blocks: dict[str, list[str]], calib: list[Path], meta: ModelMeta,
                  config: QuantizeConfig, cache_dir: Path) -> None:
-        from export.int8_ranges import tensor_blocks
+        from export.int8.calib_methods import tensor_blocks
 
         self.fp32, self.fp32_path, self.work, self.blocks = fp32, fp32_path, work, blocks
         self.calib, self.meta, self.config, self.cache_dir = calib, meta, config, cache_dir
@@ -144,7 +144,7 @@ class _Builder:
             f"detr-edge-calib-{_cache_key(self.fp32, self.calib, self.config, method)}.json"
 
     def _reader(self) -> _Reader:
-        from export.calib_data import fixed_size_batches, iter_feeds
+        from export.int8.calib_data import fixed_size_batches, iter_feeds
 
         batch = self.meta.batch_size or 1
         return _Reader(fixed_size_batches(self.calib, self.meta, batch) if self.meta.batch_size
@@ -160,7 +160,7 @@ class _Builder:
         return path
 
     def __call__(self, fallback: Sequence[str], methods: dict[str, str] | None = None) -> Path:
-        from export.int8_ranges import merge_caches
+        from export.int8.calib_methods import merge_caches
 
         methods = {b: m for b, m in (methods or {}).items() if m != self.config.method}
         key = (frozenset(fallback), tuple(sorted(methods.items())))
@@ -182,14 +182,14 @@ def quantize_int8(onnx_path: str | os.PathLike[str], calib_images: str | Sequenc
     """Quantize the FP32 detr-edge ONNX at ``onnx_path`` to INT8 Q/DQ.
 
     calib_images: a dataset root, a split folder or an image folder
-    (``export.calib_data.quant_images``: train calibrates, val decides), or a list
+    (``export.int8.calib_data.quant_images``: train calibrates, val decides), or a list
     of image paths (seeded split, pseudo ground truth unless ``eval_ann``).
     Returns the INT8 model (metadata precision 'int8') and the report; writes
     both when ``config.out_path`` is set. Raises ``InputError`` for bad
     arguments, ``ModelFormatError`` if the result is not in the target format.
     """
+    from export.int8.nodes import ensure_node_names, group_blocks, head_nodes, quantizable_nodes
     from export.onnx_meta import load_onnx, read_meta
-    from export.qdq import ensure_node_names, group_blocks, head_nodes, quantizable_nodes
     from runtime.backends.onnxruntime_backend import ort_failures
 
     config.validate()
@@ -235,8 +235,8 @@ def _finish(final: onnx.ModelProto, report: QuantizeReport, meta: ModelMeta, hea
             onnx_path: str | os.PathLike[str], config: QuantizeConfig) -> None:
     """Check the chosen model's Q/DQ format and graph, write its metadata, and write
     it and the report when ``config.out_path`` is set."""
+    from export.int8.nodes import inspect_qdq
     from export.onnx_meta import write_meta
-    from export.qdq import inspect_qdq
 
     info = inspect_qdq(final, config.target)
     if info.problems:
@@ -268,8 +268,8 @@ def _finish(final: onnx.ModelProto, report: QuantizeReport, meta: ModelMeta, hea
 
 
 def _images(calib_images: str | os.PathLike[str] | Sequence[Path], config: QuantizeConfig) -> Any:
-    """``export.calib_data.QuantImages`` for a path or an explicit image list."""
-    from export.calib_data import QuantImages, quant_images, split_images
+    """``export.int8.calib_data.QuantImages`` for a path or an explicit image list."""
+    from export.int8.calib_data import QuantImages, quant_images, split_images
 
     if isinstance(calib_images, (str, os.PathLike)):
         return quant_images(calib_images, config.calib_images, config.eval_images, config.seed,
@@ -315,16 +315,16 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, images: Any,
          blocks: dict[str, list[str]], build: Callable[..., Path], heads: set[str],
          meta: ModelMeta, config: QuantizeConfig) -> QuantizeReport:
     """The search on the held-out images (or full INT8 without them); the report."""
-    from export.calib_data import iter_feeds
-    from export.int8_objective import (
+    from export.int8.calib_data import iter_feeds
+    from export.int8.objective import (
         PAYS_RATIO,
         Objective,
         interleaved_latency,
         pays,
         pseudo_budget,
     )
-    from export.int8_search import SearchSettings, search, to_dicts
-    from export.sensitivity import HeldOutEvaluator
+    from export.int8.search import SearchSettings, search, to_dicts
+    from export.int8.sensitivity import HeldOutEvaluator
     from runtime.decode import decoding_protocol
 
     report = QuantizeReport(
@@ -379,7 +379,7 @@ def _run(onnx_path: str | os.PathLike[str], fp32_path: Path, images: Any,
 def _fill(report: QuantizeReport, result: Any, objective: Any, heads: set[str],
           blocks: dict[str, list[str]], budget: float) -> None:
     """The search's outcome into the report (everything but the final timing)."""
-    from export.int8_search import to_dicts
+    from export.int8.search import to_dicts
 
     final = result.final
     final.chosen = True

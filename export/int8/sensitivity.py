@@ -7,7 +7,7 @@ most half an AP point against the FP32 ONNX model on the held-out images.
 
 Sensitivity: for each block (backbone stage, input_proj, encoder/decoder layer)
 a model where *only* that block is INT8 shows how far its outputs move from FP32
-on the held-out images (:func:`output_error`); ``export.int8_search`` tries the
+on the held-out images (:func:`output_error`); ``export.int8.search`` tries the
 most sensitive blocks first.
 """
 

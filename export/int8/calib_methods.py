@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 def tensor_blocks(model: onnx.ModelProto, blocks: dict[str, list[str]]) -> dict[str, str]:
     """Activation tensor -> block whose node reads it (the first reader in graph
     order: a block's input belongs to the block that quantizes it)."""
-    from export.qdq import _constants
+    from export.int8.nodes import _constants
 
     constants = _constants(model)
     node_block = {n: b for b, nodes in blocks.items() for n in nodes}

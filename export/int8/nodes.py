@@ -197,7 +197,7 @@ def inspect_qdq(model: onnx.ModelProto, target: str = "tensorrt") -> QDQInfo:
     """Check every Q/DQ node: positive constant scale, per-tensor activations,
     per-channel weights on the output-channel axis, and zero points: int8 0
     everywhere for ``target="tensorrt"``; for ``target="cpu"`` (ONNX Runtime's
-    uint8 format, ``export.qdq_format``) int8 0 on weights, uint8 on activations."""
+    uint8 format, ``export.int8.qdq_insert``) int8 0 on weights, uint8 on activations."""
     info = QDQInfo()
     dq_of = {n.output[0]: n for n in model.graph.node if n.op_type == "DequantizeLinear"}
     for node in model.graph.node:

@@ -3,10 +3,10 @@
 Every configuration the search tries (calibration method per block, blocks kept
 in FP32) is *measured*, never guessed:
 
-- **AP** on the held-out images with ``export.sensitivity.HeldOutEvaluator``,
+- **AP** on the held-out images with ``export.int8.sensitivity.HeldOutEvaluator``,
   in COCO points. The per-image matches are kept (``detr.coco_resample``), so the
   difference between any two configurations gets a paired bootstrap standard
-  error over images (``export.paired_bootstrap``): the search only takes a step
+  error over images (``export.int8.paired_bootstrap``): the search only takes a step
   whose gain is beyond noise, and the report states the noise of its result.
 - **Latency** on ONNX Runtime CPU, the target format itself (a cpu-format model
   is timed as ORT runs it). FP32 and the configuration are timed round-robin
@@ -33,7 +33,7 @@ from typing import Any
 
 import numpy as np
 
-from export.paired_bootstrap import PairedDifference, paired_bootstrap
+from export.int8.paired_bootstrap import PairedDifference, paired_bootstrap
 
 # Pseudo-GT AP drop = OFFSET + SLOPE x real AP drop: least squares over the 8 INT8
 # configurations of benchmarks/int8_pseudo_gt.py on the demo model's 200 val images (both
@@ -71,7 +71,7 @@ class Candidate:
 class Objective:
     """Measures configurations against FP32 (see module doc)."""
 
-    evaluator: Any  # export.sensitivity.HeldOutEvaluator
+    evaluator: Any  # export.int8.sensitivity.HeldOutEvaluator
     fp32_path: Path
     feed: dict[str, np.ndarray]  # one batch-1 (or fixed-batch) input for timing
     latency_runs: int = 20

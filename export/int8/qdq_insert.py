@@ -3,7 +3,7 @@ makes them.
 
 ``tensorrt`` (default): TensorRT's explicit-quantization format. Symmetric int8
 activations and weights (zero point 0), per-channel weights, Q/DQ on the inputs
-of weight-bearing ops only; laid out afterwards by ``export.qdq_layout`` so that
+of weight-bearing ops only; laid out afterwards by ``export.int8.ort_fusion_layout`` so that
 ONNX Runtime's CPU provider also runs it on integer kernels.
 
 ``cpu``: ONNX Runtime's own CPU format, for deployments that never see TensorRT.
@@ -13,7 +13,7 @@ has range [0, max], so its zero point is uint8 0 and the quantizer's clamp *is*
 the ReLU. ONNX Runtime then drops the ReLU, and with the residual Adds and the
 stem MaxPool also quantized, the whole ResNet backbone runs in the integer
 domain. The stem conv is rewritten into its exact space-to-depth form
-(``export.stem_s2d``), which integer kernels run faster. The symmetric int8 format cannot do that. There, zero point 0 sits
+(``export.int8.stem_space_to_depth``), which integer kernels run faster. The symmetric int8 format cannot do that. There, zero point 0 sits
 mid-range, so every ReLU stays a float ``DequantizeLinear -> Relu ->
 QuantizeLinear`` detour on the full feature map; on DETR-R50 at 800x1066 that
 detour is about a quarter of the INT8 run time on ONNX Runtime CPU. TensorRT
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import onnx
 
-    from export.quantize import QuantizeConfig
+    from export.int8.quantize import QuantizeConfig
     from runtime.metadata import ModelMeta
 
 TARGETS = ("tensorrt", "cpu")
@@ -59,7 +59,7 @@ def conv_stage_nodes(model: onnx.ModelProto, convs: set[str]) -> list[str]:
     (LayerNorm, attention) are float, so quantizing them would only add
     conversions.
     """
-    from export.qdq import _constants
+    from export.int8.nodes import _constants
 
     constants = _constants(model)
     producer = {out: node for node in model.graph.node for out in node.output}
@@ -88,14 +88,14 @@ def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
     import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
-    from export.qdq_layout import apply_cpu_layout
+    from export.int8.ort_fusion_layout import apply_cpu_layout
 
     model = onnx.load(os.fspath(fp32_path), load_external_data=False)
     cpu = config.target == "cpu"
     chosen = list(nodes)
     source = Path(fp32_path)
     if cpu:
-        from export.stem_s2d import stem_to_space_to_depth
+        from export.int8.stem_space_to_depth import stem_to_space_to_depth
 
         wanted = set(nodes)
         convs = {n.name for n in model.graph.node if n.op_type == "Conv" and n.name in wanted}
@@ -142,7 +142,7 @@ def quantize_nodes(fp32_path: str | os.PathLike[str], out_path: str | os.PathLik
             source.unlink(missing_ok=True)
     out = onnx.load(os.fspath(out_path))
     # Layout for ONNX Runtime's integer kernels with the same meaning for TensorRT
-    # (export.qdq_layout): int8 MaxPool, QLinearAdd, one Q/DQ pair per consumer. The
+    # (export.int8.ort_fusion_layout): int8 MaxPool, QLinearAdd, one Q/DQ pair per consumer. The
     # cpu format needs none of it: ORT's quantizer lays uint8 graphs out for ORT.
     if not cpu and any(apply_cpu_layout(out, config.quantize_add).values()):
         from runtime.atomic import atomic_write_bytes
