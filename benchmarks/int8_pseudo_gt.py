@@ -41,7 +41,8 @@ def _ap(evaluator: Any, dets: list[Any]) -> float:
 def measure(onnx_path: Path, data: Path, num_eval: int = 200) -> dict[str, Any]:
     """Real and pseudo-GT AP drop of each configuration of :data:`CONFIGS`, and k."""
     from export.int8.calib_data import quant_images
-    from export.int8.quantize import QuantizeConfig, quantize_int8
+    from export.int8.config import QuantizeConfig
+    from export.int8.quantize import quantize_int8
     from export.int8.sensitivity import HeldOutEvaluator
 
     images = quant_images(data, 32, num_eval)

@@ -26,9 +26,9 @@ _LAZY = {
     "read_meta": "export.onnx_meta",
     "load_onnx": "export.onnx_meta",
     "quantize_int8": "export.int8.quantize",
-    "QuantizeConfig": "export.int8.quantize",
-    "QuantizeReport": "export.int8.quantize",
-    "inspect_qdq": "export.int8.nodes",
+    "QuantizeConfig": "export.int8.config",
+    "QuantizeReport": "export.int8.report",
+    "inspect_qdq": "export.int8.qdq_check",
     "build_engine": "export.engine_builder",
     "EngineBuildConfig": "export.engine_builder",
 }

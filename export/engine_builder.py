@@ -128,13 +128,12 @@ def plan_build(config: EngineBuildConfig) -> BuildPlan:
     """Read the ONNX and validate every argument; raise ``InputError`` /
     ``ModelFormatError`` before any slow work (no TensorRT needed)."""
     from export.golden import VERIFY_MODES
-    from export.int8.qdq_insert import int8_target
     from export.onnx_meta import check_graph_matches_meta, load_onnx, read_meta
 
     model = load_onnx(config.onnx_path)
     meta = read_meta(model, config.onnx_path)
     check_graph_matches_meta(model, meta, config.onnx_path)
-    if int8_target(meta) == "cpu":
+    if meta.int8_format == "cpu":
         raise ModelFormatError(config.onnx_path, "INT8 model in the cpu Q/DQ format (uint8 "
                                "activations) is not a TensorRT input; quantize it with "
                                "`detr-edge quantize --target tensorrt`")

@@ -25,11 +25,13 @@ pytest.importorskip("pycocotools")
 from tiny_detr_like import export_tiny_detr_like, write_images
 
 from export.int8.calib_data import iter_feeds, list_images, select_images, split_images
-from export.int8.nodes import block_of, head_nodes, inspect_qdq, quantizable_nodes, scales
+from export.int8.config import QuantizeConfig
+from export.int8.nodes import block_of, head_nodes, quantizable_nodes
 from export.int8.objective import Candidate
 from export.int8.ort_fusion_layout import op_counts, ort_optimized_graph, unfused_weight_ops
 from export.int8.paired_bootstrap import PairedDifference
-from export.int8.quantize import QuantizeConfig, quantize_int8, report_path
+from export.int8.qdq_check import inspect_qdq, scales
+from export.int8.quantize import quantize_int8, report_path
 from export.int8.search import beyond_noise, pick_step
 from export.int8.sensitivity import output_error
 from export.onnx_meta import read_meta

@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
     import sys
 
-    from export.int8.quantize import QuantizeConfig, quantize_int8, report_path
+    from export.int8.config import QuantizeConfig
+    from export.int8.quantize import quantize_int8, report_path
 
     config = QuantizeConfig(
         out_path=args.out, calib_images=args.calib_images, method=args.method,

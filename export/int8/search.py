@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from export.int8.objective import NOISE_Z, Candidate, Objective, within
 from export.int8.paired_bootstrap import PairedDifference
@@ -93,8 +94,6 @@ def _measure(objective: Objective, build: Build, name: str, fallback: list[str],
 
 def _sensitivity(blocks: dict[str, list[str]], build: Build, objective: Objective,
                  settings: SearchSettings) -> list[BlockSensitivity]:
-    from tqdm import tqdm
-
     bar = tqdm(total=len(blocks), desc="sensitivity", disable=not settings.progress, leave=False)
 
     def measure(nodes: list[str]) -> float:
@@ -137,8 +136,6 @@ def _choose_methods(order: list[str], build: Build, objective: Objective,
 
 def _fallback(order: list[str], build: Build, objective: Objective, settings: SearchSettings,
               current: Candidate, result: SearchResult) -> Candidate:
-    from tqdm import tqdm
-
     bar = tqdm(desc="fallback search", unit="model", disable=not settings.progress, leave=False)
     while not within(current, settings.budget):
         remaining = [b for b in order if b not in current.fallback][:settings.candidates]
