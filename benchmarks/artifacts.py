@@ -33,9 +33,7 @@ def find_artifacts(folder: str | None) -> dict[tuple[str, str], Path]:
 def row_precision(meta: Any) -> str:
     """The row an ONNX artifact belongs to: its precision, and "int8-cpu" for an
     INT8 model in ONNX Runtime's uint8 Q/DQ format (``quantize --target cpu``)."""
-    from export.qdq_format import int8_target
-
-    if int8_target(meta) == "cpu":
+    if meta.int8_format == "cpu":
         return "int8-cpu"
     return str(meta.precision)
 

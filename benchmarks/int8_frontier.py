@@ -3,7 +3,7 @@ INT8 artifact (metric, images, dAP with its noise, latency ratio against the
 targets) and a plot of the AP / latency frontier of the configurations it tried.
 
 Reads the ``<model>.quant.json`` reports next to the artifacts
-(``export.int8_report.QuantizeReport``); appends a section to ``report.md`` and
+(``export.int8.report.QuantizeReport``); appends a section to ``report.md`` and
 writes ``int8_frontier.png``. Given images, the benchmark re-times every INT8
 artifact against the FP32 one with the quantizer's own timing
 (``benchmarks.timing.time_onnx_models``), so the ratio the quantizer decided on
@@ -104,7 +104,7 @@ def retime(artifacts: Path, names: Sequence[str], images: Sequence[Path],
     """``{name: benchmarks.int8_latency.RatioSpread}``: each ``<name>.onnx`` timed
     against ``model_fp32.onnx`` by ``time_onnx_models`` (batch 1, first of ``images``)."""
     from benchmarks.int8_latency import ratio_spread
-    from export.calib_data import iter_feeds
+    from export.int8.calib_data import iter_feeds
     from export.onnx_meta import load_onnx, read_meta
 
     fp32 = artifacts / "model_fp32.onnx"

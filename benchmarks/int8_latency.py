@@ -49,7 +49,7 @@ class RatioSpread:
 
 def one_feed(fp32: Path, images: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The batch-1 feed of the first image of ``images`` (with a mask if the model has one)."""
-    from export.calib_data import iter_feeds, list_images
+    from export.int8.calib_data import iter_feeds, list_images
     from export.onnx_meta import load_onnx, read_meta
 
     return next(iter_feeds(list_images(images, 1), read_meta(load_onnx(fp32), fp32), 1))

@@ -7,7 +7,7 @@ on an annotated dataset: for a spread of INT8 configurations (both Q/DQ
 formats, each calibration method, clipping percentiles, few calibration images)
 it computes, from the *same* detections on the same val images, the real AP
 drop and the pseudo-GT AP drop, and fits pseudo = offset + slope * real (least
-squares): ``export.int8_objective.PSEUDO_GT_OFFSET`` / ``PSEUDO_GT_SLOPE``. A
+squares): ``export.int8.objective.PSEUDO_GT_OFFSET`` / ``PSEUDO_GT_SLOPE``. A
 pseudo-GT score has a floor: INT8 that loses no real AP still loses points
 against FP32's own low-score detections, hence the offset.
 
@@ -40,9 +40,10 @@ def _ap(evaluator: Any, dets: list[Any]) -> float:
 
 def measure(onnx_path: Path, data: Path, num_eval: int = 200) -> dict[str, Any]:
     """Real and pseudo-GT AP drop of each configuration of :data:`CONFIGS`, and k."""
-    from export.calib_data import quant_images
-    from export.quantize import QuantizeConfig, quantize_int8
-    from export.sensitivity import HeldOutEvaluator
+    from export.int8.calib_data import quant_images
+    from export.int8.config import QuantizeConfig
+    from export.int8.quantize import quantize_int8
+    from export.int8.sensitivity import HeldOutEvaluator
 
     images = quant_images(data, 32, num_eval)
     real = HeldOutEvaluator(onnx_path, images.held_out, images.annotations,

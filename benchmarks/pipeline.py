@@ -8,7 +8,7 @@ Stages (each prints a header and its wall time):
                split, or the committed demo checkpoint;
 3. onnx-fp32 - ``export.onnx_export`` (parity-checked against PyTorch);
 4. onnx-fp16 - the same exporter with ``precision='fp16'``;
-5. int8      - ``export.quantize`` (explicit Q/DQ within an AP budget), in TensorRT's
+5. int8      - ``export.int8.quantize`` (explicit Q/DQ within an AP budget), in TensorRT's
                format and (int8-cpu) in ONNX Runtime's uint8 CPU format: calibrated on
                the train split, the budget measured on the val split's annotations;
 6. engines   - ``export.engine_builder`` when TensorRT and a GPU are present;
@@ -206,7 +206,7 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
                                       for k, v in result.stage_seconds.items())
         + f"; total {time.perf_counter() - total0:.1f} s")
     from benchmarks.int8_frontier import write_int8_section
-    from export.calib_data import list_images
+    from export.int8.calib_data import list_images
 
     for line in write_int8_section(art, result.report_dir,
                                    list_images(data.root / data.val_split, 1)):

@@ -95,7 +95,8 @@ def export(checkpoint: Path, out: Path, canvas: tuple[int, int], precision: str,
 
 def quantize(fp32: Path, out: Path, data: DataPaths, calib_images: int, eval_images: int,
              target: str, progress: bool, log: Log) -> str:
-    from export.quantize import QuantizeConfig, quantize_int8
+    from export.int8.config import QuantizeConfig
+    from export.int8.quantize import quantize_int8
 
     # Calibrate on train images; the INT8 search decides on val images against their
     # annotations (never calibrated on), timing each configuration against FP32.

@@ -130,7 +130,8 @@ def _prepare(config: R50SpeedConfig, work: Path, threads: int, log: Any) -> dict
     if not config.int8:
         return paths
     from detr.data.synthetic import ShapesConfig, make_shapes_dataset
-    from export.quantize import QuantizeConfig, quantize_int8
+    from export.int8.config import QuantizeConfig
+    from export.int8.quantize import quantize_int8
 
     calib = work / "calib"
     if not (calib / "train").is_dir():

@@ -4,24 +4,20 @@ Runtime on calibration inputs.
 Every intermediate floating-point tensor is exposed as an extra graph output
 (on a copy of the model), the model is run on each feed and the running
 maximum of ``|x|`` is kept per tensor. Used by the FP16 converter (which nodes
-must stay FP32), by ``check-onnx`` (FP16 overflow scan) and reusable by the
-INT8 calibration.
+must stay FP32), by ``check-onnx`` (FP16 overflow scan). Feeds from images:
+``export.int8.calib_data.iter_feeds``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 if TYPE_CHECKING:
     import onnx
-
-    from runtime.metadata import ModelMeta
-
 
 
 @dataclass
@@ -87,23 +83,6 @@ def collect_activation_ranges(model: onnx.ModelProto,
             if prev is None or np.isnan(peak) or (not np.isnan(prev) and peak > prev):
                 ranges.max_abs[name] = peak
     return ranges
-
-
-def image_feeds(paths: Sequence[Path], meta: ModelMeta, batch_size: int = 1,
-                with_mask: bool | None = None) -> list[dict[str, np.ndarray]]:
-    """Feeds ``{'images': [B,3,H,W] float32 (+ 'mask' [B,H,W] bool)}`` made with
-    ``runtime.preprocess`` (the runtime's own preprocessing, one implementation)."""
-    from runtime.preprocess import preprocess
-
-    use_mask = meta.with_mask if with_mask is None else with_mask
-    feeds = []
-    for start in range(0, len(paths), batch_size):
-        batch = preprocess(list(paths[start:start + batch_size]), meta)
-        feed = {"images": np.ascontiguousarray(batch.images, dtype=np.float32)}
-        if use_mask:
-            feed["mask"] = np.ascontiguousarray(batch.mask, dtype=bool)
-        feeds.append(feed)
-    return feeds
 
 
 def random_feeds(model: onnx.ModelProto, count: int = 2, seed: int = 0,

@@ -38,7 +38,7 @@ class BatchStream:
     """Host side of the calibrator: yields fixed-size feeds, counts batches.
 
     ``feeds`` yields ``{input name: array}`` with the same shapes each time
-    (see ``export.calib_data.fixed_size_batches``).
+    (see ``export.int8.calib_data.fixed_size_batches``).
     """
 
     def __init__(self, feeds: Iterator[dict[str, np.ndarray]], batch_size: int) -> None:

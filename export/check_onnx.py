@@ -24,8 +24,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from export.qdq import constant_value
+from export.activation_ranges import collect_activation_ranges, random_feeds
+from export.int8.calib_data import iter_feeds, list_images
+from export.onnx_graph import constant_names, constant_value
+from export.onnx_meta import load_onnx, read_meta
 from export.trt_ops import MAX_OPSET, MIN_OPSET, RESTRICTIONS, SOURCE, supported_ops
+from runtime.backends.onnxruntime_backend import ort_failures
+from runtime.errors import DetrEdgeError
 
 if TYPE_CHECKING:
     import onnx
@@ -76,13 +81,6 @@ class CheckConfig:
     overflow_scan: bool = True  # False skips the ORT run (pure graph checks)
 
 
-def _constant_names(model: onnx.ModelProto) -> set[str]:
-    """Names of tensors known at build time: initializers and Constant outputs."""
-    names = {init.name for init in model.graph.initializer}
-    names |= {o for n in model.graph.node if n.op_type == "Constant" for o in n.output}
-    return names
-
-
 def _all_nodes(graph: onnx.GraphProto) -> list[onnx.NodeProto]:
     """Nodes of ``graph`` and of its subgraphs (If/Loop/Scan bodies)."""
     nodes = []
@@ -128,7 +126,7 @@ def check_no_cumsum(model: onnx.ModelProto) -> CheckResult:
 
 
 def check_pad(model: onnx.ModelProto) -> CheckResult:
-    constants = _constant_names(model)
+    constants = constant_names(model)
     bad = []
     pads = [n for n in _all_nodes(model.graph) if n.op_type == "Pad"]
     for node in pads:
@@ -227,8 +225,6 @@ def check_overflow(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]
                    source: str) -> CheckResult:
     import onnx
 
-    from export.activation_ranges import collect_activation_ranges
-
     ranges = collect_activation_ranges(model, feeds)
     fp16 = onnx.TensorProto.FLOAT16
     where = f"{ranges.num_feeds} {source} input(s)"
@@ -254,17 +250,13 @@ def check_overflow(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]
 
 def _with_target_hint(model: onnx.ModelProto, result: CheckResult) -> CheckResult:
     """A failed Q/DQ check on a ``quantize --target cpu`` model says what to do."""
-    from export.onnx_meta import read_meta
-    from export.qdq_format import int8_target
-    from runtime.errors import DetrEdgeError
-
     if result.status != FAIL:
         return result
     try:
         meta = read_meta(model)
     except DetrEdgeError:  # a foreign ONNX without detr-edge metadata: no hint
         return result
-    if int8_target(meta) == "cpu":
+    if meta.int8_format == "cpu":
         return dataclasses.replace(result, detail=(
             "quantized with --target cpu (ONNX Runtime's uint8 format); for TensorRT run "
             "`detr-edge quantize --target tensorrt`: " + result.detail))
@@ -276,11 +268,6 @@ def check_onnx(path: str | os.PathLike[str], config: CheckConfig | None = None) 
 
     Raises ``ModelFormatError`` when the file is missing, truncated or not ONNX.
     """
-    from export.activation_ranges import image_feeds, random_feeds
-    from export.calib_data import list_images
-    from export.onnx_meta import load_onnx, read_meta
-    from runtime.backends.onnxruntime_backend import ort_failures
-
     config = config or CheckConfig()
     supported_ops(config.trt_version)  # validates the version early
     model = load_onnx(path)
@@ -299,7 +286,7 @@ def check_onnx(path: str | os.PathLike[str], config: CheckConfig | None = None) 
             if config.calib_data:
                 meta = read_meta(model, path)
                 paths = list_images(config.calib_data, config.num_inputs)
-                feeds = image_feeds(paths, meta, batch_size=1)
+                feeds = list(iter_feeds(paths, meta, batch_size=1))
                 report.results.append(check_overflow(model, feeds, "calibration"))
             else:
                 feeds = random_feeds(model, count=config.num_inputs)

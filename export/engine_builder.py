@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from export.calib_data import fixed_size_batches, list_images, select_images
+from export.int8.calib_data import fixed_size_batches, list_images, select_images
 from export.calibrator import BatchStream, CalibrationSession, make_entropy_calibrator
 from export.engine_checks import (
     ProfileShapes,

@@ -108,7 +108,7 @@ def calibration_batch(meta: ModelMeta, calib_batch: int | None,
 
 def check_fused_calibration(meta: ModelMeta) -> None:
     """TensorRT 10 builder-flag INT8 calibrates on float canvases (``runtime.preprocess``
-    batches, ``export.calib_data``), which a ``--fused-preprocess`` graph (uint8 frames)
+    batches, ``export.int8.calib_data``), which a ``--fused-preprocess`` graph (uint8 frames)
     does not take: refused before the build rather than failing in the calibrator."""
     if fused_source_size(meta) is not None:
         raise InputError("--precision int8", "builder-flag INT8 calibration feeds float "

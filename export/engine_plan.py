@@ -23,7 +23,6 @@ from export.engine_checks import (
 )
 from export.golden import VERIFY_MODES
 from export.onnx_meta import check_graph_matches_meta, load_onnx, read_meta
-from export.qdq_format import int8_target
 from runtime.errors import InputError, ModelFormatError
 from runtime.files import file_sha256
 from runtime.metadata import ModelMeta
@@ -87,7 +86,7 @@ def _read_model(onnx_path: str) -> ModelMeta:
     model = load_onnx(onnx_path)
     meta = read_meta(model, onnx_path)
     check_graph_matches_meta(model, meta, onnx_path)
-    if int8_target(meta) == "cpu":
+    if meta.int8_format == "cpu":
         raise ModelFormatError(onnx_path, "INT8 model in the cpu Q/DQ format (uint8 "
                                "activations) is not a TensorRT input; quantize it with "
                                "`detr-edge quantize --target tensorrt`")

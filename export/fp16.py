@@ -27,6 +27,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from export.activation_ranges import collect_activation_ranges
+from export.check_onnx import nonfinite_origins
+from export.onnx_graph import producer_index
+
 if TYPE_CHECKING:
     import onnx
 
@@ -114,8 +118,6 @@ def _choose_fp32_nodes(model: onnx.ModelProto, ranges: dict[str, float],
     weights_max = {i.name: float(np.abs(numpy_helper.to_array(i)).max(initial=0.0))
                    for i in model.graph.initializer
                    if i.data_type == 1}  # FLOAT
-    from export.check_onnx import nonfinite_origins
-
     heads = _output_head_nodes(model) if config.keep_output_heads else set()
     # inf that a constant carries (the -inf of attention masks) is exact in FP16 too;
     # only nodes that create inf/NaN from finite inputs are overflow problems.
@@ -155,7 +157,7 @@ _HEAD_PASSTHROUGH = frozenset({"Reshape", "Transpose", "Flatten", "Squeeze", "Un
 def _output_head_nodes(model: onnx.ModelProto) -> set[int]:
     """Nodes from each graph output back to (and including) the last MatMul/Gemm:
     the final linear layer of class_embed and bbox_embed, its bias and the sigmoid."""
-    producer = {o: i for i, n in enumerate(model.graph.node) for o in n.output}
+    producer = producer_index(model.graph)
     inits = {i.name for i in model.graph.initializer}
     heads: set[int] = set()
     for out in model.graph.output:
@@ -177,7 +179,8 @@ def _fold_float_constants(model: onnx.ModelProto) -> None:
     kept = []
     for node in model.graph.node:
         value = next((a.t for a in node.attribute if a.name == "value"), None)
-        if node.op_type == "Constant" and value is not None and value.data_type == TensorProto.FLOAT:
+        if (node.op_type == "Constant" and value is not None
+                and value.data_type == TensorProto.FLOAT):
             tensor = model.graph.initializer.add()
             tensor.CopyFrom(value)
             tensor.name = node.output[0]
@@ -201,15 +204,36 @@ def _float_tensors(model: onnx.ModelProto) -> set[str]:
 def _rewrite(model: onnx.ModelProto, keep: dict[int, str], report: FP16Report) -> None:
     """Retype the graph in place: FP16 nodes, FP16 weight copies, Cast bridges."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
     floats = _float_tensors(model)
-    inits = {i.name: i for i in model.graph.initializer}
-    # Graph outputs produced by FP16 nodes: rename inside the graph, cast back at the end.
-    out_names = {o.name for o in model.graph.output}
     fp16_idx = {i for i, n in enumerate(model.graph.node)
                 if n.op_type in FP16_OPS and i not in keep
                 and any(t in floats for t in list(n.input) + list(n.output))}
+    renamed = _rename_fp16_outputs(model, fp16_idx, floats)
+    floats |= set(renamed.values())
+    new_nodes, num_casts = _bridge_precisions(model, fp16_idx, floats)
+    for original, inner in renamed.items():
+        new_nodes.append(onnx.helper.make_node("Cast", [inner], [original],
+                                               to=onnx.TensorProto.FLOAT,
+                                               name=f"{original}__cast_out"))
+    del model.graph.node[:]
+    model.graph.node.extend(new_nodes)
+    # Unused FP32 weights (all readers now use the FP16 copy) are dropped.
+    used = {name for n in model.graph.node for name in n.input}
+    remaining = [i for i in model.graph.initializer if i.name in used]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(remaining)
+    del model.graph.value_info[:]
+    report.num_fp16_nodes = len(fp16_idx)
+    report.num_casts = num_casts + len(renamed)
+    onnx.checker.check_model(model)
+
+
+def _rename_fp16_outputs(model: onnx.ModelProto, fp16_idx: set[int],
+                         floats: set[str]) -> dict[str, str]:
+    """Graph outputs produced by FP16 nodes get an inner name (in place), so that a
+    final Cast can give the graph its float32 output back. Returns ``{output: inner}``."""
+    out_names = {o.name for o in model.graph.output}
     renamed = {}
     for i in fp16_idx:
         for o in model.graph.node[i].output:
@@ -220,8 +244,17 @@ def _rewrite(model: onnx.ModelProto, keep: dict[int, str], report: FP16Report) -
             node.input[k] = renamed.get(name, name)
         for k, name in enumerate(node.output):
             node.output[k] = renamed.get(name, name)
-    floats |= set(renamed.values())
+    return renamed
 
+
+def _bridge_precisions(model: onnx.ModelProto, fp16_idx: set[int],
+                       floats: set[str]) -> tuple[list[onnx.NodeProto], int]:
+    """The nodes in order with a Cast in front of each input whose precision differs
+    from its reader's (one Cast per tensor and direction), and FP16 copies of the
+    weights FP16 nodes read (added to the graph). Returns ``(nodes, casts added)``."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    inits = {i.name: i for i in model.graph.initializer}
     precision = {name: TensorProto.FLOAT for name in floats}
     casts: dict[tuple[str, int], str] = {}
     fp16_inits: dict[str, str] = {}
@@ -255,20 +288,7 @@ def _rewrite(model: onnx.ModelProto, keep: dict[int, str], report: FP16Report) -
             if name in floats:
                 precision[name] = target
         new_nodes.append(node)
-    for original, inner in renamed.items():
-        new_nodes.append(helper.make_node("Cast", [inner], [original], to=TensorProto.FLOAT,
-                                          name=f"{original}__cast_out"))
-    del model.graph.node[:]
-    model.graph.node.extend(new_nodes)
-    # Unused FP32 weights (all readers now use the FP16 copy) are dropped.
-    used = {name for n in model.graph.node for name in n.input}
-    remaining = [i for i in model.graph.initializer if i.name in used]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(remaining)
-    del model.graph.value_info[:]
-    report.num_fp16_nodes = len(fp16_idx)
-    report.num_casts = len(casts) + len(renamed)
-    onnx.checker.check_model(model)
+    return new_nodes, len(casts)
 
 
 def _run(model: onnx.ModelProto, feeds: Sequence[dict[str, np.ndarray]]) -> list[list[np.ndarray]]:
@@ -287,8 +307,6 @@ def convert_to_fp16(model: onnx.ModelProto, calib_inputs: Sequence[dict[str, np.
     Metadata props are copied unchanged (the caller updates ``precision``).
     """
     import onnx
-
-    from export.activation_ranges import collect_activation_ranges
 
     config = config or FP16Config()
     fp16 = onnx.ModelProto()

@@ -245,7 +245,7 @@ def parity_frames(source_h: int, source_w: int, calib_data: str | None, count: i
     from PIL import Image
 
     if calib_data is not None:
-        from export.calib_data import list_images
+        from export.int8.calib_data import list_images
         from runtime.image_io import load_image
 
         paths = list_images(calib_data, count)

@@ -107,7 +107,7 @@ def name_nodes_by_module(model: onnx.ModelProto) -> onnx.ModelProto:
     Dynamo names nodes by op and counter (``node_MatMul_410``) and initializers
     by value (``val_411``), so nothing in a transformer node's names says which
     layer it belongs to; INT8 fallback groups nodes into blocks by those names
-    (``export.qdq.block_of``). The module path comes from the node's
+    (``export.int8.nodes.block_of``). The module path comes from the node's
     ``pkg.torch.onnx.name_scopes`` metadata: ``['', 'encoder', 'encoder.layers.0',
     'encoder.layers.0.linear1', 'linear_4']`` -> ``/encoder.layers.0.linear1/MatMul``.
     The metadata (with stack traces) is dropped; onnxslim would drop it anyway.

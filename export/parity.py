@@ -118,7 +118,7 @@ def build_cases(meta: Any, data_dir: str | None, num_images: int, seed: int = 0)
     cases: list[Case] = []
     canvas = np.array([meta.input_height, meta.input_width], dtype=np.int64)
     if data_dir is not None:
-        from export.calib_data import list_images
+        from export.int8.calib_data import list_images
         from runtime.image_io import load_image
 
         paths = list_images(data_dir, num_images)

@@ -45,6 +45,11 @@ class DecodingDefaults:
     second_best: bool = False
 
 
+# The two INT8 Q/DQ formats ``detr-edge quantize --target`` writes (export.int8.qdq_insert):
+# TensorRT's symmetric int8, and ONNX Runtime's uint8-activation cpu format.
+INT8_FORMATS = ("tensorrt", "cpu")
+
+
 @dataclass(frozen=True)
 class ModelMeta:
     """Everything the runtime needs to know about an exported model.
@@ -80,6 +85,15 @@ class ModelMeta:
     def num_classes(self) -> int:
         """Number of object classes K (the logits have K+1 columns)."""
         return len(self.class_names)
+
+    @property
+    def int8_format(self) -> str | None:
+        """The Q/DQ format of an INT8 model (one of ``INT8_FORMATS``, from
+        ``extra.int8.target``; "tensorrt" when the file predates the cpu format);
+        None for FP32/FP16 models."""
+        if self.precision != "int8":
+            return None
+        return str((self.extra.get("int8") or {}).get("target", "tensorrt"))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)

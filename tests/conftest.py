@@ -90,7 +90,8 @@ def detr_tiny_int8(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     pytest.importorskip("onnxruntime")
     from tiny_detr_like import export_detr_tiny, write_images
 
-    from export.quantize import QuantizeConfig, quantize_int8
+    from export.int8.config import QuantizeConfig
+    from export.int8.quantize import quantize_int8
 
     root = tmp_path_factory.mktemp("detr_tiny_int8")
     out: dict[str, Any] = {"fp32": export_detr_tiny(root / "detr_tiny.onnx"),

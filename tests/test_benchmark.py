@@ -39,7 +39,8 @@ def make_tiny_setup(root: Path, int8: bool = True) -> dict[str, Path]:
         export_onnx(ExportConfig(checkpoint=str(ckpt), out=str(art / f"m_{precision}.onnx"),
                                  height=SIZE, width=SIZE, precision=precision))
     if int8:
-        from export.quantize import QuantizeConfig, quantize_int8
+        from export.int8.config import QuantizeConfig
+        from export.int8.quantize import quantize_int8
 
         for target, name in (("tensorrt", "m_int8.onnx"), ("cpu", "m_int8_cpu.onnx")):
             quantize_int8(art / "m_fp32.onnx", str(data / "train"), QuantizeConfig(

@@ -112,7 +112,7 @@ def test_coco_2017_split_names(tmp_path: Path) -> None:
 def test_calibration_and_predict_take_a_dataset_root(hard: Path) -> None:
     """--calib-data ROOT calibrates on the train split only; predict --images ROOT
     runs the val split and numbers results with the annotation ids."""
-    from export.calib_data import list_images
+    from export.int8.calib_data import list_images
     from runtime.predict import collect_inputs
 
     assert list_images(hard) == resolve_dataset(hard, "train").images

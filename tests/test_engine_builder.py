@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.calib_data import fixed_size_batches, iter_feeds
+from export.int8.calib_data import fixed_size_batches, iter_feeds
 from export.calibrator import BatchStream, read_cache
 from export.engine_builder import EngineBuildConfig, build_engine
 from export.engine_checks import (

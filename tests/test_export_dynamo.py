@@ -19,11 +19,12 @@ from PIL import Image
 from detr import build_model
 from export.check_onnx import CheckConfig, check_onnx
 from export.fp16 import convert_to_fp16
+from export.int8.config import QuantizeConfig
+from export.int8.nodes import group_blocks, quantizable_nodes
+from export.int8.ort_fusion_layout import ort_optimized_graph, unfused_weight_ops
+from export.int8.quantize import quantize_int8
 from export.onnx_export import ExportConfig, export_detr
 from export.onnx_meta import read_meta
-from export.qdq import group_blocks, quantizable_nodes
-from export.qdq_layout import ort_optimized_graph, unfused_weight_ops
-from export.quantize import QuantizeConfig, quantize_int8
 from runtime.metadata import ModelMeta
 
 pytest.importorskip("onnxscript", reason="onnxscript not installed (export extra)")

@@ -19,8 +19,8 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-from export.calib_data import iter_feeds, list_images
-from export.quantize import QuantizeConfig
+from export.int8.calib_data import iter_feeds, list_images
+from export.int8.config import QuantizeConfig
 from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend, saturates_here
 from runtime.cpu_features import int8_dot_product_safe
 from runtime.errors import InputError

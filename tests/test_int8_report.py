@@ -1,4 +1,4 @@
-"""The quantize report's frontier table and verdicts (export/int8_report.py) and the
+"""The quantize report's frontier table and verdicts (export/int8/report.py) and the
 pipeline's INT8 section and frontier plot (benchmarks/int8_frontier.py)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from benchmarks.int8_frontier import summary_lines, write_int8_section
-from export.int8_report import QuantizeReport, frontier_table
+from export.int8.report import QuantizeReport, frontier_table
 
 
 def _config(name: str, ap: float, ratio: float, chosen: bool = False) -> dict:

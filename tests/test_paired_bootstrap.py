@@ -1,4 +1,4 @@
-"""Paired bootstrap over images (export/paired_bootstrap.py) and COCO AP on a
+"""Paired bootstrap over images (export/int8/paired_bootstrap.py) and COCO AP on a
 weighted image set (detr/coco_resample.py), on hand-computable data."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from export.paired_bootstrap import Metric, paired_bootstrap, resample_counts
+from export.int8.paired_bootstrap import Metric, paired_bootstrap, resample_counts
 from runtime.errors import InputError
 
 

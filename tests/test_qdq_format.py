@@ -20,12 +20,13 @@ ort = pytest.importorskip("onnxruntime")
 
 from tiny_detr_like import export_tiny_detr_like
 
-from export.calib_data import iter_feeds, list_images
+from export.int8.calib_data import iter_feeds, list_images
+from export.int8.config import QuantizeConfig
+from export.int8.nodes import ensure_node_names, head_nodes
+from export.int8.ort_fusion_layout import op_counts, ort_optimized_graph, unfused_weight_ops
+from export.int8.qdq_check import inspect_qdq
+from export.int8.qdq_insert import conv_stage_nodes
 from export.onnx_meta import read_meta
-from export.qdq import ensure_node_names, head_nodes, inspect_qdq
-from export.qdq_format import conv_stage_nodes
-from export.qdq_layout import op_counts, ort_optimized_graph, unfused_weight_ops
-from export.quantize import QuantizeConfig
 from runtime.errors import InputError, ModelFormatError
 
 

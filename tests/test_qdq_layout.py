@@ -3,7 +3,7 @@
 ORT fuses ``DQ -> Conv -> Q`` into QLinearConv only after rewriting the int8
 Q->DQ pairs to uint8, which it does only for a Q with one consumer; a ResNet
 block input feeds conv1 *and* the residual Add, so its Conv stayed FP32.
-``export.qdq_layout.dedicate_activation_qdq`` gives every consumer its own
+``export.int8.ort_fusion_layout.dedicate_activation_qdq`` gives every consumer its own
 pair; ``quantize_add_before_relu`` lets ORT run the residual Add as QLinearAdd.
 These tests check the graph ORT really runs (no timing): a hand-built residual
 block here, the real DETR-tiny graph in ``test_quantize.py``.
@@ -19,15 +19,15 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper
 
-from export.qdq import inspect_qdq
-from export.qdq_layout import (
-    apply_cpu_layout,
+from export.int8.ort_fusion_layout import (
+    apply_ort_fusion_layout,
     dedicate_activation_qdq,
     op_counts,
     ort_optimized_graph,
     quantize_add_before_relu,
     unfused_weight_ops,
 )
+from export.int8.qdq_check import inspect_qdq
 
 C = 8  # channels of the toy block
 
@@ -177,7 +177,7 @@ def test_stem_maxpool_runs_on_int8_with_identical_results() -> None:
     x = np.random.default_rng(3).normal(0, 1, (1, 3, 8, 8)).astype(np.float32)
     reference = _run_unoptimized(_stem(), x)
     model = _stem()
-    assert apply_cpu_layout(model) == {"add": 0, "dedicated": 1, "maxpool": 1}
+    assert apply_ort_fusion_layout(model) == {"add": 0, "dedicated": 1, "maxpool": 1}
     onnx.checker.check_model(model)
     assert inspect_qdq(model).problems == []
     for got, want in zip(_run_unoptimized(model, x), reference, strict=True):

@@ -1,4 +1,4 @@
-"""Where quantize calibrates and where it decides (export.calib_data.quant_images):
+"""Where quantize calibrates and where it decides (export.int8.calib_data.quant_images):
 a dataset root calibrates on train and decides on val with val's annotations, also
 with sub-folders and odd file names; a split folder alone splits itself; a plain
 folder has no annotations (pseudo ground truth)."""
@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from detr.data.synthetic import ShapesConfig, make_shapes_dataset
-from export.calib_data import quant_images
+from export.int8.calib_data import quant_images
 
 
 @pytest.fixture(scope="module")

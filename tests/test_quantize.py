@@ -24,15 +24,17 @@ pytest.importorskip("pycocotools")
 
 from tiny_detr_like import export_tiny_detr_like, write_images
 
-from export.calib_data import iter_feeds, list_images, select_images, split_images
-from export.int8_objective import Candidate
-from export.int8_search import beyond_noise, pick_step
+from export.int8.calib_data import iter_feeds, list_images, select_images, split_images
+from export.int8.config import QuantizeConfig
+from export.int8.nodes import block_of, head_nodes, quantizable_nodes
+from export.int8.objective import Candidate
+from export.int8.ort_fusion_layout import op_counts, ort_optimized_graph, unfused_weight_ops
+from export.int8.paired_bootstrap import PairedDifference
+from export.int8.qdq_check import inspect_qdq, scales
+from export.int8.quantize import quantize_int8, report_path
+from export.int8.search import beyond_noise, pick_step
+from export.int8.sensitivity import output_error
 from export.onnx_meta import read_meta
-from export.paired_bootstrap import PairedDifference
-from export.qdq import block_of, head_nodes, inspect_qdq, quantizable_nodes, scales
-from export.qdq_layout import op_counts, ort_optimized_graph, unfused_weight_ops
-from export.quantize import QuantizeConfig, quantize_int8, report_path
-from export.sensitivity import output_error
 from runtime.errors import InputError
 
 
@@ -248,7 +250,7 @@ def test_zero_budget_stops_when_a_step_gains_nothing_beyond_noise(data: dict[str
 
 def test_quantizing_no_nodes_leaves_the_model_fp32(data: dict[str, Path], tmp_path: Path) -> None:
     # ORT reads an empty nodes_to_quantize as "everything": all-FP32 must have no Q/DQ.
-    from export.qdq_format import quantize_nodes
+    from export.int8.qdq_insert import quantize_nodes
 
     meta = read_meta(onnx.load(str(data["tiny"])))
     feeds = iter_feeds(list_images(data["images"])[:4], meta)
@@ -323,7 +325,7 @@ def test_refuses_non_fp32_model(quantized: tuple, tmp_path: Path,
 def test_real_detr_tiny_graph(detr_tiny_int8: dict[str, Any]) -> None:
     """The real DETR-tiny graph from export-onnx's tracer (random init, 64 px):
     heads found, every block named, TensorRT-format Q/DQ, check-onnx passes."""
-    from export.qdq import ensure_node_names, group_blocks
+    from export.int8.nodes import ensure_node_names, group_blocks
 
     named = ensure_node_names(onnx.load(str(detr_tiny_int8["fp32"])))
     heads = head_nodes(named)

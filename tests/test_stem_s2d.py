@@ -1,4 +1,4 @@
-"""export.stem_s2d: the space-to-depth stem is the same function as the 7x7
+"""export.int8.stem_space_to_depth: the space-to-depth stem is the same function as the 7x7
 stride-2 conv it replaces (ONNX Runtime FP32, odd and even sizes, with bias),
 and the cpu INT8 format uses it."""
 
@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from onnx import TensorProto, helper, numpy_helper
 
-from export.stem_s2d import s2d_weight, stem_to_space_to_depth
+from export.int8.stem_space_to_depth import s2d_weight, stem_to_space_to_depth
 
 
 def _stem(h: int, w: int, k: int = 7, pad: int = 3, seed: int = 0) -> onnx.ModelProto:

@@ -1,5 +1,5 @@
 """``detr-edge quantize --onnx model.onnx --calib-data DIR --out model.int8.onnx``:
-INT8 explicit Q/DQ ONNX within an AP budget (see export/quantize.py)."""
+INT8 explicit Q/DQ ONNX within an AP budget (see export/int8/quantize.py)."""
 
 from __future__ import annotations
 
@@ -74,7 +74,8 @@ def run(args: argparse.Namespace) -> int:
 
     import sys
 
-    from export.quantize import QuantizeConfig, quantize_int8, report_path
+    from export.int8.config import QuantizeConfig
+    from export.int8.quantize import quantize_int8, report_path
 
     config = QuantizeConfig(
         out_path=args.out, calib_images=args.calib_images, method=args.method,

@@ -1,13 +1,13 @@
 """The INT8 configuration search: full INT8 first, better scales next, FP32
-fallback last, each step measured (``export.int8_objective``).
+fallback last, each step measured (``export.int8.objective``).
 
 1. **Full INT8** with the default calibration method. Within the AP budget: done
    (the fastest configuration there is).
 2. **Sensitivity**: a model with only block b in INT8, for each block; its output
-   error against FP32 ranks the blocks (``export.sensitivity``).
+   error against FP32 ranks the blocks (``export.int8.sensitivity``).
 3. **Better scales before fallback**: for the ``method_blocks`` most sensitive
    blocks, each calibration method (min-max, entropy, percentile) in turn for
-   that block's activations only (``export.int8_ranges``); the method with the
+   that block's activations only (``export.int8.calib_methods``); the method with the
    smallest output error is kept per block. The mixed model is then measured and
    kept if its AP is higher.
 4. **Fallback by AP per millisecond**: while over budget, the next
@@ -28,10 +28,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
-from export.int8_objective import NOISE_Z, Candidate, Objective, within
-from export.paired_bootstrap import PairedDifference
-from export.sensitivity import BlockSensitivity, output_error, rank_blocks
+from export.int8.objective import NOISE_Z, Candidate, Objective, within
+from export.int8.paired_bootstrap import PairedDifference
+from export.int8.sensitivity import BlockSensitivity, output_error, rank_blocks
 
 RANKING_IMAGES = 64  # held-out images whose output error ranks blocks and methods
 Build = Callable[[list[str], dict[str, str]], Path]  # (FP32 blocks, block methods) -> model
@@ -93,8 +94,6 @@ def _measure(objective: Objective, build: Build, name: str, fallback: list[str],
 
 def _sensitivity(blocks: dict[str, list[str]], build: Build, objective: Objective,
                  settings: SearchSettings) -> list[BlockSensitivity]:
-    from tqdm import tqdm
-
     bar = tqdm(total=len(blocks), desc="sensitivity", disable=not settings.progress, leave=False)
 
     def measure(nodes: list[str]) -> float:
@@ -137,8 +136,6 @@ def _choose_methods(order: list[str], build: Build, objective: Objective,
 
 def _fallback(order: list[str], build: Build, objective: Objective, settings: SearchSettings,
               current: Candidate, result: SearchResult) -> Candidate:
-    from tqdm import tqdm
-
     bar = tqdm(desc="fallback search", unit="model", disable=not settings.progress, leave=False)
     while not within(current, settings.budget):
         remaining = [b for b in order if b not in current.fallback][:settings.candidates]

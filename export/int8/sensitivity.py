@@ -7,7 +7,7 @@ most half an AP point against the FP32 ONNX model on the held-out images.
 
 Sensitivity: for each block (backbone stage, input_proj, encoder/decoder layer)
 a model where *only* that block is INT8 shows how far its outputs move from FP32
-on the held-out images (:func:`output_error`); ``export.int8_search`` tries the
+on the held-out images (:func:`output_error`); ``export.int8.search`` tries the
 most sensitive blocks first.
 """
 
@@ -21,15 +21,16 @@ from typing import Any
 
 import numpy as np
 
+from detr.coco_eval import coco_metrics, detections_to_coco_results, load_coco_gt
+from detr.coco_resample import coco_matches
+from detr.data.coco_schema import read_coco_json
+from runtime.decode import softmax
+from runtime.detector import Detector
 from runtime.errors import DataError
 from runtime.metadata import ModelMeta
+from runtime.preprocess import preprocess
 
 Outputs = list[tuple[np.ndarray, np.ndarray]]  # per batch: logits [B,Q,K+1], boxes [B,Q,4]
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    e = np.exp(x - x.max(axis=-1, keepdims=True))
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def output_error(reference: Outputs, test: Outputs) -> float:
@@ -38,7 +39,7 @@ def output_error(reference: Outputs, test: Outputs) -> float:
     normalised cxcywh boxes (0..1 per coordinate). 0 = identical."""
     tv, l1, n = 0.0, 0.0, 0
     for (ref_logits, ref_boxes), (logits, boxes) in zip(reference, test, strict=True):
-        tv += float(0.5 * np.abs(_softmax(ref_logits) - _softmax(logits)).sum(-1).sum())
+        tv += float(0.5 * np.abs(softmax(ref_logits) - softmax(logits)).sum(-1).sum())
         l1 += float(np.abs(ref_boxes - boxes).mean(-1).sum())
         n += ref_logits.shape[0] * ref_logits.shape[1]
     return (tv + l1) / max(n, 1)
@@ -76,9 +77,6 @@ class HeldOutEvaluator:
                  annotations: str | os.PathLike[str] | None = None, pseudo_top_k: int = 10,
                  threads: int | None = None, second_best: bool = True,
                  image_ids: Sequence[int] | None = None, exact_int8: bool = False) -> None:
-        from runtime.detector import Detector
-        from runtime.preprocess import preprocess
-
         self.threads = threads
         self.exact_int8 = exact_int8  # run Q/DQ unfused (OnnxRuntimeBackend's exact_int8)
         self.second_best = second_best  # official PostProcess, as the paper's AP
@@ -97,9 +95,7 @@ class HeldOutEvaluator:
         self.pseudo = annotations is None
         self.ground_truth = "annotations" if annotations else f"FP32 top-{pseudo_top_k}"
 
-    def _detector(self, path: str | os.PathLike[str]) -> Any:
-        from runtime.detector import Detector
-
+    def _detector(self, path: str | os.PathLike[str]) -> Detector:
         return Detector(path, backend="onnxruntime", providers="cpu",
                         backend_options={"intra_op_threads": self.threads,
                                          "exact_int8": self.exact_int8})
@@ -135,8 +131,6 @@ class HeldOutEvaluator:
         """The annotations of the held-out images: by ``image_ids`` when the dataset
         resolver gave them, else matched by file name."""
         ann = Path(annotations)
-        from detr.data.coco_schema import read_coco_json
-
         gt = read_coco_json(ann)  # bounded JSON, schema-checked (ids, boxes, categories)
         records = gt.get("images", [])
         by_id = {int(img["id"]): img for img in records}
@@ -187,8 +181,6 @@ class HeldOutEvaluator:
         return {"images": images, "annotations": annotations, "categories": categories}
 
     def _ground_truth(self) -> Any:
-        from detr.coco_eval import load_coco_gt
-
         if self._coco is None:
             if not self.gt or not self.gt["annotations"]:
                 raise DataError("held-out images", "no ground-truth boxes to compute AP on "
@@ -199,17 +191,12 @@ class HeldOutEvaluator:
     def matches(self, path: str | os.PathLike[str]) -> Any:
         """Per-image COCO matches of the model at ``path`` (``detr.coco_resample``):
         its AP on any resampled image set, for paired bootstrap errors."""
-        from detr.coco_eval import detections_to_coco_results
-        from detr.coco_resample import coco_matches
-
         results = detections_to_coco_results(self.image_ids, self.detections(path),
                                              list(self.meta.label_map))
         return coco_matches(self._ground_truth(), results, self.image_ids)
 
     def ap(self, path: str | os.PathLike[str]) -> float:
         """COCO box AP@[.5:.95] of the model at ``path``, in points 0..100."""
-        from detr.coco_eval import coco_metrics, detections_to_coco_results
-
         results = detections_to_coco_results(self.image_ids, self.detections(path),
                                              list(self.meta.label_map))
         metrics = coco_metrics(self._ground_truth(), results)

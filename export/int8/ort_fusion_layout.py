@@ -26,7 +26,7 @@ INT8 DETR-R50 ran ~9x slower than with u8 x s8 on an AVX512-VNNI EPYC.)
 Two more passes remove float work ORT cannot fuse otherwise, both exact (same
 outputs under ORT's reference Q/DQ semantics): :func:`quantize_add_before_relu`
 (residual Add -> QLinearAdd) and :func:`quantize_maxpool_inputs` (the stem's
-float MaxPool -> int8). :func:`apply_cpu_layout` runs all three;
+float MaxPool -> int8). :func:`apply_ort_fusion_layout` runs all three;
 :func:`ort_optimized_graph` + :func:`unfused_weight_ops` check the result.
 """
 
@@ -41,6 +41,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import numpy as np
 
+from export.onnx_graph import constant_names, consumers, producers
+
 if TYPE_CHECKING:
     import onnx
 
@@ -48,24 +50,16 @@ if TYPE_CHECKING:
 FLOAT_WEIGHT_OPS = ("Conv", "Gemm", "MatMul", "FusedConv", "FusedGemm", "FusedMatMul")
 
 
-def apply_cpu_layout(model: onnx.ModelProto, quantize_add: bool = True) -> dict[str, int]:
-    """All layout passes, in order, on an ORT-quantized Q/DQ model (in place):
+def apply_ort_fusion_layout(model: onnx.ModelProto, quantize_add: bool = True
+                            ) -> dict[str, int]:
+    """All layout passes, in order, on an ORT-quantized TensorRT-format Q/DQ model
+    (in place), so that ONNX Runtime's CPU provider fuses it into integer kernels:
     quantized residual Adds (``quantize_add``), one Q/DQ pair per consumer, then
     one int8 MaxPool per quantized consumer. Returns ``{pass: changes}``."""
     done = {"add": quantize_add_before_relu(model) if quantize_add else 0}
     done["dedicated"] = dedicate_activation_qdq(model)
     done["maxpool"] = quantize_maxpool_inputs(model)
     return done
-
-
-def _consumers(graph: onnx.GraphProto) -> dict[str, list[tuple[onnx.NodeProto, int]]]:
-    """``{tensor: [(node, input index)]}`` over the top-level graph."""
-    uses: dict[str, list[tuple[onnx.NodeProto, int]]] = collections.defaultdict(list)
-    for node in graph.node:
-        for index, name in enumerate(node.input):
-            if name:
-                uses[name].append((node, index))
-    return uses
 
 
 class _GraphIndex(NamedTuple):
@@ -78,9 +72,8 @@ class _GraphIndex(NamedTuple):
 
     @classmethod
     def of(cls, graph: onnx.GraphProto) -> _GraphIndex:
-        return cls({i.name: i for i in graph.initializer},
-                   {out: node for node in graph.node for out in node.output},
-                   _consumers(graph), {o.name for o in graph.output})
+        return cls({i.name: i for i in graph.initializer}, producers(graph), consumers(graph),
+                   {o.name for o in graph.output})
 
 
 def _copy_initializer(tensor: onnx.TensorProto, name: str) -> onnx.TensorProto:
@@ -102,6 +95,23 @@ def _rebuild(graph: onnx.GraphProto, expand: Callable[[onnx.NodeProto], list[onn
     graph.initializer.extend(new_inits)
 
 
+class _FreshNames:
+    """Names not yet used in a graph (node, tensor or initializer): ``base``, else
+    ``base_1``, ``base_2``, ..."""
+
+    def __init__(self, graph: onnx.GraphProto) -> None:
+        self.used = {n.name for n in graph.node} | {i.name for i in graph.initializer} \
+            | {o for n in graph.node for o in n.output}
+
+    def __call__(self, base: str) -> str:
+        name, k = base, 0
+        while name in self.used:
+            k += 1
+            name = f"{base}_{k}"
+        self.used.add(name)
+        return name
+
+
 def dedicate_activation_qdq(model: onnx.ModelProto) -> int:
     """Give every consumer of a quantized activation its own ``Q -> DQ`` pair with
     its own scale / zero-point initializers (in place). Returns pairs added.
@@ -114,55 +124,27 @@ def dedicate_activation_qdq(model: onnx.ModelProto) -> int:
     are not initializers are left as they are.
     """
     graph = model.graph
-    inits, _, uses, graph_outputs = _GraphIndex.of(graph)
-    constants = set(inits) | {n.output[0] for n in graph.node if n.op_type == "Constant"}
-    used_names = {n.name for n in graph.node} | set(inits) \
-        | {o for n in graph.node for o in n.output}
-
-    def fresh(base: str) -> str:
-        name, k = base, 0
-        while name in used_names:
-            k += 1
-            name = f"{base}_{k}"
-        used_names.add(name)
-        return name
-
+    index = _GraphIndex.of(graph)
+    constants = constant_names(model)
+    fresh = _FreshNames(graph)
     added: dict[str, list[onnx.NodeProto]] = {}  # Q node name -> new nodes after it
     dropped: set[str] = set()  # DQ node names left without consumers
-    new_inits = []
+    new_inits: list[onnx.TensorProto] = []
     for q in graph.node:
-        if q.op_type != "QuantizeLinear" or q.input[0] in constants:
+        dqs = _activation_dqs(q, index, constants)
+        if not dqs:
             continue
-        dqs = [node for node, _ in uses.get(q.output[0], [])]
-        qparams = [name for name in q.input[1:] if name]
-        if (not dqs or any(d.op_type != "DequantizeLinear" for d in dqs)
-                or any(d.output[0] in graph_outputs for d in dqs)
-                or any(name not in inits for name in qparams)):
-            continue
-        targets = [(dq, node, index) for dq in dqs for node, index in uses.get(dq.output[0], [])]
+        targets = [(dq, node, i) for dq in dqs for node, i in index.uses.get(dq.output[0], [])]
         if len(targets) <= 1 and len(dqs) <= 1:
             continue
         kept_dq = targets[0][0] if targets else dqs[0]
         dropped |= {d.name for d in dqs if d is not kept_dq}
         new_nodes: list[onnx.NodeProto] = []
-        for dq, node, index in targets[1:]:  # the first consumer keeps the original pair
-            renamed = {}
-            for name in qparams:
-                new_inits.append(_copy_initializer(inits[name], fresh(f"{name}_dedicated")))
-                renamed[name] = new_inits[-1].name
-            new_q, new_dq = type(q)(), type(dq)()
-            new_q.CopyFrom(q)
-            new_dq.CopyFrom(dq)
-            new_q.name, new_dq.name = fresh(f"{q.name}_dedicated"), fresh(f"{dq.name}_dedicated")
-            new_q.output[0] = fresh(f"{q.output[0]}_dedicated")
-            new_dq.output[0] = fresh(f"{dq.output[0]}_dedicated")
-            new_dq.input[0] = new_q.output[0]
-            for i in range(1, len(new_q.input)):
-                new_q.input[i] = renamed.get(new_q.input[i], new_q.input[i])
-            for i in range(1, len(new_dq.input)):
-                new_dq.input[i] = renamed.get(new_dq.input[i], new_dq.input[i])
-            node.input[index] = new_dq.output[0]
+        for dq, node, i in targets[1:]:  # the first consumer keeps the original pair
+            new_q, new_dq, copies = _copy_pair(q, dq, index.inits, fresh)
+            node.input[i] = new_dq.output[0]
             new_nodes += [new_q, new_dq]
+            new_inits += copies
         if new_nodes:
             added[q.name] = new_nodes
     if not added:
@@ -173,6 +155,43 @@ def dedicate_activation_qdq(model: onnx.ModelProto) -> int:
         else [node, *(added.get(node.name, []) if node.op_type == "QuantizeLinear" else [])]),
         new_inits)
     return sum(len(nodes) // 2 for nodes in added.values())
+
+
+def _activation_dqs(q: onnx.NodeProto, index: _GraphIndex,
+                    constants: set[str]) -> list[onnx.NodeProto]:
+    """The DQ nodes reading ``q`` when ``q`` is an activation Q whose pair can be
+    copied: only DQs read it, none is a graph output, its scale / zero point are
+    initializers. Empty otherwise."""
+    if q.op_type != "QuantizeLinear" or q.input[0] in constants:
+        return []
+    dqs = [node for node, _ in index.uses.get(q.output[0], [])]
+    if (any(d.op_type != "DequantizeLinear" for d in dqs)
+            or any(d.output[0] in index.outputs for d in dqs)
+            or any(name not in index.inits for name in q.input[1:] if name)):
+        return []
+    return dqs
+
+
+def _copy_pair(q: onnx.NodeProto, dq: onnx.NodeProto, inits: dict[str, onnx.TensorProto],
+               fresh: _FreshNames
+               ) -> tuple[onnx.NodeProto, onnx.NodeProto, list[onnx.TensorProto]]:
+    """A copy of the pair ``q -> dq`` under fresh names, reading fresh copies of
+    ``q``'s scale / zero-point initializers (returned third)."""
+    renamed, copies = {}, []
+    for name in (n for n in q.input[1:] if n):
+        copies.append(_copy_initializer(inits[name], fresh(f"{name}_dedicated")))
+        renamed[name] = copies[-1].name
+    new_q, new_dq = type(q)(), type(dq)()
+    new_q.CopyFrom(q)
+    new_dq.CopyFrom(dq)
+    new_q.name, new_dq.name = fresh(f"{q.name}_dedicated"), fresh(f"{dq.name}_dedicated")
+    new_q.output[0] = fresh(f"{q.output[0]}_dedicated")
+    new_dq.output[0] = fresh(f"{dq.output[0]}_dedicated")
+    new_dq.input[0] = new_q.output[0]
+    for node in (new_q, new_dq):
+        for i in range(1, len(node.input)):
+            node.input[i] = renamed.get(node.input[i], node.input[i])
+    return new_q, new_dq, copies
 
 
 def quantize_add_before_relu(model: onnx.ModelProto) -> int:
@@ -319,7 +338,7 @@ def unfused_weight_ops(optimized: onnx.ModelProto) -> list[str]:
     Runtime did *not* fuse into an integer kernel (it dequantizes the weight and
     runs them in FP32). Empty = every quantized weight op runs as integer math.
     Activation x activation MatMuls (attention) are not weight ops."""
-    producer = {out: node for node in optimized.graph.node for out in node.output}
+    producer = producers(optimized.graph)
     constants = {i.name for i in optimized.graph.initializer}
     out = []
     for node in optimized.graph.node:

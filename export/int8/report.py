@@ -18,7 +18,7 @@ from typing import Any
 class QuantizeReport:
     source: str  # FP32 ONNX
     output: str | None  # INT8 ONNX written (None = not written)
-    target: str  # Q/DQ format: tensorrt | cpu (export.qdq_format)
+    target: str  # Q/DQ format: tensorrt | cpu (export.int8.qdq_insert)
     method: str  # default calibration method (blocks may differ: block_methods)
     num_calib_images: int
     num_eval_images: int  # held-out images that decided
@@ -84,7 +84,7 @@ class QuantizeReport:
         budget = self.decision_budget if self.decision_budget is not None else self.ap_budget
         scale = "" if self.ground_truth == "annotations" else (
             f" pseudo-GT points (mapped from {self.ap_budget:.2f} real AP points by the "
-            "measured correspondence, export.int8_objective.pseudo_budget)")
+            "measured correspondence, export.int8.objective.pseudo_budget)")
         se = f" +- {self.dap_se:.2f}" if self.dap_se is not None else ""
         verdict = "within" if self.within_budget else "OVER"
         decoding = f", AP decoding: {self.decoding}" if self.decoding else ""

@@ -3,10 +3,10 @@
 Every configuration the search tries (calibration method per block, blocks kept
 in FP32) is *measured*, never guessed:
 
-- **AP** on the held-out images with ``export.sensitivity.HeldOutEvaluator``,
+- **AP** on the held-out images with ``export.int8.sensitivity.HeldOutEvaluator``,
   in COCO points. The per-image matches are kept (``detr.coco_resample``), so the
   difference between any two configurations gets a paired bootstrap standard
-  error over images (``export.paired_bootstrap``): the search only takes a step
+  error over images (``export.int8.paired_bootstrap``): the search only takes a step
   whose gain is beyond noise, and the report states the noise of its result.
 - **Latency** on ONNX Runtime CPU, the target format itself (a cpu-format model
   is timed as ORT runs it). FP32 and the configuration are timed round-robin
@@ -33,7 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from export.paired_bootstrap import PairedDifference, paired_bootstrap
+from benchmarks.timing import time_onnx_models
+from detr.coco_resample import weighted_ap
+from export.int8.paired_bootstrap import PairedDifference, paired_bootstrap
+from export.int8.sensitivity import HeldOutEvaluator
 
 # Pseudo-GT AP drop = OFFSET + SLOPE x real AP drop: least squares over the 8 INT8
 # configurations of benchmarks/int8_pseudo_gt.py on the demo model's 200 val images (both
@@ -71,7 +74,7 @@ class Candidate:
 class Objective:
     """Measures configurations against FP32 (see module doc)."""
 
-    evaluator: Any  # export.sensitivity.HeldOutEvaluator
+    evaluator: HeldOutEvaluator  # AP on the held-out images
     fp32_path: Path
     feed: dict[str, np.ndarray]  # one batch-1 (or fixed-batch) input for timing
     latency_runs: int = 20
@@ -86,15 +89,11 @@ class Objective:
         self.fp32_ap = self._ap("fp32")
 
     def _ap(self, key: str) -> float:
-        from detr.coco_resample import weighted_ap
-
         matches = self._matches[key]
         return float(weighted_ap(matches, np.ones((1, matches.num_images)))[0])
 
     def paired(self, a: str, b: str) -> PairedDifference:
         """AP(a) - AP(b) with its paired bootstrap SE; keys are candidate names or "fp32"."""
-        from detr.coco_resample import weighted_ap
-
         ma, mb = self._matches[a], self._matches[b]
         return paired_bootstrap(lambda w: weighted_ap(ma, w), lambda w: weighted_ap(mb, w),
                                 ma.num_images, BOOTSTRAP_REPLICATES, self.seed)
@@ -122,8 +121,6 @@ def interleaved_latency(fp32_path: str | os.PathLike[str], path: str | os.PathLi
     benchmark's INT8 timing too); NaN when ``runs`` is 0."""
     if not runs:
         return float("nan"), float("nan")
-    from benchmarks.timing import time_onnx_models
-
     stats = time_onnx_models({"fp32": fp32_path, "model": path}, feed, runs=runs,
                              warmup=warmup, threads=threads)
     return stats["fp32"].median_ms, stats["model"].median_ms

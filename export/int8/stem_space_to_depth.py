@@ -19,7 +19,7 @@ Here u = 2a + p and v = 2b + q. Taps with 2a + p >= k get weight 0: for 7x7,
 the 4x4x12 kernel does 192 multiply-adds per output where 7x7x3 did 147, on a
 shape the integer kernels run ~2.5x faster. ``SpaceToDepth`` orders its
 output channels as (p, q, c), per the ONNX operator spec. Only the cpu Q/DQ
-format uses this (``export.qdq_format``). TensorRT has its own fast stem
+format uses this (``export.int8.qdq_insert``). TensorRT has its own fast stem
 kernels, so the TensorRT format and the FP32/FP16 exports keep the original
 graph.
 """

@@ -19,6 +19,7 @@ import numpy as np
 from runtime.dataset import resolve_dataset
 from runtime.errors import InputError
 from runtime.metadata import ModelMeta
+from runtime.preprocess import preprocess
 
 
 @dataclass(frozen=True)
@@ -67,13 +68,13 @@ def split_images(paths: Sequence[Path], num_calib: int, num_held_out: int,
 
 def iter_feeds(paths: Sequence[Path], meta: ModelMeta,
                batch_size: int = 1) -> Iterator[dict[str, np.ndarray]]:
-    """ONNX feeds ``{'images': float32 [B,3,H,W] (+ 'mask': bool [B,H,W])}``.
+    """ONNX feeds ``{'images': float32 [B,3,H,W] (+ 'mask': bool [B,H,W])}`` of the
+    images at ``paths``, made by ``runtime.preprocess`` (the runtime's own
+    preprocessing): calibration, overflow scans, timing inputs.
 
     ``B = batch_size`` except a smaller last batch. The mask (True = padding)
     is included only when the model has a mask input (``meta.with_mask``).
     """
-    from runtime.preprocess import preprocess
-
     if batch_size <= 0:
         raise InputError("batch_size", f"must be positive, got {batch_size}")
     for start in range(0, len(paths), batch_size):
@@ -121,8 +122,6 @@ def quant_images(data: str | os.PathLike[str], num_calib: int, num_eval: int,
     the split's annotations, or ``eval_ann``, or none (pseudo ground truth).
     ``calib`` overrides the calibration images (an explicit list).
     """
-    from runtime.dataset import resolve_dataset
-
     source = resolve_dataset(data, default_split="train")
     calib_paths = list(calib) if calib is not None else source.images
     calib_from = f"{len(calib_paths)} given images" if calib is not None else source.describe()

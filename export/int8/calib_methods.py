@@ -18,6 +18,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from export.onnx_graph import constant_names
+from runtime import json_limits
 from runtime.atomic import atomic_write_text
 from runtime.errors import DataError
 
@@ -28,9 +30,7 @@ if TYPE_CHECKING:
 def tensor_blocks(model: onnx.ModelProto, blocks: dict[str, list[str]]) -> dict[str, str]:
     """Activation tensor -> block whose node reads it (the first reader in graph
     order: a block's input belongs to the block that quantizes it)."""
-    from export.qdq import _constants
-
-    constants = _constants(model)
+    constants = constant_names(model)
     node_block = {n: b for b, nodes in blocks.items() for n in nodes}
     owner: dict[str, str] = {}
     for node in model.graph.node:
@@ -44,8 +44,6 @@ def tensor_blocks(model: onnx.ModelProto, blocks: dict[str, list[str]]) -> dict[
 
 
 def _read(path: Path) -> dict:
-    from runtime import json_limits
-
     try:
         return json_limits.read_json_file(path, what="calibration cache", allow_nan=True)
     except DataError as exc:
