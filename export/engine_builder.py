@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from export.int8.calib_data import fixed_size_batches, list_images, select_images
 from export.calibrator import BatchStream, CalibrationSession, make_entropy_calibrator
 from export.engine_checks import (
     ProfileShapes,
@@ -38,6 +37,7 @@ from export.engine_checks import (
 from export.engine_output import EngineBytes, verify_and_write, write_layer_report
 from export.engine_plan import BuildPlan, EngineBuildConfig, plan_build
 from export.golden import GoldenReport
+from export.int8.calib_data import fixed_size_batches, list_images, select_images
 from export.trt_compat import check_precision_request, installed_features
 from runtime.backends.trt_import import device_info
 from runtime.errors import BackendUnavailableError, ModelFormatError

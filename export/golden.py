@@ -20,8 +20,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from export.int8.calib_data import list_images, select_images
 from export.fused_preprocess import parity_frames
+from export.int8.calib_data import list_images, select_images
 from runtime.backends.base import Backend, pad_batch
 from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
 from runtime.compare import MATCH_IOU, OutputComparison, compare_outputs, summarize

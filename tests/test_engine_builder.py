@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.int8.calib_data import fixed_size_batches, iter_feeds
 from export.calibrator import BatchStream, read_cache
 from export.engine_builder import EngineBuildConfig, build_engine
 from export.engine_checks import (
@@ -20,6 +19,7 @@ from export.engine_checks import (
     validate_dla,
     write_cache_file,
 )
+from export.int8.calib_data import fixed_size_batches, iter_feeds
 from export.trt_compat import check_precision_request, features_for, parse_version
 from runtime.backends.trt_import import import_tensorrt
 from runtime.errors import BackendUnavailableError, InputError
