@@ -18,7 +18,7 @@ from torchvision.models._utils import IntermediateLayerGetter
 
 from detr.bn_fold import FoldedTrunk, fast_path_allowed
 from detr.config import DETRConfig
-from detr.misc import NestedTensor
+from detr.nested_tensor import NestedTensor
 from detr.position_encoding import PositionEmbeddingSine
 from runtime.errors import ModelFormatError
 

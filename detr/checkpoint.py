@@ -23,8 +23,8 @@ from torch import Tensor
 
 from detr import checkpoint_schema as schema
 from detr.config import PRESETS, DETRConfig, config_from_dict, get_config
-from detr.detr import DETR, build_model_from_config
 from detr.hf_convert import hf_to_official, is_hf_state_dict
+from detr.model import DETR, build_model_from_config
 from detr.training_resize import CHECKPOINT_KEY as RESIZE_KEY
 from runtime import json_limits
 from runtime.atomic import atomic_write_bytes

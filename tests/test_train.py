@@ -112,7 +112,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(shapes, tmp_path):
 def test_engine_raises_before_updating(shapes):
     import detr
     from detr.data import build_dataset, collate_fn, make_coco_transforms
-    from detr.train.engine import train_one_epoch
+    from detr.train.epoch import train_one_epoch
     from detr.train.optim import build_optimizer
 
     torch.manual_seed(0)
@@ -136,7 +136,7 @@ def test_engine_raises_before_updating(shapes):
 def test_engine_amp_step_updates_weights(shapes):
     import detr
     from detr.data import build_dataset, collate_fn, make_coco_transforms
-    from detr.train.engine import train_one_epoch
+    from detr.train.epoch import train_one_epoch
     from detr.train.optim import build_optimizer
 
     torch.manual_seed(0)

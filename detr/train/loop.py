@@ -1,6 +1,6 @@
 """``train(config)``: the whole training run.
 
-Per epoch: train (``engine.train_one_epoch``), step the StepLR schedule,
+Per epoch: train (``epoch.train_one_epoch``), step the StepLR schedule,
 evaluate on val every ``eval_every`` epochs (rank 0), then write
 ``out/checkpoint.pth`` atomically (model, optimizer, scheduler, epoch, RNG
 states of every process, train config, class names and label map) and append
@@ -65,7 +65,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
     from detr.train.data import build_train_loader, load_train_val
-    from detr.train.engine import train_one_epoch
+    from detr.train.epoch import train_one_epoch
     from detr.train.optim import build_lr_scheduler, build_optimizer
     from detr.train.state import (
         get_rng_state,
