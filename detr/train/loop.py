@@ -70,7 +70,6 @@ def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
     from detr.train.state import (
         get_rng_state,
         read_training_checkpoint,
-        save_training_checkpoint,
         seed_everything,
         set_rng_state,
     )
@@ -189,8 +188,8 @@ def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
                 }
                 if scaler is not None:
                     extra["grad_scaler"] = scaler.state_dict()
-                save_training_checkpoint(ckpt_path, model_without_ddp, model_config,
-                                         train_set.class_names, train_set.label_map, extra)
+                detr.save_checkpoint(ckpt_path, model_without_ddp, model_config,
+                                     train_set.class_names, train_set.label_map, extra)
                 history.append(entry)
                 atomic_write_text(out / LOG_NAME,
                                   "".join(json.dumps(e, sort_keys=True) + "\n" for e in history))
