@@ -13,7 +13,7 @@ from tiny_checkpoint import SMALL
 
 from detr.data.synthetic import ShapesConfig, make_shapes_dataset
 from detr.train import TrainConfig, train
-from detr.train.loop import resume_command
+from detr.train.flags import resume_command
 from runtime.errors import InputError, ModelFormatError, TrainingDivergedError
 
 
@@ -214,7 +214,7 @@ def test_resume_command_parses_back_to_the_same_config(shapes, tmp_path):
     argv = shlex.split(line)
     assert argv[:2] == ["detr-edge", "train"] and argv[-1] == "--resume"
     args = build_parser().parse_args(argv[1:])
-    from detr.commands.train import parse_model_opts
+    from detr.train.flags import parse_model_opts
 
     assert args.resume and not args.crop and args.amp and args.lr_drop == 3
     assert tuple(args.scales) == config.scales and args.init == "weights.pth"

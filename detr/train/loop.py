@@ -17,9 +17,8 @@ good epoch stays on disk.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +28,7 @@ from torch import nn
 from detr.checkpoint_schema import restoring
 from detr.train.config import TrainConfig
 from detr.train.ddp import DistInfo, barrier, cleanup_distributed, init_distributed
+from detr.train.flags import resume_command
 from detr.training_resize import CHECKPOINT_KEY as TRAINING_RESIZE_KEY
 from detr.training_resize import TrainingResize, from_train_config
 from runtime.atomic import atomic_write_text
@@ -204,30 +204,6 @@ def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
                   f"{resume_command(config)}", file=sys.stderr)
         raise
     return TrainResult(checkpoint=ckpt_path, epochs_completed=completed, history=history)
-
-
-def resume_command(config: TrainConfig) -> str:
-    """The ``detr-edge train`` command line that continues this run."""
-    defaults = TrainConfig(data="", out="")
-    parts = ["detr-edge", "train", "--data", config.data, "--out", config.out]
-    for f in fields(TrainConfig):
-        name, value = f.name, getattr(config, f.name)
-        if name in ("data", "out", "resume", "progress") or value == getattr(defaults, name):
-            continue
-        flag = "--" + name.replace("_", "-")
-        if name == "model_overrides":
-            for key, val in value.items():
-                parts += ["--model-opt", f"{key}={val}"]
-        elif name == "crop":
-            parts.append("--crop" if value else "--no-crop")
-        elif isinstance(value, bool):
-            parts.append(flag)
-        elif isinstance(value, (tuple, list)):
-            parts += [flag, *map(str, value)]
-        else:
-            parts += [flag, str(value)]
-    parts.append("--resume")
-    return shlex.join(parts)
 
 
 def _override_lr_drop(scheduler: torch.optim.lr_scheduler.StepLR, lr_drop: int) -> None:
