@@ -104,7 +104,8 @@ def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
     seed_everything(config.seed + info.rank)
     train_set, val_root = load_train_val(config)
     parts = _build_parts(config, info, len(train_set.label_map), init=resumed is None)
-    start_epoch, history = 0, []
+    start_epoch = 0
+    history: list[dict[str, Any]] = []
     if resumed is not None:
         start_epoch, history = _restore(parts, resumed, config, info, ckpt_path,
                                         train_set.label_map)
