@@ -94,8 +94,9 @@ class _Run:
 def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
     """Build (or restore) the run, then train, evaluate and checkpoint epoch by epoch.
 
-    The order of the steps is the order in which they draw random numbers: a resumed
-    run replays the stream of one that was never stopped."""
+    Keep the steps in this order: seeding, building the model (random init) and
+    restoring the RNG state fix the random streams, so that a run's weights and a
+    resumed run's replay of them stay the same."""
     from detr.train.data import build_train_loader, load_train_val
     from detr.train.state import seed_everything
 
