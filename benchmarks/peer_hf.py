@@ -12,7 +12,7 @@ alike):
 
 - training step, images/s: forward, Hungarian matching, set loss with aux
   losses, backward, gradient clipping (0.1), AdamW step. detr-edge runs
-  ``detr.train.engine.train_one_epoch`` on one batch with ``detr.build_criterion``;
+  ``detr.train.epoch.train_one_epoch`` on one batch with ``detr.build_criterion``;
   HF runs ``model(pixel_values, pixel_mask, labels)`` (its own matcher and loss)
   and the same backward / clip / AdamW (``detr.train.optim.build_optimizer``:
   both models name their backbone parameters ``...backbone...``).
@@ -177,8 +177,8 @@ def train_steps(config: PeerConfig, ours: Any, hf: Any) -> dict[str, Callable[[]
     import torch
 
     import detr
-    from detr.misc import NestedTensor
-    from detr.train.engine import train_one_epoch
+    from detr.nested_tensor import NestedTensor
+    from detr.train.epoch import train_one_epoch
     from detr.train.optim import build_optimizer
 
     B, H, W = config.train_batch, config.height, config.width  # batch, canvas

@@ -1,6 +1,6 @@
 """Training throughput: images/s of full training steps for a preset.
 
-One step is exactly what ``detr.train.engine.train_one_epoch`` does per batch
+One step is exactly what ``detr.train.epoch.train_one_epoch`` does per batch
 (forward, set loss with Hungarian matching and aux losses, NaN check,
 backward, grad clipping, AdamW step), timed after warm-up steps. The batch is
 synthetic and fixed (random normalised images, 1-4 random boxes per image), so
@@ -42,9 +42,9 @@ def run_train_throughput(config: TrainThroughputConfig) -> dict[str, Any]:
 
     import detr
     from benchmarks.timing import time_call
-    from detr.misc import NestedTensor
+    from detr.nested_tensor import NestedTensor
     from detr.train.ddp import resolve_device
-    from detr.train.engine import train_one_epoch
+    from detr.train.epoch import train_one_epoch
     from detr.train.optim import build_optimizer
     from runtime.errors import InputError
 

@@ -10,14 +10,14 @@ import importlib
 from typing import Any
 
 _EXPORTS: dict[str, str] = {
-    "build_model": "detr.detr",
-    "build_model_from_config": "detr.detr",
-    "DETR": "detr.detr",
+    "build_model": "detr.model",
+    "build_model_from_config": "detr.model",
+    "DETR": "detr.model",
     "DETRConfig": "detr.config",
     "PRESETS": "detr.config",
     "get_config": "detr.config",
-    "NestedTensor": "detr.misc",
-    "nested_tensor_from_tensor_list": "detr.misc",
+    "NestedTensor": "detr.nested_tensor",
+    "nested_tensor_from_tensor_list": "detr.nested_tensor",
     "load_model": "detr.checkpoint",
     "load_checkpoint": "detr.checkpoint",
     "save_checkpoint": "detr.checkpoint",

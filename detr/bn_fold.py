@@ -25,13 +25,15 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.resnet import BasicBlock, Bottleneck
 
+from detr.frozen_batchnorm import FrozenBatchNorm2d
+
 Folded = tuple[Tensor, Tensor]  # (conv weight [O, I, kh, kw] * scale, bias [O])
 
 
 def fold_conv_bn(conv: nn.Conv2d, norm: nn.Module) -> Folded:
     """(weight, bias) of the convolution equal to ``norm(conv(x))`` in eval mode.
 
-    ``norm``: detr.backbone.FrozenBatchNorm2d or nn.BatchNorm2d with running stats.
+    ``norm``: FrozenBatchNorm2d or nn.BatchNorm2d with running stats.
     """
     eps = float(norm.eps)
     scale = norm.weight * (norm.running_var + eps).rsqrt()  # [O]
@@ -78,8 +80,6 @@ class FoldedTrunk:
 
     def supports(self, body: nn.Module) -> bool:
         """``body`` is a torchvision ResNet trunk whose every norm can be folded."""
-        from detr.backbone import FrozenBatchNorm2d
-
         blocks = [m for name in ("layer1", "layer2", "layer3", "layer4")
                   for m in getattr(body, name, ())]
         norms = [m for m in body.modules() if isinstance(m, (FrozenBatchNorm2d, nn.BatchNorm2d))]

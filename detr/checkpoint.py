@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +21,10 @@ import torch
 from torch import Tensor
 
 from detr import checkpoint_schema as schema
-from detr.config import PRESETS, DETRConfig, config_from_dict, get_config
-from detr.detr import DETR, build_model_from_config
-from detr.hf_convert import hf_to_official, is_hf_state_dict
-from detr.training_resize import CHECKPOINT_KEY as RESIZE_KEY
+from detr.checkpoint_formats import parse_hf, parse_official, parse_own
+from detr.config import DETRConfig, get_config
+from detr.hf_convert import is_hf_state_dict
+from detr.model import DETR, build_model_from_config
 from runtime import json_limits
 from runtime.atomic import atomic_write_bytes
 from runtime.errors import InputError, ModelFormatError
@@ -116,68 +115,45 @@ def load_checkpoint(
     raw = _read(file)
     hf_config = _read_hf_config(file)
     if isinstance(raw.get("model"), Mapping) and isinstance(raw.get("config"), Mapping):
-        schema.check_config_dict(raw["config"], file)  # the cheap checks first
-        schema.check_train_config(raw.get("train_config"), file)
-        schema.check_resize_record(raw.get(RESIZE_KEY), file)
-        state, fmt = schema.check_state_dict(raw["model"], file, "model"), "detr-edge"
-        schema.check_detr_shapes(state, file)
-        try:
-            config = config_from_dict(dict(raw["config"]))
-        except (ValueError, TypeError) as exc:
-            raise ModelFormatError(file, f"inconsistent architecture in checkpoint: {exc}") from exc
-        stored_classes = (schema.check_num_classes(raw["num_classes"], file)
-                          if "num_classes" in raw else _classes_in(state, file))
+        found = parse_own(raw, file)
     elif is_hf_state_dict(raw):
-        state, fmt = hf_to_official(schema.check_state_dict(raw, file)), "hf"
-        schema.check_detr_shapes(state, file)
-        config = _infer_config(state, file, hf_config=hf_config)
-        stored_classes = _classes_in(state, file)
+        found = parse_hf(raw, file, hf_config)
     else:
-        state = dict(raw["model"]) if isinstance(raw.get("model"), Mapping) else raw
-        fmt = "official"
-        if "query_embed.weight" not in state:
-            raise ModelFormatError(
-                file,
-                "not a DETR checkpoint (no 'query_embed.weight' and no Hugging Face DETR keys)",
-            )
-        state = schema.check_state_dict(state, file, "model")
-        schema.check_detr_shapes(state, file)
-        args = raw.get("args")
-        if isinstance(args, argparse.Namespace):
-            schema.check_official_args(args, file)
-        config = _infer_config(
-            state, file, args=args if isinstance(args, argparse.Namespace) else None
-        )
-        stored_classes = _classes_in(state, file)
-    if preset is not None:
-        try:
-            config = get_config(preset)
-        except ValueError as exc:
-            raise ModelFormatError(file, str(exc)) from exc
+        found = parse_official(raw, file)
+    config = found.config if preset is None else _preset_config(preset, file)
     schema.check_model_config(config, file)
-    wanted = stored_classes if num_classes is None else num_classes
-    if wanted != stored_classes:
+    wanted = found.num_classes if num_classes is None else num_classes
+    if wanted != found.num_classes:
         raise ModelFormatError(
             file,
-            f"checkpoint has {stored_classes} classes (class_embed has {stored_classes + 1} "
-            f"outputs incl. no-object) but num_classes={wanted} was requested",
+            f"checkpoint has {found.num_classes} classes (class_embed has "
+            f"{found.num_classes + 1} outputs incl. no-object) but num_classes={wanted} "
+            "was requested",
         )
     # The file holds every weight: a backbone_weights path recorded at training time
     # (pretrain-backbone output, usually not shipped with the checkpoint) is provenance only.
     config = dataclasses.replace(config, backbone_weights=None)
     model = build_model_from_config(config, wanted)
-    _load_strict(model, state, file, config)
+    _load_strict(model, found.state, file, config)
     model.eval()
-    names, label_map = _class_info(raw, hf_config, wanted, fmt, file)
+    names, label_map = _class_info(raw, hf_config, wanted, found.source_format, file)
     return LoadedCheckpoint(
         model=model,
         config=config,
         class_names=names,
         label_map=label_map,
-        raw=raw if fmt != "hf" else {"model": raw},
+        raw=raw if found.source_format != "hf" else {"model": raw},
         num_classes=wanted,
-        source_format=fmt,
+        source_format=found.source_format,
     )
+
+
+def _preset_config(preset: str, file: Path) -> DETRConfig:
+    """The architecture named by ``--preset`` (overrides the checkpoint's own)."""
+    try:
+        return get_config(preset)
+    except ValueError as exc:
+        raise ModelFormatError(file, str(exc)) from exc
 
 
 def _resolve_file(path: Path) -> Path:
@@ -218,90 +194,6 @@ def _read_hf_config(file: Path) -> dict[str, Any] | None:
     doc = json_limits.read_json_file(cfg, what="Hugging Face config", error=ModelFormatError,
                                      max_bytes=_MAX_CONFIG_BYTES)
     return schema.check_hf_config(doc, cfg)
-
-
-def _classes_in(state: Mapping[str, Any], file: Path) -> int:
-    weight = state.get("class_embed.weight")
-    if not isinstance(weight, Tensor) or weight.dim() != 2:
-        raise ModelFormatError(file, "no class_embed.weight [K+1, d] in the checkpoint")
-    return int(weight.shape[0]) - 1
-
-
-def _count_indexed(state: Mapping[str, Any], prefix: str) -> int:
-    """Number of ``prefix<N>.`` modules (e.g. layers of the encoder)."""
-    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
-    found = {int(m.group(1)) for k in state if (m := pattern.match(k))}
-    return max(found) + 1 if found else 0
-
-
-def _infer_config(
-    state: Mapping[str, Any],
-    file: Path,
-    args: argparse.Namespace | None = None,
-    hf_config: dict[str, Any] | None = None,
-) -> DETRConfig:
-    """Architecture from ``args`` (official), ``config.json`` (HF) or the tensor shapes.
-
-    Shapes give the ResNet depth (layer3 block count + bottleneck or not), d,
-    queries, layer counts, FFN width and pre-norm; heads and DC5 cannot be seen in
-    shapes and default to 8 and False when no args/config.json says otherwise.
-    """
-    query = state["query_embed.weight"]
-    layer3 = _count_indexed(state, "backbone.0.body.layer3.")
-    bottleneck = "backbone.0.body.layer1.0.conv3.weight" in state
-    depth = {
-        (2, False): "resnet18",
-        (6, False): "resnet34",
-        (6, True): "resnet50",
-        (23, True): "resnet101",
-    }.get((layer3, bottleneck))
-    if depth is None:
-        raise ModelFormatError(
-            file,
-            f"unsupported backbone: layer3 has {layer3} blocks "
-            f"({'bottleneck' if bottleneck else 'basic'})",
-        )
-    linear1 = state.get(
-        "transformer.encoder.layers.0.linear1.weight",
-        state.get("transformer.decoder.layers.0.linear1.weight"),
-    )
-    values: dict[str, Any] = {
-        "backbone": depth,
-        "hidden_dim": int(query.shape[1]),
-        "num_queries": int(query.shape[0]),
-        "enc_layers": _count_indexed(state, "transformer.encoder.layers."),
-        "dec_layers": _count_indexed(state, "transformer.decoder.layers."),
-        "dim_feedforward": int(linear1.shape[0]) if isinstance(linear1, Tensor) else 2048,
-        "pre_norm": "transformer.encoder.norm.weight" in state,
-        # A trained nn.BatchNorm2d stores num_batches_tracked in every BN layer; frozen BN
-        # never does (a stray one from a torchvision state dict does not count).
-        "frozen_batchnorm": not _all_bn_track_batches(state),
-        "freeze_stem": not _all_bn_track_batches(state),
-    }
-    if args is not None:
-        for field in ("dilation", "nheads", "dropout", "aux_loss", "pre_norm"):
-            if hasattr(args, field):
-                values[field] = getattr(args, field)
-    if hf_config is not None:
-        values["nheads"] = int(hf_config.get("encoder_attention_heads", 8))
-        values["dilation"] = bool(hf_config.get("dilation") or False)
-        values["dropout"] = float(hf_config.get("dropout", 0.1))
-    base = DETRConfig(**values)
-    for preset in PRESETS.values():  # report the preset name when it is one
-        if dataclasses.replace(preset, name=base.name) == base:
-            return preset
-    try:
-        base = dataclasses.replace(base, name="custom")
-        base.validate()
-    except ValueError as exc:
-        raise ModelFormatError(file, f"inconsistent architecture in checkpoint: {exc}") from exc
-    return base
-
-
-def _all_bn_track_batches(state: Mapping[str, Any]) -> bool:
-    means = [k for k in state if k.startswith("backbone.") and k.endswith(".running_mean")]
-    tracked = [k for k in state if k.startswith("backbone.") and k.endswith("num_batches_tracked")]
-    return bool(means) and len(tracked) == len(means)
 
 
 def _load_strict(model: DETR, state: Mapping[str, Any], file: Path, config: DETRConfig) -> None:

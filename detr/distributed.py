@@ -41,13 +41,6 @@ def all_reduce_sum(tensor: Tensor) -> Tensor:
     return out
 
 
-def all_reduce_mean(tensor: Tensor) -> Tensor:
-    """Mean of ``tensor`` over all processes (a new floating tensor)."""
-    out = all_reduce_sum(tensor if tensor.is_floating_point() else tensor.float())
-    world_size = get_world_size()
-    return out / world_size if world_size > 1 else out
-
-
 def reduce_dict(values: dict[str, Tensor], average: bool = True) -> dict[str, Tensor]:
     """All-reduce a dict of scalar tensors (e.g. the loss dict) for logging.
 

@@ -12,7 +12,7 @@ import torch
 from tiny_checkpoint import SMALL as TINY_SMALL
 
 import detr
-from detr.backbone import FrozenBatchNorm2d
+from detr.frozen_batchnorm import FrozenBatchNorm2d
 
 torch.set_num_threads(1)
 

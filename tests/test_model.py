@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import detr
-from detr.backbone import FrozenBatchNorm2d
+from detr.frozen_batchnorm import FrozenBatchNorm2d
 from detr.position_encoding import PositionEmbeddingSine
 from runtime.errors import ModelFormatError
 

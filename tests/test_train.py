@@ -13,7 +13,7 @@ from tiny_checkpoint import SMALL
 
 from detr.data.synthetic import ShapesConfig, make_shapes_dataset
 from detr.train import TrainConfig, train
-from detr.train.loop import resume_command
+from detr.train.flags import resume_command
 from runtime.errors import InputError, ModelFormatError, TrainingDivergedError
 
 
@@ -112,7 +112,7 @@ def test_nan_loss_stops_and_keeps_last_good_checkpoint(shapes, tmp_path):
 def test_engine_raises_before_updating(shapes):
     import detr
     from detr.data import build_dataset, collate_fn, make_coco_transforms
-    from detr.train.engine import train_one_epoch
+    from detr.train.epoch import train_one_epoch
     from detr.train.optim import build_optimizer
 
     torch.manual_seed(0)
@@ -136,7 +136,7 @@ def test_engine_raises_before_updating(shapes):
 def test_engine_amp_step_updates_weights(shapes):
     import detr
     from detr.data import build_dataset, collate_fn, make_coco_transforms
-    from detr.train.engine import train_one_epoch
+    from detr.train.epoch import train_one_epoch
     from detr.train.optim import build_optimizer
 
     torch.manual_seed(0)
@@ -168,9 +168,16 @@ def test_init_loads_all_but_class_embed(shapes, tmp_path, one_step_run):
     assert not torch.equal(a["class_embed.weight"], b["class_embed.weight"])  # re-initialised
 
 
+def _max_abs_weight_error(a: torch.nn.Module, b: torch.nn.Module) -> float:
+    """Largest |difference| over the floating state of two models of one architecture."""
+    sa, sb = a.state_dict(), b.state_dict()
+    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa
+               if sa[k].is_floating_point() and sa[k].numel())
+
+
 def test_release_checkpoint_fp16_loads_as_fp32(tmp_path, one_step_run):
     import detr
-    from detr.train.release import max_abs_weight_error, release_checkpoint
+    from detr.train.release import release_checkpoint
 
     run = one_step_run
     dst = release_checkpoint(run.checkpoint, tmp_path / "release.pth", metrics={"AP50": 0.5})
@@ -184,7 +191,7 @@ def test_release_checkpoint_fp16_loads_as_fp32(tmp_path, one_step_run):
     assert small.raw["training_resize"] == full.raw["training_resize"] == {
         "shorter": 64, "max_size": 64, "padded": True, "source": "recorded"}
     # FP16 rounding only: relative error 2^-11 of weights well below 1.
-    assert 0 < max_abs_weight_error(full.model, small.model) < 1e-2
+    assert 0 < _max_abs_weight_error(full.model, small.model) < 1e-2
 
 
 def test_bad_options_raise_input_error(shapes, tmp_path):
@@ -207,7 +214,7 @@ def test_resume_command_parses_back_to_the_same_config(shapes, tmp_path):
     argv = shlex.split(line)
     assert argv[:2] == ["detr-edge", "train"] and argv[-1] == "--resume"
     args = build_parser().parse_args(argv[1:])
-    from detr.commands.train import parse_model_opts
+    from detr.train.flags import parse_model_opts
 
     assert args.resume and not args.crop and args.amp and args.lr_drop == 3
     assert tuple(args.scales) == config.scales and args.init == "weights.pth"

@@ -96,7 +96,7 @@ def export_tiny_detr_like(path: Path, outlier: bool = False, seed: int = 0) -> P
 def export_detr_tiny(path: Path, seed: int = 0) -> Path:
     """The real DETR-tiny graph (ResNet-18 body, random init) from export-onnx's
     tracer at SIZE x SIZE, with detr-edge metadata."""
-    from detr.detr import build_model
+    from detr.model import build_model
     from export.onnx_export import trace_to_onnx
 
     torch.manual_seed(seed)

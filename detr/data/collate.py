@@ -7,7 +7,7 @@ from typing import Any
 
 from torch import Tensor
 
-from detr.misc import NestedTensor, nested_tensor_from_tensor_list
+from detr.nested_tensor import NestedTensor, nested_tensor_from_tensor_list
 
 
 def collate_fn(batch: Sequence[tuple[Tensor, dict[str, Any]]]

@@ -173,14 +173,10 @@ def render_image(config: ShapesConfig, split: str, index: int
     drawn before later shapes covered part of it}``; ``instance_ids`` is 0 on
     background.
     """
+    # Every random draw comes from this one generator, in a fixed order: the steps
+    # below must keep their order for the dataset to stay byte-identical.
     rng = np.random.default_rng([config.seed, _SPLIT_IDS[split], index])
-    if config.sizes is not None:
-        h, w = config.sizes[int(rng.integers(len(config.sizes)))]
-    elif config.variable_size is None:
-        h = w = config.image_size
-    else:
-        lo, hi = config.variable_size
-        h, w = int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+    h, w = _image_size(config, rng)
     img = background(h, w, rng).astype(np.uint8)
     ids = np.zeros((h, w), dtype=np.int16)  # 0 = background, k = k-th placed object
     placed: list[_Placed] = []
@@ -195,30 +191,66 @@ def render_image(config: ShapesConfig, split: str, index: int
             band = 1
         r = _radius_for_band(band, min(h, w), rng)
         mask = shape_mask(name, r, rng)
-        size = 2 * r + 1
-        for _try in range(_PLACEMENT_TRIES):
-            y0 = int(rng.integers(0, h - size + 1)) if h > size else 0
-            x0 = int(rng.integers(0, w - size + 1)) if w > size else 0
-            m = mask[: h - y0, : w - x0]
-            region = ids[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
-            covered = np.bincount(region[m].ravel(), minlength=len(placed) + 1)
-            ok = all(p.visible - int(covered[k + 1]) >= _MIN_VISIBLE * p.full_area
-                     for k, p in enumerate(placed) if covered[k + 1])
-            if ok:
-                break
-        else:
+        where = _find_place(mask, ids, placed, rng)
+        if where is None:
             continue  # could not place without hiding an earlier shape: skip it
-        for k, p in enumerate(placed):
-            p.visible -= int(covered[k + 1])
-        colour = random_colour(rng)
-        kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
-        patch = texture(kind, m.shape[0], m.shape[1], colour, rng)
-        view = img[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
-        view[m] = patch[m]
-        region[m] = len(placed) + 1
-        drawn = int(m.sum())
-        placed.append(_Placed(cat_id, drawn, drawn, y0, x0, size))
+        _paste(img, ids, placed, mask, where, cat_id, rng)
         n_large += band == 2
+    return img, _visible_objects(placed, ids), ids
+
+
+def _image_size(config: ShapesConfig, rng: np.random.Generator) -> tuple[int, int]:
+    """``(h, w)``: one of ``sizes``, the square ``image_size`` or a ``variable_size`` draw."""
+    if config.sizes is not None:
+        h, w = config.sizes[int(rng.integers(len(config.sizes)))]
+        return h, w
+    if config.variable_size is None:
+        return config.image_size, config.image_size
+    lo, hi = config.variable_size
+    return int(rng.integers(lo, hi + 1)), int(rng.integers(lo, hi + 1))
+
+
+def _find_place(mask: np.ndarray, ids: np.ndarray, placed: list[_Placed],
+                rng: np.random.Generator) -> tuple[int, int, np.ndarray] | None:
+    """Top-left ``(y0, x0)`` and per-object covered pixel counts of a placement of
+    ``mask`` [size, size] that leaves every earlier shape >= 30% visible; None after
+    ``_PLACEMENT_TRIES`` failed tries."""
+    h, w = ids.shape
+    size = mask.shape[0]
+    for _try in range(_PLACEMENT_TRIES):
+        y0 = int(rng.integers(0, h - size + 1)) if h > size else 0
+        x0 = int(rng.integers(0, w - size + 1)) if w > size else 0
+        m = mask[: h - y0, : w - x0]  # clipped at the bottom/right image border
+        region = ids[y0:y0 + m.shape[0], x0:x0 + m.shape[1]]
+        covered = np.bincount(region[m].ravel(), minlength=len(placed) + 1)  # [1 + placed]
+        if all(p.visible - int(covered[k + 1]) >= _MIN_VISIBLE * p.full_area
+               for k, p in enumerate(placed) if covered[k + 1]):
+            return y0, x0, covered
+    return None
+
+
+def _paste(img: np.ndarray, ids: np.ndarray, placed: list[_Placed], mask: np.ndarray,
+           where: tuple[int, int, np.ndarray], category_id: int, rng: np.random.Generator
+           ) -> None:
+    """Draw a textured shape at ``where`` (from :func:`_find_place`) into ``img`` and
+    ``ids``, update the visible counts of the shapes it covers and append it to
+    ``placed``."""
+    y0, x0, covered = where
+    h, w = ids.shape
+    m = mask[: h - y0, : w - x0]
+    for k, p in enumerate(placed):
+        p.visible -= int(covered[k + 1])
+    colour = random_colour(rng)
+    kind = TEXTURES[int(rng.integers(len(TEXTURES)))]
+    patch = texture(kind, m.shape[0], m.shape[1], colour, rng)
+    img[y0:y0 + m.shape[0], x0:x0 + m.shape[1]][m] = patch[m]
+    ids[y0:y0 + m.shape[0], x0:x0 + m.shape[1]][m] = len(placed) + 1
+    drawn = int(m.sum())
+    placed.append(_Placed(category_id, drawn, drawn, y0, x0, mask.shape[0]))
+
+
+def _visible_objects(placed: list[_Placed], ids: np.ndarray) -> list[dict[str, Any]]:
+    """The annotation of every shape still visible: tight box and pixel count."""
     objects = []
     for k, p in enumerate(placed):
         window = ids[p.y0:p.y0 + p.size, p.x0:p.x0 + p.size]
@@ -231,7 +263,7 @@ def render_image(config: ShapesConfig, split: str, index: int
                         "bbox": [float(x), float(y), float(bw), float(bh)],
                         "area": float(ys.size), "instance": k + 1,
                         "full_area": float(p.full_area)})
-    return img, objects, ids
+    return objects
 
 
 def file_name_for(config: ShapesConfig, split: str, index: int) -> tuple[str, bool]:

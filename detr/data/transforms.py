@@ -80,19 +80,13 @@ def hflip(image: Image.Image, target: Target) -> tuple[Image.Image, Target]:
     return image, target
 
 
-def _size_with_max(w: int, h: int, size: int, max_size: int | None) -> tuple[int, int]:
-    """Output ``(h, w)`` with the shorter side ``size``, shrunk so the longer side
-    stays <= ``max_size`` (aspect ratio kept). The rule lives in
-    ``runtime.preprocess`` so evaluation and deployment resize exactly alike."""
-    return shorter_side_size(h, w, size, max_size)
-
-
 def resize(image: Image.Image, target: Target | None, size: int | tuple[int, int],
            max_size: int | None = None) -> tuple[Image.Image, Target | None]:
     """Resize so the shorter side is ``size`` (int; longer side capped at ``max_size``)
     or to exactly ``(h, w)``; boxes and areas are scaled with the image."""
     if isinstance(size, int):
-        new_h, new_w = _size_with_max(image.width, image.height, size, max_size)
+        # The rule lives in runtime.preprocess so evaluation and deployment resize alike.
+        new_h, new_w = shorter_side_size(image.height, image.width, size, max_size)
     else:
         new_h, new_w = size
     new_h, new_w = max(new_h, 1), max(new_w, 1)

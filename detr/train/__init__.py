@@ -21,7 +21,7 @@ def __getattr__(name: str) -> Any:
 
         return train
     if name == "train_one_epoch":
-        from detr.train.engine import train_one_epoch
+        from detr.train.epoch import train_one_epoch
 
         return train_one_epoch
     if name == "build_optimizer":

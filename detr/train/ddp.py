@@ -82,12 +82,3 @@ def barrier(info: DistInfo) -> None:
     if info.distributed and dist.is_initialized():
         dist.barrier()
 
-
-def broadcast_flag(info: DistInfo, flag: bool) -> bool:
-    """Rank 0's ``flag`` on every rank (e.g. 'rank 0 hit an error, stop')."""
-    if not info.distributed:
-        return flag
-    t = torch.tensor([1 if flag else 0], device=info.device if info.device.type == "cuda"
-                     else "cpu")
-    dist.broadcast(t, src=0)
-    return bool(t.item())

@@ -1,6 +1,6 @@
 """``train(config)``: the whole training run.
 
-Per epoch: train (``engine.train_one_epoch``), step the StepLR schedule,
+Per epoch: train (``epoch.train_one_epoch``), step the StepLR schedule,
 evaluate on val every ``eval_every`` epochs (rank 0), then write
 ``out/checkpoint.pth`` atomically (model, optimizer, scheduler, epoch, RNG
 states of every process, train config, class names and label map) and append
@@ -17,9 +17,8 @@ good epoch stays on disk.
 from __future__ import annotations
 
 import json
-import shlex
 import sys
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +26,10 @@ import torch
 from torch import nn
 
 from detr.checkpoint_schema import restoring
+from detr.config import DETRConfig
 from detr.train.config import TrainConfig
 from detr.train.ddp import DistInfo, barrier, cleanup_distributed, init_distributed
+from detr.train.flags import resume_command
 from detr.training_resize import CHECKPOINT_KEY as TRAINING_RESIZE_KEY
 from detr.training_resize import TrainingResize, from_train_config
 from runtime.atomic import atomic_write_text
@@ -63,138 +64,63 @@ def train(config: TrainConfig) -> TrainResult:
         cleanup_distributed(info)
 
 
+@dataclass
+class _Parts:
+    """What a run trains and steps, built once per run (and restored on --resume)."""
+
+    model: nn.Module  # what the step calls: DistributedDataParallel(model) under torchrun
+    model_without_ddp: nn.Module  # the DETR itself: what checkpoints hold
+    model_config: DETRConfig
+    criterion: nn.Module  # the set loss
+    optimizer: torch.optim.Optimizer  # AdamW, backbone at its own lr
+    lr_scheduler: torch.optim.lr_scheduler.StepLR
+    scaler: torch.amp.GradScaler | None  # fp16 loss scaling: only --amp on CUDA
+
+
+@dataclass
+class _Run:
+    """One run's fixed context plus its log, passed between the steps of ``_train``."""
+
+    config: TrainConfig
+    info: DistInfo
+    ckpt_path: Path  # out/checkpoint.pth
+    parts: _Parts
+    train_set: Any  # CocoDetection: class_names, label_map, annotations
+    val_root: Path  # dataset root evaluated every eval_every epochs
+    resize_rule: TrainingResize  # how this run resizes and pads (stored in checkpoints)
+    history: list[dict[str, Any]]  # log.jsonl entries so far
+
+
 def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
+    """Build (or restore) the run, then train, evaluate and checkpoint epoch by epoch.
+
+    Keep the steps in this order: seeding, building the model (random init) and
+    restoring the RNG state fix the random streams, so that a run's weights and a
+    resumed run's replay of them stay the same."""
     from detr.train.data import build_train_loader, load_train_val
-    from detr.train.engine import train_one_epoch
-    from detr.train.optim import build_lr_scheduler, build_optimizer
-    from detr.train.state import (
-        get_rng_state,
-        read_training_checkpoint,
-        save_training_checkpoint,
-        seed_everything,
-        set_rng_state,
-    )
+    from detr.train.state import seed_everything
 
-    out = Path(config.out)
-    ckpt_path = out / CHECKPOINT_NAME
-    resumed: dict[str, Any] | None = None
-    if config.resume:
-        resumed = read_training_checkpoint(ckpt_path)
-        _check_resume_compatible(config, resumed, ckpt_path)
-    elif ckpt_path.exists():
-        raise InputError(out, f"already holds {CHECKPOINT_NAME}; pass --resume to continue "
-                         "that run or choose another --out")
-
+    ckpt_path = Path(config.out) / CHECKPOINT_NAME
+    resumed = _read_resumed(config, ckpt_path)
     seed_everything(config.seed + info.rank)
     train_set, val_root = load_train_val(config)
-    num_classes = len(train_set.label_map)
-
-    import detr
-    from detr.config import get_config
-
-    try:
-        model_config = get_config(config.preset, **config.model_overrides)
-    except ValueError as exc:
-        raise InputError("--preset/--model-opt", str(exc)) from exc
-    model = detr.build_model(config.preset, num_classes=num_classes, **config.model_overrides)
-    if config.init and resumed is None:
-        _load_init_weights(model, config.init, info)
-    model.to(info.device)
-    model_without_ddp = model
-    if info.distributed:
-        model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
-
-    criterion = detr.build_criterion(num_classes, dec_layers=model_config.dec_layers,
-                                     aux_loss=model_config.aux_loss, eos_coef=config.eos_coef)
-    criterion.to(info.device)
-    optimizer = build_optimizer(model_without_ddp, lr=config.lr, lr_backbone=config.lr_backbone,
-                                weight_decay=config.weight_decay)
-    lr_scheduler = build_lr_scheduler(optimizer, config.lr_drop)
-    use_scaler = config.amp and info.device.type == "cuda"
-    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
-
+    parts = _build_parts(config, info, len(train_set.label_map), init=resumed is None)
     start_epoch = 0
     history: list[dict[str, Any]] = []
     if resumed is not None:
-        _check_resume_classes(resumed, train_set.label_map, ckpt_path)
-        with restoring(ckpt_path, "model weights"):
-            model_without_ddp.load_state_dict(resumed["model"])
-        with restoring(ckpt_path, "optimizer state"):
-            optimizer.load_state_dict(resumed["optimizer"])
-            lr_scheduler.load_state_dict(resumed["lr_scheduler"])
-        if lr_scheduler.step_size != config.lr_drop:
-            _override_lr_drop(lr_scheduler, config.lr_drop)
-            _say(info, f"--lr-drop {config.lr_drop} replaces the checkpoint's schedule; lr now "
-                 f"{optimizer.param_groups[0]['lr']:.3g}")
-        if scaler is not None and "grad_scaler" in resumed:
-            scaler.load_state_dict(resumed["grad_scaler"])
-        start_epoch = int(resumed["epoch"]) + 1
-        states = resumed["rng_state"]
-        # One state per process; a different world size cannot replay exactly.
-        with restoring(ckpt_path, "random number generator state"):
-            set_rng_state(states[info.rank] if info.rank < len(states) else states[0])
-        history = [e for e in _read_log(out / LOG_NAME) if e.get("epoch", -1) < start_epoch]
-        _say(info, f"resuming {ckpt_path} after epoch {start_epoch - 1} "
-             f"(to {config.epochs} epochs)")
-
+        start_epoch, history = _restore(parts, resumed, config, info, ckpt_path,
+                                        train_set.label_map)
     loader, sampler = build_train_loader(train_set, config, info)
     # How this run resizes and pads, stored in every checkpoint so eval and export follow it.
     resize_rule = from_train_config(config.to_dict(), image_sizes(train_set))
-    completed = start_epoch
-    epoch = start_epoch
+    run = _Run(config, info, ckpt_path, parts, train_set, val_root, resize_rule, history)
+    completed = epoch = start_epoch
     try:
         for epoch in range(start_epoch, config.epochs):
             sampler.set_epoch(epoch)
-            try:
-                stats = train_one_epoch(
-                    model, criterion, loader, optimizer, info.device, epoch,
-                    clip_max_norm=config.clip_max_norm, amp=config.amp, scaler=scaler,
-                    max_steps=config.max_steps, progress=config.progress)
-            except TrainingDivergedError as exc:
-                kept = (f"{ckpt_path} (epoch {completed - 1}) is kept" if completed > 0
-                        else "no checkpoint was written yet")
-                raise TrainingDivergedError(f"{exc}; {kept}") from exc
-            lr_used = optimizer.param_groups[0]["lr"]  # the lr of this epoch, logged
-            lr_scheduler.step()
-            entry: dict[str, Any] = {
-                "epoch": epoch,
-                **{f"train_{k}": v for k, v in stats.means().items()},
-                "lr": lr_used,
-                "images": stats.images * info.world_size,
-                "seconds": round(stats.seconds, 2),
-                "images_per_s": round(stats.images * info.world_size / max(stats.seconds, 1e-9), 2),
-            }
-            if config.eval_every and ((epoch + 1) % config.eval_every == 0
-                                      or epoch + 1 == config.epochs):
-                if info.is_main:
-                    try:
-                        entry.update({f"val_{k}": v for k, v in
-                                      _evaluate(model_without_ddp, val_root, config,
-                                                resize_rule).items()})
-                    except ImportError as exc:  # evaluation extras missing: say so, go on
-                        entry["val_skipped"] = f"evaluation unavailable: {exc}"
-                        _say(info, f"epoch {epoch}: {entry['val_skipped']}")
-                barrier(info)
-            # RNG states are taken after eval so a resumed run replays the same stream.
-            rng_states = _gather_rng(info, get_rng_state())
-            if info.is_main:
-                extra = {
-                    "optimizer": optimizer.state_dict(),
-                    "lr_scheduler": lr_scheduler.state_dict(),
-                    "epoch": epoch,
-                    "rng_state": rng_states,
-                    "train_config": config.to_dict(),
-                    TRAINING_RESIZE_KEY: resize_rule.to_dict(),
-                }
-                if scaler is not None:
-                    extra["grad_scaler"] = scaler.state_dict()
-                save_training_checkpoint(ckpt_path, model_without_ddp, model_config,
-                                         train_set.class_names, train_set.label_map, extra)
-                history.append(entry)
-                atomic_write_text(out / LOG_NAME,
-                                  "".join(json.dumps(e, sort_keys=True) + "\n" for e in history))
-                _say(info, _format_entry(entry))
+            entry = _train_epoch(run, loader, epoch, completed)
+            _evaluate_epoch(run, entry, epoch)
+            _save_epoch(run, entry, epoch)
             completed = epoch + 1
             barrier(info)
     except KeyboardInterrupt:
@@ -207,28 +133,148 @@ def _train(config: TrainConfig, info: DistInfo) -> TrainResult:
     return TrainResult(checkpoint=ckpt_path, epochs_completed=completed, history=history)
 
 
-def resume_command(config: TrainConfig) -> str:
-    """The ``detr-edge train`` command line that continues this run."""
-    defaults = TrainConfig(data="", out="")
-    parts = ["detr-edge", "train", "--data", config.data, "--out", config.out]
-    for f in fields(TrainConfig):
-        name, value = f.name, getattr(config, f.name)
-        if name in ("data", "out", "resume", "progress") or value == getattr(defaults, name):
-            continue
-        flag = "--" + name.replace("_", "-")
-        if name == "model_overrides":
-            for key, val in value.items():
-                parts += ["--model-opt", f"{key}={val}"]
-        elif name == "crop":
-            parts.append("--crop" if value else "--no-crop")
-        elif isinstance(value, bool):
-            parts.append(flag)
-        elif isinstance(value, (tuple, list)):
-            parts += [flag, *map(str, value)]
-        else:
-            parts += [flag, str(value)]
-    parts.append("--resume")
-    return shlex.join(parts)
+def _read_resumed(config: TrainConfig, ckpt_path: Path) -> dict[str, Any] | None:
+    """The checkpoint to resume (``--resume``), else None; refuses to overwrite a run."""
+    from detr.train.state import read_training_checkpoint
+
+    if config.resume:
+        resumed = read_training_checkpoint(ckpt_path)
+        _check_resume_compatible(config, resumed, ckpt_path)
+        return resumed
+    if ckpt_path.exists():
+        raise InputError(ckpt_path.parent, f"already holds {CHECKPOINT_NAME}; pass --resume to "
+                         "continue that run or choose another --out")
+    return None
+
+
+def _build_parts(config: TrainConfig, info: DistInfo, num_classes: int, init: bool) -> _Parts:
+    """Model (``--init`` weights when ``init``), loss, optimiser, schedule, scaler."""
+    import detr
+    from detr.config import get_config
+    from detr.train.optim import build_lr_scheduler, build_optimizer
+
+    try:
+        model_config = get_config(config.preset, **config.model_overrides)
+    except ValueError as exc:
+        raise InputError("--preset/--model-opt", str(exc)) from exc
+    model = detr.build_model(config.preset, num_classes=num_classes, **config.model_overrides)
+    if config.init and init:
+        _load_init_weights(model, config.init, info)
+    model.to(info.device)
+    wrapped: nn.Module = model
+    if info.distributed:
+        wrapped = nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None)
+    criterion = detr.build_criterion(num_classes, dec_layers=model_config.dec_layers,
+                                     aux_loss=model_config.aux_loss, eos_coef=config.eos_coef)
+    criterion.to(info.device)
+    optimizer = build_optimizer(model, lr=config.lr, lr_backbone=config.lr_backbone,
+                                weight_decay=config.weight_decay)
+    lr_scheduler = build_lr_scheduler(optimizer, config.lr_drop)
+    use_scaler = config.amp and info.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda") if use_scaler else None
+    return _Parts(wrapped, model, model_config, criterion, optimizer, lr_scheduler, scaler)
+
+
+def _restore(parts: _Parts, resumed: dict[str, Any], config: TrainConfig, info: DistInfo,
+             ckpt_path: Path, label_map: list[int]) -> tuple[int, list[dict[str, Any]]]:
+    """Load weights, optimiser, schedule, scaler and RNG state from ``resumed``;
+    returns (first epoch to train, log entries of the epochs already done)."""
+    from detr.train.state import set_rng_state
+
+    _check_resume_classes(resumed, label_map, ckpt_path)
+    with restoring(ckpt_path, "model weights"):
+        parts.model_without_ddp.load_state_dict(resumed["model"])
+    with restoring(ckpt_path, "optimizer state"):
+        parts.optimizer.load_state_dict(resumed["optimizer"])
+        parts.lr_scheduler.load_state_dict(resumed["lr_scheduler"])
+    if parts.lr_scheduler.step_size != config.lr_drop:
+        _override_lr_drop(parts.lr_scheduler, config.lr_drop)
+        _say(info, f"--lr-drop {config.lr_drop} replaces the checkpoint's schedule; lr now "
+             f"{parts.optimizer.param_groups[0]['lr']:.3g}")
+    if parts.scaler is not None and "grad_scaler" in resumed:
+        parts.scaler.load_state_dict(resumed["grad_scaler"])
+    start_epoch = int(resumed["epoch"]) + 1
+    states = resumed["rng_state"]
+    # One state per process; a different world size cannot replay exactly.
+    with restoring(ckpt_path, "random number generator state"):
+        set_rng_state(states[info.rank] if info.rank < len(states) else states[0])
+    history = [e for e in _read_log(Path(config.out) / LOG_NAME)
+               if e.get("epoch", -1) < start_epoch]
+    _say(info, f"resuming {ckpt_path} after epoch {start_epoch - 1} (to {config.epochs} epochs)")
+    return start_epoch, history
+
+
+def _train_epoch(run: _Run, loader: Any, epoch: int, completed: int) -> dict[str, Any]:
+    """One pass over the data, then the schedule step; returns the epoch's log entry."""
+    from detr.train.epoch import train_one_epoch
+
+    config, parts, info = run.config, run.parts, run.info
+    try:
+        stats = train_one_epoch(
+            parts.model, parts.criterion, loader, parts.optimizer, info.device, epoch,
+            clip_max_norm=config.clip_max_norm, amp=config.amp, scaler=parts.scaler,
+            max_steps=config.max_steps, progress=config.progress)
+    except TrainingDivergedError as exc:
+        kept = (f"{run.ckpt_path} (epoch {completed - 1}) is kept" if completed > 0
+                else "no checkpoint was written yet")
+        raise TrainingDivergedError(f"{exc}; {kept}") from exc
+    lr_used = parts.optimizer.param_groups[0]["lr"]  # the lr of this epoch, logged
+    parts.lr_scheduler.step()
+    images = stats.images * info.world_size
+    return {
+        "epoch": epoch,
+        **{f"train_{k}": v for k, v in stats.means().items()},
+        "lr": lr_used,
+        "images": images,
+        "seconds": round(stats.seconds, 2),
+        "images_per_s": round(images / max(stats.seconds, 1e-9), 2),
+    }
+
+
+def _evaluate_epoch(run: _Run, entry: dict[str, Any], epoch: int) -> None:
+    """Every ``eval_every`` epochs and after the last: val AP into ``entry`` (rank 0)."""
+    config, info = run.config, run.info
+    if not config.eval_every or not ((epoch + 1) % config.eval_every == 0
+                                     or epoch + 1 == config.epochs):
+        return
+    if info.is_main:
+        try:
+            metrics = _evaluate(run.parts.model_without_ddp, run.val_root, config, run.resize_rule)
+            entry.update({f"val_{k}": v for k, v in metrics.items()})
+        except ImportError as exc:  # evaluation extras missing: say so, go on
+            entry["val_skipped"] = f"evaluation unavailable: {exc}"
+            _say(info, f"epoch {epoch}: {entry['val_skipped']}")
+    barrier(info)
+
+
+def _save_epoch(run: _Run, entry: dict[str, Any], epoch: int) -> None:
+    """Write out/checkpoint.pth (everything --resume needs) and out/log.jsonl (rank 0)."""
+    import detr
+    from detr.train.state import get_rng_state
+
+    # Every rank takes part in gathering; RNG states are taken after eval so a resumed
+    # run replays the same stream.
+    rng_states = _gather_rng(run.info, get_rng_state())
+    if not run.info.is_main:
+        return
+    parts = run.parts
+    extra = {
+        "optimizer": parts.optimizer.state_dict(),
+        "lr_scheduler": parts.lr_scheduler.state_dict(),
+        "epoch": epoch,
+        "rng_state": rng_states,
+        "train_config": run.config.to_dict(),
+        TRAINING_RESIZE_KEY: run.resize_rule.to_dict(),
+    }
+    if parts.scaler is not None:
+        extra["grad_scaler"] = parts.scaler.state_dict()
+    detr.save_checkpoint(run.ckpt_path, parts.model_without_ddp, parts.model_config,
+                         run.train_set.class_names, run.train_set.label_map, extra)
+    run.history.append(entry)
+    atomic_write_text(run.ckpt_path.parent / LOG_NAME,
+                      "".join(json.dumps(e, sort_keys=True) + "\n" for e in run.history))
+    _say(run.info, _format_entry(entry))
 
 
 def _override_lr_drop(scheduler: torch.optim.lr_scheduler.StepLR, lr_drop: int) -> None:

@@ -12,8 +12,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import torch
-
 RESUME_ONLY = ("optimizer", "lr_scheduler", "rng_state", "grad_scaler")
 
 
@@ -43,9 +41,3 @@ def release_checkpoint(src: str | Path, dst: str | Path, *, fp16: bool = True,
                          loaded.label_map, extra=extra)
     return Path(dst)
 
-
-def max_abs_weight_error(a: torch.nn.Module, b: torch.nn.Module) -> float:
-    """Largest |difference| over the floating state of two models of one architecture."""
-    sa, sb = a.state_dict(), b.state_dict()
-    return max(float((sa[k].float() - sb[k].float()).abs().max()) for k in sa
-               if sa[k].is_floating_point() and sa[k].numel())

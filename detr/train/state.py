@@ -51,17 +51,6 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def save_training_checkpoint(path: Path, model: torch.nn.Module, model_config: Any,
-                             class_names: list[str], label_map: list[int],
-                             extra: dict[str, Any]) -> None:
-    """Write the own checkpoint format (``detr.save_checkpoint``, atomic) plus the
-    resume fields in ``extra`` (optimizer, lr_scheduler, epoch, rng_state, train_config)."""
-    from detr.checkpoint import save_checkpoint
-
-    save_checkpoint(path, model, model_config, class_names, label_map,  # type: ignore[arg-type]
-                    extra=extra)
-
-
 def read_training_checkpoint(path: Path) -> dict[str, Any]:
     """Load a training checkpoint written by :func:`detr.train.loop.train` (tensors on CPU).
 

@@ -79,20 +79,11 @@ def train_one_epoch(
     """
     import time
 
-    from tqdm import tqdm
-
-    from detr import distributed as dist_utils
-
     model.train()
     criterion.train()
     weight_dict: dict[str, float] = criterion.weight_dict  # type: ignore[assignment]
     stats = EpochStats()
-    total = len(data_loader) if hasattr(data_loader, "__len__") else None  # type: ignore[arg-type]
-    if max_steps is not None and total is not None:
-        total = min(total, max_steps)
-    show = progress and dist_utils.is_main_process()
-    bar = tqdm(total=total, desc=f"epoch {epoch}", disable=not show, dynamic_ncols=True,
-               leave=False)
+    bar = _progress_bar(data_loader, max_steps, epoch, progress)
     start = time.perf_counter()
     try:
         for step, (samples, targets) in enumerate(data_loader):
@@ -103,41 +94,10 @@ def train_one_epoch(
             with autocast_context(device, amp):
                 outputs = model(samples)
             # The set loss (Hungarian matching, GIoU) runs in float32 whatever autocast did.
-            outputs = _to_float(outputs)
-            loss_dict = criterion(outputs, targets)
+            loss_dict = criterion(_to_float(outputs), targets)
             losses = sum(loss_dict[k] * weight_dict[k] for k in loss_dict if k in weight_dict)
-
-            # Logged values are averaged over processes, so every rank sees the same
-            # (non-)finite total and they all stop together.
-            reduced = dist_utils.reduce_dict({k: v.detach() for k, v in loss_dict.items()})
-            logged = {k: float(v) for k, v in reduced.items()}
-            loss_value = sum(logged[k] * weight_dict[k] for k in logged if k in weight_dict)
-            if not math.isfinite(loss_value):
-                bad = {k: v for k, v in logged.items() if not math.isfinite(v)}
-                raise TrainingDivergedError(
-                    f"loss is {loss_value} at epoch {epoch}, step {step} "
-                    f"(non-finite terms: {bad or 'none; the weighted sum overflowed'}); "
-                    "weights were not updated and the last good checkpoint is kept. "
-                    "Try a lower --lr/--lr-backbone, keep --clip-max-norm, or disable --amp")
-
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(losses).backward()
-                scaler.unscale_(optimizer)
-            else:
-                losses.backward()
-            if clip_max_norm > 0:
-                nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
-            if scaler is not None:
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                optimizer.step()
-
-            entry = {"loss": loss_value}
-            entry.update({k: logged[k] for k in weight_dict if k in logged and not _is_aux(k)})
-            if "class_error" in logged:
-                entry["class_error"] = logged["class_error"]
+            entry = _logged_losses(loss_dict, weight_dict, epoch, step)
+            _update(model, optimizer, losses, scaler, clip_max_norm)
             stats.add(entry, images=len(targets))
             bar.update(1)
             bar.set_postfix({k: f"{entry[k]:.3f}" for k in
@@ -146,6 +106,65 @@ def train_one_epoch(
         bar.close()
         stats.seconds = time.perf_counter() - start
     return stats
+
+
+def _progress_bar(data_loader: Iterable, max_steps: int | None, epoch: int, progress: bool
+                  ) -> Any:
+    """A tqdm bar over the epoch's steps, shown on the main process only."""
+    from tqdm import tqdm
+
+    from detr import distributed as dist_utils
+
+    total = len(data_loader) if hasattr(data_loader, "__len__") else None  # type: ignore[arg-type]
+    if max_steps is not None and total is not None:
+        total = min(total, max_steps)
+    show = progress and dist_utils.is_main_process()
+    return tqdm(total=total, desc=f"epoch {epoch}", disable=not show, dynamic_ncols=True,
+                leave=False)
+
+
+def _logged_losses(loss_dict: Mapping[str, torch.Tensor], weight_dict: Mapping[str, float],
+                   epoch: int, step: int) -> dict[str, float]:
+    """The step's log entry: ``loss`` (weighted total), the main weighted terms and
+    ``class_error``, averaged over processes. Raises ``TrainingDivergedError`` when the
+    total is not finite."""
+    from detr import distributed as dist_utils
+
+    # Logged values are averaged over processes, so every rank sees the same
+    # (non-)finite total and they all stop together.
+    reduced = dist_utils.reduce_dict({k: v.detach() for k, v in loss_dict.items()})
+    logged = {k: float(v) for k, v in reduced.items()}
+    loss_value = sum(logged[k] * weight_dict[k] for k in logged if k in weight_dict)
+    if not math.isfinite(loss_value):
+        bad = {k: v for k, v in logged.items() if not math.isfinite(v)}
+        raise TrainingDivergedError(
+            f"loss is {loss_value} at epoch {epoch}, step {step} "
+            f"(non-finite terms: {bad or 'none; the weighted sum overflowed'}); "
+            "weights were not updated and the last good checkpoint is kept. "
+            "Try a lower --lr/--lr-backbone, keep --clip-max-norm, or disable --amp")
+    entry = {"loss": loss_value}
+    entry.update({k: logged[k] for k in weight_dict if k in logged and not _is_aux(k)})
+    if "class_error" in logged:
+        entry["class_error"] = logged["class_error"]
+    return entry
+
+
+def _update(model: nn.Module, optimizer: torch.optim.Optimizer, losses: torch.Tensor,
+            scaler: torch.amp.GradScaler | None, clip_max_norm: float) -> None:
+    """Backward, clip the gradient norm (unscaled first with a GradScaler), step."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(losses).backward()
+        scaler.unscale_(optimizer)
+    else:
+        losses.backward()
+    if clip_max_norm > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), clip_max_norm)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
 
 
 def _is_aux(key: str) -> bool:

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from detr.backbone import Joiner, build_backbone
 from detr.config import DETRConfig, get_config
-from detr.misc import NestedTensor, nested_tensor_from_tensor_list
+from detr.nested_tensor import NestedTensor, nested_tensor_from_tensor_list
 from detr.transformer import Transformer
 
 
