@@ -21,36 +21,27 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from runtime.backends.base import check_batch, pad_batch
-from runtime.backends.model_io import TensorSpec, check_model_io
+from runtime.backends.model_io import ModelInputs, TensorSpec, check_model_io
 from runtime.errors import InputError, ModelFormatError
 from runtime.fused import check_frames
 from runtime.metadata import ModelMeta
 
 
 @dataclass(frozen=True)
-class InputPlan:
-    """How batches are fed to the engine.
+class InputPlan(ModelInputs):
+    """How batches are fed to the engine: the model's inputs
+    (``runtime.backends.model_io.ModelInputs``) and the batch range it accepts.
 
-    layout: "canvas" (float [B, 3, H, W]) or "frames" (uint8 [B, Hs, Ws, 3]).
-    item_shape: shape of one batch item of ``images``.
-    batch_size: fixed batch, or None for a dynamic batch axis.
-    min_batch / max_batch: the batch range the engine accepts (profile min/max);
-        a smaller batch is padded up to ``min_batch``.
-    has_mask: the engine has a ``mask`` input (plain with-mask models only).
+    min_batch / max_batch: the profile's min/max batch (both ``batch_size`` for a
+    fixed batch); a smaller batch is padded up to ``min_batch``.
     """
 
-    layout: str
-    item_shape: tuple[int, ...]
-    images_dtype: np.dtype[Any]
-    batch_size: int | None
     min_batch: int
     max_batch: int
-    has_mask: bool
 
 
 def plan_inputs(meta: ModelMeta, tensors: dict[str, TensorSpec],
@@ -69,9 +60,7 @@ def plan_inputs(meta: ModelMeta, tensors: dict[str, TensorSpec],
         raise ModelFormatError(source, "dynamic batch axis without an optimization profile")
     else:
         lo, hi = profile
-    return InputPlan(layout=inputs.layout, item_shape=inputs.item_shape,
-                     images_dtype=inputs.images_dtype, batch_size=inputs.batch_size,
-                     min_batch=lo, max_batch=hi, has_mask=inputs.has_mask)
+    return InputPlan(**vars(inputs), min_batch=lo, max_batch=hi)
 
 
 def prepare_feed(plan: InputPlan, meta: ModelMeta, images: np.ndarray,
