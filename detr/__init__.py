@@ -6,8 +6,7 @@ The public API is imported lazily through ``__getattr__`` so that importing
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from runtime.lazy import lazy_getattr
 
 _EXPORTS: dict[str, str] = {
     "build_model": "detr.model",
@@ -34,15 +33,4 @@ _EXPORTS: dict[str, str] = {
 
 __all__ = list(_EXPORTS)
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'detr' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value  # cache: later lookups skip __getattr__
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(list(globals()) + __all__)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -6,18 +6,13 @@ Never imports torch. ``Detector`` is imported lazily so that light modules
 
 from __future__ import annotations
 
-from typing import Any
+from runtime.lazy import lazy_getattr
 
 __all__ = ["Detections", "Detector"]
 
+_EXPORTS = {
+    "Detector": "runtime.detector",
+    "Detections": "runtime.decode",
+}
 
-def __getattr__(name: str) -> Any:
-    if name == "Detector":
-        from runtime.detector import Detector
-
-        return Detector
-    if name == "Detections":
-        from runtime.decode import Detections
-
-        return Detections
-    raise AttributeError(f"module 'runtime' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

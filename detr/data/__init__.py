@@ -7,8 +7,7 @@ Attributes are imported lazily (module ``__getattr__``) so importing
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from runtime.lazy import lazy_getattr
 
 _EXPORTS = {
     "ShapesConfig": "detr.data.synthetic",
@@ -22,9 +21,4 @@ _EXPORTS = {
 __all__ = ["CocoDetection", "ShapesConfig", "build_dataset", "collate_fn",
            "make_coco_transforms", "make_shapes_dataset"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'detr.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

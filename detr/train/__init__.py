@@ -6,26 +6,15 @@ Light package: nothing heavy is imported until an attribute is used, so
 
 from __future__ import annotations
 
-from typing import Any
+from runtime.lazy import lazy_getattr
 
 __all__ = ["TrainConfig", "build_optimizer", "train", "train_one_epoch"]
 
+_EXPORTS = {
+    "TrainConfig": "detr.train.config",
+    "train": "detr.train.loop",
+    "train_one_epoch": "detr.train.epoch",
+    "build_optimizer": "detr.train.optim",
+}
 
-def __getattr__(name: str) -> Any:
-    if name == "TrainConfig":
-        from detr.train.config import TrainConfig
-
-        return TrainConfig
-    if name == "train":
-        from detr.train.loop import train
-
-        return train
-    if name == "train_one_epoch":
-        from detr.train.epoch import train_one_epoch
-
-        return train_one_epoch
-    if name == "build_optimizer":
-        from detr.train.optim import build_optimizer
-
-        return build_optimizer
-    raise AttributeError(f"module 'detr.train' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)

@@ -12,22 +12,14 @@ on a runtime-only install and a missing extra is a one-line error naming it.
 
 from __future__ import annotations
 
-from typing import Any
+from runtime.lazy import lazy_getattr
 
 __all__ = ["StreamConfig", "StreamSummary", "run_stream"]
 
+_EXPORTS = {
+    "StreamConfig": "runtime.stream.config",
+    "run_stream": "runtime.stream.pipeline",
+    "StreamSummary": "runtime.stream.summary",
+}
 
-def __getattr__(name: str) -> Any:
-    if name == "StreamConfig":
-        from runtime.stream.config import StreamConfig
-
-        return StreamConfig
-    if name == "run_stream":
-        from runtime.stream.pipeline import run_stream
-
-        return run_stream
-    if name == "StreamSummary":
-        from runtime.stream.summary import StreamSummary
-
-        return StreamSummary
-    raise AttributeError(f"module 'runtime.stream' has no attribute {name!r}")
+__getattr__ = lazy_getattr(__name__, _EXPORTS)
