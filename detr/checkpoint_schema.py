@@ -30,6 +30,7 @@ from torch import Tensor
 
 from detr.config import BACKBONES, DETRConfig
 from runtime.errors import ModelFormatError, first_line
+from runtime.json_limits import is_finite_number, is_int
 from runtime.metadata import MAX_CANVAS_SIDE
 
 # Upper bounds of the architecture fields: far above every published DETR
@@ -42,12 +43,8 @@ _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 _INT_BUFFERS = ("num_batches_tracked",)  # the only integer tensors of a DETR state dict
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 
 def _short(v: Any) -> str:
@@ -177,12 +174,12 @@ def check_config_dict(raw: Any, file: Path) -> None:
 _FLAGS = ("dilation", "pre_norm", "aux_loss", "frozen_batchnorm", "freeze_stem")
 _FIELD_RULES: dict[str, tuple[Any, str]] = {
     **{flag: (lambda v: isinstance(v, bool), "must be true or false") for flag in _FLAGS},
-    "dropout": (lambda v: _is_number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
-    "temperature": (lambda v: _is_number(v) and v > 0, "must be a positive number"),
+    "dropout": (lambda v: is_finite_number(v) and 0 <= v < 1, "must be a number in [0, 1)"),
+    "temperature": (lambda v: is_finite_number(v) and v > 0, "must be a positive number"),
     "backbone": (lambda v: v in BACKBONES, f"must be one of {list(BACKBONES)}"),
     "name": (lambda v: isinstance(v, str), "must be a string"),
     "backbone_weights": (lambda v: v is None or isinstance(v, str), "must be a path or null"),
-    **{name: ((lambda v, hi=hi, lo=int(name != "enc_layers"): _is_int(v) and lo <= v <= hi),
+    **{name: ((lambda v, hi=hi, lo=int(name != "enc_layers"): is_int(v) and lo <= v <= hi),
               f"must be an integer in [{int(name != 'enc_layers')}, {hi}]")
        for name, hi in MAX_MODEL.items()},
 }
@@ -207,7 +204,7 @@ def check_model_config(config: DETRConfig, file: Path) -> None:
 
 
 def check_num_classes(value: Any, file: Path) -> int:
-    if not (_is_int(value) and 1 <= value <= MAX_CLASSES):
+    if not (is_int(value) and 1 <= value <= MAX_CLASSES):
         raise ModelFormatError(file, f"num_classes must be an integer in [1, {MAX_CLASSES}], "
                                f"got {_short(value)}")
     return value
@@ -231,14 +228,14 @@ def check_hf_config(doc: Any, file: Path) -> dict[str, Any] | None:
     if not isinstance(doc, dict) or doc.get("model_type") != "detr":
         return None
     heads = doc.get("encoder_attention_heads", 8)
-    if not (_is_int(heads) and 1 <= heads <= MAX_MODEL["nheads"]):
+    if not (is_int(heads) and 1 <= heads <= MAX_MODEL["nheads"]):
         raise ModelFormatError(file, f"encoder_attention_heads must be an integer in [1, "
                                f"{MAX_MODEL['nheads']}], got {_short(heads)}")
     if doc.get("dilation") is not None and not isinstance(doc["dilation"], bool):
         raise ModelFormatError(file, f"dilation must be true or false, got "
                                f"{_short(doc['dilation'])}")
     dropout = doc.get("dropout", 0.1)
-    if not (_is_number(dropout) and 0 <= dropout < 1):
+    if not (is_finite_number(dropout) and 0 <= dropout < 1):
         raise ModelFormatError(file, f"dropout must be a number in [0, 1), got {_short(dropout)}")
     id2label = doc.get("id2label")
     if id2label is not None:
@@ -265,16 +262,16 @@ def check_train_config(raw: Any, file: Path) -> None:
         raise ModelFormatError(file, f"train_config must be a mapping, got {type(raw).__name__}")
     for name in ("eval_size", "max_size"):
         value = raw.get(name)
-        if value is not None and not (_is_int(value) and 1 <= value <= MAX_CANVAS_SIDE):
+        if value is not None and not (is_int(value) and 1 <= value <= MAX_CANVAS_SIDE):
             raise ModelFormatError(file, f"train_config.{name} must be null or an integer in "
                                    f"[1, {MAX_CANVAS_SIDE}], got {_short(value)}")
     scales = raw.get("scales")
     if scales is not None and not (
             isinstance(scales, (list, tuple)) and scales
-            and all(_is_int(s) and 1 <= s <= MAX_CANVAS_SIDE for s in scales)):
+            and all(is_int(s) and 1 <= s <= MAX_CANVAS_SIDE for s in scales)):
         raise ModelFormatError(file, f"train_config.scales must be null or sizes in [1, "
                                f"{MAX_CANVAS_SIDE}], got {_short(scales)}")
-    if "batch_size" in raw and not (_is_int(raw["batch_size"]) and raw["batch_size"] >= 1):
+    if "batch_size" in raw and not (is_int(raw["batch_size"]) and raw["batch_size"] >= 1):
         raise ModelFormatError(file, f"train_config.batch_size must be a positive integer, got "
                                f"{_short(raw['batch_size'])}")
     if "preset" in raw and not isinstance(raw["preset"], str):
@@ -292,7 +289,7 @@ def check_resize_record(raw: Any, file: Path) -> None:
     if raw is None:
         return
     sides_ok = isinstance(raw, Mapping) and all(
-        _is_int(raw.get(k)) and 1 <= raw[k] <= MAX_CANVAS_SIDE for k in ("shorter", "max_size"))
+        is_int(raw.get(k)) and 1 <= raw[k] <= MAX_CANVAS_SIDE for k in ("shorter", "max_size"))
     if not sides_ok or not isinstance(raw.get("padded"), bool):
         raise ModelFormatError(file, f"training_resize must hold sides 'shorter' and 'max_size' "
                                f"in [1, {MAX_CANVAS_SIDE}] and 'padded' true/false, got "
@@ -306,7 +303,7 @@ def check_training_fields(raw: Mapping[str, Any], file: Path) -> None:
         if not isinstance(raw[key], Mapping):
             raise ModelFormatError(file, f"{key} must be a state dict, got "
                                    f"{type(raw[key]).__name__}")
-    if not (_is_int(raw["epoch"]) and 0 <= raw["epoch"] < 10 ** 7):
+    if not (is_int(raw["epoch"]) and 0 <= raw["epoch"] < 10 ** 7):
         raise ModelFormatError(file, f"epoch must be a non-negative integer, got "
                                f"{_short(raw['epoch'])}")
     if not (isinstance(raw["rng_state"], list) and raw["rng_state"]):

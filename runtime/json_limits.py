@@ -63,6 +63,21 @@ def _refuse_constant(name: str) -> float:
     raise _Refused(f"{name} is not a JSON number")
 
 
+
+def is_int(v: Any) -> bool:
+    """A JSON integer: int and not bool (``True`` is an ``int`` to Python)."""
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def is_finite_number(v: Any) -> bool:
+    """int or float (not bool) that is a finite float (JSON ints can be 10**400)."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:
+        return False
+
 def finite_or_none(value: float | None) -> float | None:
     """``None`` for NaN/inf (e.g. "not measured"): the readers here refuse them."""
     return None if value is None or not math.isfinite(value) else float(value)

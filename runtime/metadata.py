@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from runtime import json_limits
 from runtime.errors import ModelFormatError
+from runtime.json_limits import is_finite_number, is_int
 
 METADATA_KEY = "detr_edge"
 FORMAT_VERSION = 1
@@ -146,10 +146,10 @@ class ModelMeta:
         if len(self.label_map) != len(self.class_names):
             problems.append(f"label_map has {len(self.label_map)} entries "
                             f"but there are {len(self.class_names)} classes")
-        if not all(_is_int(v) and INT64_MIN <= v <= INT64_MAX for v in self.label_map):
+        if not all(is_int(v) and INT64_MIN <= v <= INT64_MAX for v in self.label_map):
             problems.append("label_map values must be integers within int64 (COCO category ids)")
         if len(self.mean) != 3 or len(self.std) != 3 or not all(
-                _is_number(v) for v in (*self.mean, *self.std)):
+                is_finite_number(v) for v in (*self.mean, *self.std)):
             problems.append("mean/std must be 3 finite numbers each")
         elif any(s < MIN_STD for s in self.std):
             # A std of 1e-320 passes "> 0" and turns every pixel into inf or NaN.
@@ -182,46 +182,37 @@ def meta_from_properties(properties: Mapping[str, str], source: str = "<onnx mod
 # JSON types of the metadata fields. The document comes from a model file, which
 # may be corrupt or hostile: a string where a number belongs must be a clear
 # ModelFormatError, not a TypeError deep in preprocessing.
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_number(v: Any) -> bool:
-    if isinstance(v, bool) or not isinstance(v, (int, float)):
-        return False
-    try:
-        return math.isfinite(v)
-    except OverflowError:  # an integer too large for a float
-        return False
 
 
 def _is_triple(v: Any) -> bool:
-    return isinstance(v, (list, tuple)) and len(v) == 3 and all(_is_number(x) for x in v)
+    return isinstance(v, (list, tuple)) and len(v) == 3 and all(is_finite_number(x) for x in v)
 
 
 _FIELD_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
     "preset": (lambda v: isinstance(v, str), "a string"),
-    "input_height": (_is_int, "an integer"),
-    "input_width": (_is_int, "an integer"),
+    "input_height": (is_int, "an integer"),
+    "input_width": (is_int, "an integer"),
     "class_names": (lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
                     "a list of strings"),
-    "label_map": (lambda v: isinstance(v, list) and all(_is_int(x) for x in v),
+    "label_map": (lambda v: isinstance(v, list) and all(is_int(x) for x in v),
                   "a list of integers"),
     "mean": (_is_triple, "3 finite numbers"),
     "std": (_is_triple, "3 finite numbers"),
-    "batch_size": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "batch_size": (lambda v: v is None or is_int(v), "an integer or null"),
     "with_mask": (lambda v: isinstance(v, bool), "true or false"),
-    "resize_shorter": (lambda v: v is None or _is_int(v), "an integer or null"),
-    "resize_max": (lambda v: v is None or _is_int(v), "an integer or null"),
+    "resize_shorter": (lambda v: v is None or is_int(v), "an integer or null"),
+    "resize_max": (lambda v: v is None or is_int(v), "an integer or null"),
     "precision": (lambda v: isinstance(v, str), "a string"),
     "exporter_version": (lambda v: isinstance(v, str), "a string"),
-    "format_version": (_is_int, "an integer"),
+    "format_version": (is_int, "an integer"),
     "extra": (lambda v: isinstance(v, dict), "an object"),
     "decoding": (lambda v: isinstance(v, dict), "an object"),
 }
 _DECODING_TYPES: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "score_threshold": (_is_number, "a finite number"),
-    "top_k": (lambda v: v is None or (_is_int(v) and v >= 0), "null or an integer >= 0"),
+    "score_threshold": (is_finite_number, "a finite number"),
+    "top_k": (lambda v: v is None or (is_int(v) and v >= 0), "null or an integer >= 0"),
     "second_best": (lambda v: isinstance(v, bool), "true or false"),
 }
 

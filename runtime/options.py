@@ -20,6 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from runtime.errors import InputError
+from runtime.json_limits import is_int
 from runtime.metadata import MAX_BATCH, MAX_CANVAS_SIDE
 
 Check = Callable[[Any], "str | None"]
@@ -29,14 +30,12 @@ MAX_THREADS = 1024
 MAX_SEED = 2 ** 32 - 1  # numpy's seed range
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def int_range(lo: int, hi: int, note: str = "") -> Check:
     """An integer in ``[lo, hi]``; ``note`` explains a special value (e.g. '0 = auto')."""
     def check(value: Any) -> str | None:
-        if _is_int(value) and lo <= value <= hi:
+        if is_int(value) and lo <= value <= hi:
             return None
         return f"must be an integer in [{lo}, {hi}]{note}"
     return check

@@ -8,13 +8,13 @@ negative width"`` or ``"annotation 3 refers to unknown category_id 99"``.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from runtime import json_limits
 from runtime.dataset import check_file_name
 from runtime.errors import DataError
+from runtime.json_limits import is_finite_number, is_int
 
 
 def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
@@ -28,18 +28,8 @@ def read_coco_json(ann_file: str | Path) -> dict[str, Any]:
     return doc
 
 
-def _is_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
 
 
-def is_finite_number(v: Any) -> bool:
-    """int or float (not bool) that is a finite float (JSON ints can be 10**400)."""
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        return False
-    try:
-        return math.isfinite(float(v))
-    except OverflowError:
-        return False
 
 
 def _type_name(v: Any) -> str:
@@ -64,7 +54,7 @@ def _record_id(kind: str, i: int, item: dict[str, Any], where: Path) -> int:
     """The integer ``id`` of a record, or an error naming the record by index."""
     if "id" not in item:
         raise DataError(where, f"{kind} at index {i} has no 'id'")
-    if not _is_int(item["id"]):
+    if not is_int(item["id"]):
         raise DataError(where, f"{kind} at index {i} has id {item['id']!r}: must be an integer")
     return item["id"]
 
@@ -98,7 +88,7 @@ def _check_images(doc: dict[str, Any], where: Path) -> set[int]:
     for im in images:
         check_file_name(im["id"], im.get("file_name"), where)
         for key in ("height", "width"):
-            if key in im and not (_is_int(im[key]) and im[key] > 0):
+            if key in im and not (is_int(im[key]) and im[key] > 0):
                 raise DataError(where, f"image {im['id']} has {key} {im[key]!r}: "
                                 "must be a positive integer")
     return set(ids)
@@ -125,7 +115,7 @@ def _check_annotations(doc: dict[str, Any], where: Path, image_ids: set[int],
         for key in ("image_id", "category_id"):
             if key not in a:
                 raise DataError(where, f"{name} has no '{key}'")
-            if not _is_int(a[key]):
+            if not is_int(a[key]):
                 raise DataError(where, f"{name} has {key} {a[key]!r:.40}: must be an integer")
         if a["image_id"] not in image_ids:
             raise DataError(where, f"{name} refers to unknown image_id {a['image_id']}")
