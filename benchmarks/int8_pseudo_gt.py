@@ -24,6 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from detr.coco_eval import coco_metrics
+from runtime.coco_results import coco_results
+
 # (target, method, percentile, calibration images): from mild to harsh INT8.
 CONFIGS = [("tensorrt", "minmax", 99.999, 32), ("tensorrt", "entropy", 99.999, 32),
            ("tensorrt", "percentile", 99.9, 32), ("tensorrt", "percentile", 99.0, 32),
@@ -32,9 +35,7 @@ CONFIGS = [("tensorrt", "minmax", 99.999, 32), ("tensorrt", "entropy", 99.999, 3
 
 
 def _ap(evaluator: Any, dets: list[Any]) -> float:
-    from detr.coco_eval import coco_metrics, detections_to_coco_results
-
-    results = detections_to_coco_results(evaluator.image_ids, dets, list(evaluator.meta.label_map))
+    results = coco_results(evaluator.image_ids, dets, list(evaluator.meta.label_map))
     return 100.0 * max(float(coco_metrics(evaluator._ground_truth(), results)["AP"]), 0.0)
 
 

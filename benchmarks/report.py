@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.rows import AP_KEYS, STATUS_OK, Row
+from benchmarks.rows import STATUS_OK, Row
+from detr.coco_eval import AP_KEYS
 from runtime.atomic import atomic_write, atomic_write_text
 
 

@@ -42,8 +42,8 @@ def infer_all(backend: Any, images: np.ndarray, mask: np.ndarray, batch: int,
 def measure_speed(backend: Any, meta: Any, paths: list[Path], batch_size: int,
                    fixed_batch: int | None, runs: int, warmup: int) -> SpeedResult:
     """Model-alone and end-to-end latency at ``batch_size`` (see module docstring)."""
-    from benchmarks.accuracy import decode_clipped
     from benchmarks.timing import time_interleaved
+    from runtime.decode import decode_images
     from runtime.preprocess import preprocess
 
     if fixed_batch is not None and fixed_batch != batch_size:
@@ -55,13 +55,13 @@ def measure_speed(backend: Any, meta: Any, paths: list[Path], batch_size: int,
     def end_to_end() -> None:
         b = preprocess(chosen, meta)
         lo, bo = backend.infer(b.images, b.mask)
-        decode_clipped(lo, bo, b, meta)
+        decode_images(lo, bo, b, meta, second_best=True)
 
     stats = time_interleaved({
         "model": lambda: backend.infer(pre.images, pre.mask),
         "e2e": end_to_end,
         "pre": lambda: preprocess(chosen, meta),
-        "post": lambda: decode_clipped(logits, boxes, pre, meta),
+        "post": lambda: decode_images(logits, boxes, pre, meta, second_best=True),
     }, runs=runs, warmup=warmup, batch_size=batch_size)
     model, e2e, pre_t, post_t = stats["model"], stats["e2e"], stats["pre"], stats["post"]
     return SpeedResult(batch_size, model=model.to_dict(), end_to_end=e2e.to_dict(),

@@ -122,13 +122,14 @@ def _open_backend(row: Row, path: Path, ctx: SuiteContext) -> Any:
 def _eval_row(row: Row, backend: Any, ctx: SuiteContext, config: BenchmarkConfig,
               fixed_batch: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy + speed of one opened backend; fills ``row``; returns its raw outputs."""
-    from benchmarks.accuracy import coco_ap, decode_clipped
+    from benchmarks.accuracy import coco_ap
+    from runtime.decode import decode_images
 
     pre, meta = ctx.batch, ctx.meta
     # Dynamic-batch backends (PyTorch) evaluate 8 images a call: same outputs, less overhead.
     logits, boxes = infer_all(backend, pre.images, pre.mask, fixed_batch or ACCURACY_BATCH,
                               config.progress, f"{row.name} accuracy")
-    dets = decode_clipped(logits, boxes, pre, meta, second_best=config.second_best)
+    dets = decode_images(logits, boxes, pre, meta, second_best=config.second_best)
     row.accuracy = coco_ap(ctx.gt, ctx.image_ids, dets, meta.label_map)
     row.eval_images = len(dets)
     ctx.dets[(row.backend, row.precision)] = dets
@@ -286,9 +287,10 @@ def write_pytorch_reference(config: BenchmarkConfig, log: Callable[[str], None] 
                             ) -> Path:
     """Only the PyTorch reference (as trained + FP32 on the canvas) of ``config``'s
     images, written to ``config.save_reference``; no other row, no report."""
-    from benchmarks.accuracy import coco_ap, decode_clipped
+    from benchmarks.accuracy import coco_ap
     from benchmarks.reference_file import save_reference
     from benchmarks.torch_reference import TorchReference
+    from runtime.decode import decode_images
 
     prep = prepare(config, log)
     ctx = prep.ctx
@@ -299,7 +301,7 @@ def write_pytorch_reference(config: BenchmarkConfig, log: Callable[[str], None] 
     logits, boxes = infer_all(backend, ctx.batch.images, ctx.batch.mask, ACCURACY_BATCH,
                               config.progress, "PyTorch FP32 on the canvas")
     backend.close()
-    dets = decode_clipped(logits, boxes, ctx.batch, ctx.meta, second_best=config.second_best)
+    dets = decode_images(logits, boxes, ctx.batch, ctx.meta, second_best=config.second_best)
     canvas_ap = coco_ap(ctx.gt, ctx.image_ids, dets, ctx.meta.label_map)
     data = refs.reference_data(reference, detections, canvas_ap, (logits, boxes),
                                prep.fingerprint)

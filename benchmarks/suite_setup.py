@@ -81,8 +81,8 @@ def canvas_meta(config: Any, metas: dict[Any, ModelMeta], loaded: Any,
     if config.height is not None and config.width is not None:
         H, W = config.height, config.width
     if loaded is not None:
-        preset, names, label_map = (str(loaded.raw.get("preset", "detr")),
-                                    list(loaded.class_names), list(loaded.label_map))
+        preset, names, label_map = (loaded.preset, list(loaded.class_names),
+                                    list(loaded.label_map))
     else:
         assert first is not None
         preset, names, label_map = first.preset, list(first.class_names), list(first.label_map)
@@ -94,7 +94,7 @@ def canvas_meta(config: Any, metas: dict[Any, ModelMeta], loaded: Any,
 def from_file(row: Row, ctx: SuiteContext, data: Any, path: str,
                config: Any) -> None:
     """Fill the PyTorch FP32 (cpu) row from a reference file (measured on the workstation)."""
-    from benchmarks.accuracy import decode_clipped
+    from runtime.decode import decode_images
 
     row.accuracy = dict(data.header["canvas_accuracy"])
     row.eval_images = len(ctx.image_ids)
@@ -102,7 +102,7 @@ def from_file(row: Row, ctx: SuiteContext, data: Any, path: str,
     row.status, row.reason = STATUS_OK, (f"from reference file {path} (PyTorch FP32 on the "
                                          "workstation; not timed here)")
     ctx.canvas_outputs = (data.logits, data.boxes)
-    ctx.dets[("pytorch", "fp32")] = decode_clipped(data.logits, data.boxes, ctx.batch, ctx.meta,
+    ctx.dets[("pytorch", "fp32")] = decode_images(data.logits, data.boxes, ctx.batch, ctx.meta,
                                                    second_best=config.second_best)
 
 

@@ -84,18 +84,11 @@ Case = tuple[str, str, dict[str, np.ndarray], np.ndarray]  # name, source, feed,
 def torch_forward(model: Any, with_mask: bool) -> Callable[[dict[str, np.ndarray]],
                                                            tuple[np.ndarray, np.ndarray]]:
     """The PyTorch reference: the full model (not the export wrapper) on the same
-    tensors, ``model(images)`` or ``model(images, mask)``."""
-    import torch
-
-    param = next(model.parameters())
+    tensors (``detr.torch_forward.forward_numpy``), with the mask for a mask graph."""
+    from detr.torch_forward import forward_numpy
 
     def forward(feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        images = torch.from_numpy(feed["images"]).to(param.device, param.dtype)
-        mask = torch.from_numpy(feed["mask"]).to(param.device) if with_mask else None
-        with torch.no_grad():
-            out = model(images, mask)
-        return (out["pred_logits"].float().cpu().numpy(),
-                out["pred_boxes"].float().cpu().numpy())
+        return forward_numpy(model, feed["images"], feed["mask"] if with_mask else None)
 
     return forward
 

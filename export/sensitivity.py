@@ -199,18 +199,17 @@ class HeldOutEvaluator:
     def matches(self, path: str | os.PathLike[str]) -> Any:
         """Per-image COCO matches of the model at ``path`` (``detr.coco_resample``):
         its AP on any resampled image set, for paired bootstrap errors."""
-        from detr.coco_eval import detections_to_coco_results
         from detr.coco_resample import coco_matches
+        from runtime.coco_results import coco_results
 
-        results = detections_to_coco_results(self.image_ids, self.detections(path),
-                                             list(self.meta.label_map))
+        results = coco_results(self.image_ids, self.detections(path), list(self.meta.label_map))
         return coco_matches(self._ground_truth(), results, self.image_ids)
 
     def ap(self, path: str | os.PathLike[str]) -> float:
         """COCO box AP@[.5:.95] of the model at ``path``, in points 0..100."""
-        from detr.coco_eval import coco_metrics, detections_to_coco_results
+        from detr.coco_eval import coco_metrics
+        from runtime.coco_results import coco_results
 
-        results = detections_to_coco_results(self.image_ids, self.detections(path),
-                                             list(self.meta.label_map))
+        results = coco_results(self.image_ids, self.detections(path), list(self.meta.label_map))
         metrics = coco_metrics(self._ground_truth(), results)
         return 100.0 * max(float(metrics["AP"]), 0.0)  # coco_metrics: 0..1 -> COCO points
