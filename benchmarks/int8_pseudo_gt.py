@@ -25,6 +25,8 @@ from typing import Any
 import numpy as np
 
 from detr.coco_eval import coco_metrics
+from export.calib_data import quant_images
+from runtime.atomic import atomic_write_text
 from runtime.coco_results import coco_results
 
 # (target, method, percentile, calibration images): from mild to harsh INT8.
@@ -41,7 +43,6 @@ def _ap(evaluator: Any, dets: list[Any]) -> float:
 
 def measure(onnx_path: Path, data: Path, num_eval: int = 200) -> dict[str, Any]:
     """Real and pseudo-GT AP drop of each configuration of :data:`CONFIGS`, and k."""
-    from export.calib_data import quant_images
     from export.quantize import QuantizeConfig, quantize_int8
     from export.sensitivity import HeldOutEvaluator
 
@@ -89,7 +90,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pseudo = {res['offset']:.1f} + {res['slope']:.1f} x real (least squares; rms "
           f"residual {res['residual']:.1f} pseudo points)")
     if args.out:
-        from runtime.atomic import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(res, indent=1, default=float))
     return 0
