@@ -43,6 +43,7 @@ from tqdm import tqdm
 from benchmarks.compute_floor import compute_floor
 from benchmarks.env_info import collect_env_info
 from benchmarks.timing import round_robin, stats_from_samples
+from detr.data.synthetic import ShapesConfig, make_shapes_dataset, render_image
 from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.decode import decode_images
 from runtime.detector import open_backend
@@ -143,7 +144,6 @@ def _prepare(config: R50SpeedConfig, work: Path, threads: int, log: Any) -> dict
     paths: dict[str, str | None] = {"pytorch_fp32": None, "ort_fp32": str(fp32)}
     if not config.int8:
         return paths
-    from detr.data.synthetic import ShapesConfig, make_shapes_dataset
     from export.quantize import QuantizeConfig, quantize_int8
 
     calib = work / "calib"
@@ -166,8 +166,6 @@ def _input_image(config: R50SpeedConfig, work: Path) -> Path:
     """A scene from the project's generator (shapes on a cluttered, textured background),
     JPEG quality 90, cropped to the canvas. Uniform noise, used before, is the slowest
     possible JPEG to decode (~13 ms vs ~7 ms here at 800x1066). No photo looks like it."""
-    from detr.data.synthetic import ShapesConfig, render_image
-
     H, W = config.height, config.width
     scene, _, _ = render_image(ShapesConfig(image_size=max(H, W), max_objects=8,
                                             seed=config.seed), "val", 0)

@@ -30,6 +30,7 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.r50_speed import R50SpeedConfig, _prepare
 from benchmarks.timing import time_call
 from benchmarks.workflow.pipeline import DEMO_CHECKPOINT
 from detr.data.shapes_video import ShapesVideoConfig, make_shapes_video
@@ -63,8 +64,6 @@ def demo_model(work: Path, dynamic: bool = True) -> Path:
 
 
 def r50_int8_cpu(work: Path) -> Path:
-    from benchmarks.r50_speed import R50SpeedConfig, _prepare
-
     paths = _prepare(R50SpeedConfig(work_dir=str(work)), work, threads=2, log=print)
     return Path(str(paths["ort_int8_cpu"]))
 

@@ -48,7 +48,7 @@ from benchmarks.suite_setup import (
     trained_reference,
 )
 from benchmarks.torch_reference import TorchReference
-from runtime.decode import decode_images, decoding_protocol
+from runtime.decode import Detections, decode_images, decoding_protocol
 from runtime.detector import open_backend
 from runtime.errors import BackendUnavailableError, DetrEdgeError, InputError
 from runtime.metadata import ModelMeta
@@ -120,19 +120,27 @@ def _open_backend(row: Row, path: Path, ctx: SuiteContext) -> Any:
     return open_backend(path, "tensorrt")
 
 
+def _canvas_accuracy(backend: Any, ctx: SuiteContext, config: BenchmarkConfig,
+                     batch: int, desc: str
+                     ) -> tuple[np.ndarray, np.ndarray, list[Detections], dict[str, float]]:
+    """``backend`` on every eval image of the canvas batch, ``batch`` images a call:
+    raw (logits [N, Q, K+1], boxes [N, Q, 4]), detections in original pixels, COCO AP."""
+    pre, meta = ctx.batch, ctx.meta
+    logits, boxes = infer_all(backend, pre.images, pre.mask, batch, config.progress, desc)
+    dets = decode_images(logits, boxes, pre, meta, second_best=config.second_best)
+    return logits, boxes, dets, coco_ap(ctx.gt, ctx.image_ids, dets, meta.label_map)
+
+
 def _eval_row(row: Row, backend: Any, ctx: SuiteContext, config: BenchmarkConfig,
               fixed_batch: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy + speed of one opened backend; fills ``row``; returns its raw outputs."""
-    pre, meta = ctx.batch, ctx.meta
     # Dynamic-batch backends (PyTorch) evaluate 8 images a call: same outputs, less overhead.
-    logits, boxes = infer_all(backend, pre.images, pre.mask, fixed_batch or ACCURACY_BATCH,
-                              config.progress, f"{row.name} accuracy")
-    dets = decode_images(logits, boxes, pre, meta, second_best=config.second_best)
-    row.accuracy = coco_ap(ctx.gt, ctx.image_ids, dets, meta.label_map)
+    logits, boxes, dets, row.accuracy = _canvas_accuracy(
+        backend, ctx, config, fixed_batch or ACCURACY_BATCH, f"{row.name} accuracy")
     row.eval_images = len(dets)
     ctx.dets[(row.backend, row.precision)] = dets
     for bs in config.batch_sizes:
-        row.speed.append(measure_speed(backend, meta, ctx.paths, bs, fixed_batch,
+        row.speed.append(measure_speed(backend, ctx.meta, ctx.paths, bs, fixed_batch,
                                        config.runs, config.warmup))
     return logits, boxes
 
@@ -283,11 +291,9 @@ def write_pytorch_reference(config: BenchmarkConfig, log: Callable[[str], None] 
         raise InputError("--save-reference", "needs torch, --checkpoint and an output file")
     reference, detections = trained_reference(ctx.loaded, config, prep.rule)
     backend = TorchReference(ctx.loaded.model, use_mask=ctx.meta.with_mask)
-    logits, boxes = infer_all(backend, ctx.batch.images, ctx.batch.mask, ACCURACY_BATCH,
-                              config.progress, "PyTorch FP32 on the canvas")
+    logits, boxes, _, canvas_ap = _canvas_accuracy(backend, ctx, config, ACCURACY_BATCH,
+                                                   "PyTorch FP32 on the canvas")
     backend.close()
-    dets = decode_images(logits, boxes, ctx.batch, ctx.meta, second_best=config.second_best)
-    canvas_ap = coco_ap(ctx.gt, ctx.image_ids, dets, ctx.meta.label_map)
     data = refs.reference_data(reference, detections, canvas_ap, (logits, boxes),
                                prep.fingerprint)
     return save_reference(config.save_reference, data)
