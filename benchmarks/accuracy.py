@@ -1,6 +1,7 @@
 """Accuracy of one backend: COCO AP columns, deltas vs PyTorch FP32, output parity.
 
-Detections come from ``runtime.decode`` and the AP from ``detr.coco_eval``
+Detections come from ``runtime.decode`` (``decode_images``), the AP from
+``runtime.coco_results`` + ``detr.coco_eval``
 (pycocotools), the same code the runtime and ``detr-edge eval`` use.
 
 Parity compares raw outputs on the SAME preprocessed canvas with
@@ -20,25 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.rows import AP_KEYS
+from detr.coco_eval import AP_KEYS, coco_metrics
+from runtime.coco_results import coco_results
 from runtime.compare import OutputComparison, add_detections, add_errors, summarize
-from runtime.decode import Detections, decode
-from runtime.metadata import ModelMeta
-from runtime.preprocess import Batch, box_reference_sizes
-
-
-def decode_clipped(logits: np.ndarray, boxes: np.ndarray, batch: Batch,
-                   meta: ModelMeta, second_best: bool = True) -> list[Detections]:
-    """``runtime.decode`` into original pixels, boxes clipped to the image.
-
-    ``second_best`` defaults to the official PostProcess (every slot keeps its
-    best real class), the decoding COCO AP is reported with."""
-    sizes = box_reference_sizes(batch, meta.with_mask)
-    dets = decode(logits, boxes, sizes, second_best=second_best)
-    for det, (h, w) in zip(dets, batch.orig_sizes):
-        det.boxes[:, 0::2] = np.clip(det.boxes[:, 0::2], 0, w)
-        det.boxes[:, 1::2] = np.clip(det.boxes[:, 1::2], 0, h)
-    return dets
+from runtime.decode import Detections
 
 
 def coco_ap(gt: dict[str, Any], image_ids: Sequence[int], detections: Sequence[Detections],
@@ -47,9 +33,7 @@ def coco_ap(gt: dict[str, Any], image_ids: Sequence[int], detections: Sequence[D
 
     ``gt`` is the annotation JSON; only the images ``image_ids`` are evaluated.
     """
-    from detr.coco_eval import coco_metrics, detections_to_coco_results
-
-    results = detections_to_coco_results(list(image_ids), list(detections), list(label_map))
+    results = coco_results(list(image_ids), list(detections), list(label_map))
     metrics = coco_metrics(gt, results, image_ids=list(image_ids))
     return {k: float(metrics[k]) for k in AP_KEYS}
 

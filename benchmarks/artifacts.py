@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from runtime.engine_file import is_engine_file, read_engine_header
 from runtime.errors import InputError
 
 
@@ -19,7 +20,6 @@ def find_artifacts(folder: str | None) -> dict[tuple[str, str], Path]:
     if not root.is_dir():
         raise InputError(root, "artifacts folder not found")
     from export.onnx_meta import load_onnx, read_meta
-    from runtime.engine_file import is_engine_file, read_engine_header
 
     for path in sorted(root.glob("*.onnx")):
         meta = read_meta(load_onnx(path), path)

@@ -27,9 +27,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from benchmarks.artifacts import find_artifacts
+from benchmarks.reference import torch_available
+from benchmarks.suite import BenchmarkConfig, write_pytorch_reference
+from detr.data.coco_schema import read_coco_json
+from runtime import json_limits
+from runtime.atomic import atomic_copy, atomic_write_text
+from runtime.dataset import annotated_split, check_file_name, resolve_dataset
 from runtime.errors import InputError
 from runtime.files import file_sha256
+from runtime.staging import StagedOutputs, check_disjoint
 
 FORMAT, VERSION = "detr-edge-bundle", 1
 MANIFEST = "manifest.json"
@@ -97,11 +106,6 @@ def subset_annotations(gt: dict[str, Any], images: list[dict[str, Any]]) -> dict
 
 def make_bundle(config: BundleConfig, log: Callable[[str], None] = print) -> Path:
     """Write the bundle (module docstring); returns its folder."""
-    from benchmarks.artifacts import find_artifacts
-    from detr.data.coco_schema import read_coco_json
-    from runtime.dataset import annotated_split
-    from runtime.staging import StagedOutputs, check_disjoint
-
     config.validate()
     img_dir, ann = annotated_split(config.data, config.split)
     gt = read_coco_json(ann)
@@ -139,8 +143,6 @@ def make_bundle(config: BundleConfig, log: Callable[[str], None] = print) -> Pat
 
 
 def _write_json(path: Path, doc: Any) -> None:
-    from runtime.atomic import atomic_write_text
-
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(doc, indent=1))
 
@@ -148,8 +150,6 @@ def _write_json(path: Path, doc: Any) -> None:
 def _copy_artifacts(onnx: list[Path], dest: Path) -> list[str]:
     """The ONNX files and their JSON reports (``model_int8.quant.json``); engines stay
     behind (built on the device, for its TensorRT and GPU)."""
-    from runtime.atomic import atomic_copy
-
     dest.mkdir(parents=True)
     for path in onnx:
         reports = [p for p in path.parent.glob(f"{path.stem}.*.json") if ".engine" not in p.name]
@@ -159,10 +159,6 @@ def _copy_artifacts(onnx: list[Path], dest: Path) -> list[str]:
 
 
 def _copy_images(src: Path, names: list[str], dest: Path, progress: bool, what: str) -> None:
-    from tqdm import tqdm
-
-    from runtime.atomic import atomic_copy
-
     for name in tqdm(names, desc=f"bundle {what}", disable=not progress, leave=False):
         target = dest / name
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -171,8 +167,6 @@ def _copy_images(src: Path, names: list[str], dest: Path, progress: bool, what: 
 
 def _copy_calibration(config: BundleConfig, dest: Path, log: Callable[[str], None]) -> int:
     """Up to ``calib_images`` images of the calibration split (never the eval split)."""
-    from runtime.dataset import resolve_dataset
-
     if config.calib_images == 0:
         return 0
     try:
@@ -187,14 +181,10 @@ def _copy_calibration(config: BundleConfig, dest: Path, log: Callable[[str], Non
 
 def _reference(config: BundleConfig, root: Path, log: Callable[[str], None]) -> str:
     """Write root/reference.npz on the bundle's own files; "" or why there is none."""
-    from benchmarks.reference import torch_available
-
     if not config.checkpoint:
         return "no --checkpoint given"
     if not torch_available():
         return "torch is not installed here (pip install 'detr-edge[train]')"
-    from benchmarks.suite import BenchmarkConfig, write_pytorch_reference
-
     write_pytorch_reference(BenchmarkConfig(
         data=str(root / "data"), split=config.split, checkpoint=config.checkpoint,
         artifacts=str(root / "artifacts"), max_images=None,
@@ -206,8 +196,6 @@ def _reference(config: BundleConfig, root: Path, log: Callable[[str], None]) -> 
 
 def _file_table(root: Path, progress: bool) -> dict[str, dict[str, Any]]:
     """``{relative path: {"sha256", "bytes"}}`` of every file under ``root``."""
-    from tqdm import tqdm
-
     files = sorted(p for p in root.rglob("*") if p.is_file())
     return {p.relative_to(root).as_posix(): {"sha256": file_sha256(p), "bytes": p.stat().st_size}
             for p in tqdm(files, desc="bundle hashes", disable=not progress, leave=False)}
@@ -217,8 +205,6 @@ def read_bundle(path: str | os.PathLike[str], *, verify: bool = True,
                 progress: bool = False) -> Bundle:
     """Read ``BUNDLE/manifest.json`` and check every listed file (size, and SHA-256
     when ``verify``); one-line ``InputError`` naming the bundle otherwise."""
-    from runtime import json_limits
-
     root = Path(path)
     if not root.is_dir():
         raise InputError(root, "bundle folder not found")
@@ -239,10 +225,6 @@ def read_bundle(path: str | os.PathLike[str], *, verify: bool = True,
 
 
 def _check_files(root: Path, files: dict[str, Any], verify: bool, progress: bool) -> None:
-    from tqdm import tqdm
-
-    from runtime.dataset import check_file_name
-
     for name, entry in tqdm(files.items(), desc="bundle check", disable=not progress,
                             leave=False):
         check_file_name(name, name, root / MANIFEST)  # relative, inside the bundle

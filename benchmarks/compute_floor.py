@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.timing import time_call
+
 
 @dataclass(frozen=True)
 class ComputeFloor:
@@ -63,8 +65,6 @@ def matmul_peak_gflops(threads: int, n: int = 2048, runs: int = 5) -> float:
     """Best FP32 rate of an n x n x n ONNX Runtime MatMul on ``threads`` threads."""
     import onnxruntime as ort
     from onnx import TensorProto, helper
-
-    from benchmarks.timing import time_call
 
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["a", "b"], ["c"])], "peak",

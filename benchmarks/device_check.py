@@ -28,6 +28,11 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.timing import time_call
+from runtime.engine_file import read_engine_header
+from runtime.errors import DetrEdgeError
+from runtime.metadata import ModelMeta
+
 R50_SIZE = (800, 1066)  # the paper's evaluation canvas (height, width); exported as 800x1088
 PRECISIONS = ("fp32", "fp16", "int8")
 
@@ -41,7 +46,6 @@ def unavailable_reason() -> str | None:
 
 def _engine_problems(engine: Path, label: str) -> list[str]:
     """The golden result recorded in the engine header."""
-    from runtime.engine_file import read_engine_header
 
     if not engine.is_file():
         return [f"{label}: no engine {engine} (see the build log above)"]
@@ -66,11 +70,11 @@ def _cuda_graph_problems(engine: Path, label: str, runs: int = 20) -> list[str]:
         times = {}
         outputs = {}
         for name, backend in (("plain", plain), ("cuda graph", graph)):
-            outputs[name] = backend.infer(images)  # warm-up (captures the graph)
-            start = time.perf_counter()
-            for _ in range(runs):
+            def call(name: str = name, backend: TensorRTBackend = backend) -> None:
                 outputs[name] = backend.infer(images)
-            times[name] = (time.perf_counter() - start) / runs * 1e3
+
+            # The warm-up run captures the CUDA graph.
+            times[name] = time_call(call, runs=runs, warmup=1).mean_ms
         print(f"  {label}: batch {batch}, plain {times['plain']:.2f} ms, "
               f"CUDA graph {times['cuda graph']:.2f} ms per call (mean of {runs})")
         for a, b in zip(outputs["plain"], outputs["cuda graph"]):
@@ -85,7 +89,7 @@ def _cuda_graph_problems(engine: Path, label: str, runs: int = 20) -> list[str]:
 
 def check_demo(out: Path, max_images: int) -> list[str]:
     """The demo job with engines; problems found."""
-    from benchmarks.pipeline import PipelineConfig, run_pipeline
+    from benchmarks.workflow.pipeline import PipelineConfig, run_pipeline
 
     result = run_pipeline(PipelineConfig(out=str(out), max_images=max_images, runs=10))
     problems = []
@@ -109,8 +113,6 @@ def check_r50(out: Path) -> list[str]:
     from detr import build_model
     from export.engine_builder import EngineBuildConfig, build_engine
     from export.onnx_export import ExportConfig, export_detr
-    from runtime.errors import DetrEdgeError
-    from runtime.metadata import ModelMeta
 
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from runtime.cpu_features import int8_dot_product_safe
+from runtime.errors import DetrEdgeError
 
 # Libraries whose versions change the numbers (kernels, graph optimisations).
 _LIBRARIES = ("numpy", "torch", "torchvision", "onnx", "onnxruntime", "tensorrt", "pycocotools",
@@ -72,7 +73,6 @@ def _version(name: str) -> str | None:
 def _gpu_without_torch() -> str | None:
     """Name of CUDA device 0 via cuda-python (TensorRT's runtime), or None."""
     from runtime.backends.tensorrt_backend import device_info, tensorrt_available
-    from runtime.errors import DetrEdgeError
 
     try:
         return device_info()[0] if tensorrt_available() is None else None

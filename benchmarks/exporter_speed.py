@@ -22,6 +22,8 @@ from typing import Any
 
 import numpy as np
 
+from benchmarks.timing import time_interleaved
+
 EXPORTERS = ("torchscript", "dynamo")
 
 
@@ -32,7 +34,6 @@ def run_exporter_speed(preset: str = "detr-tiny", size: int = 256, runs: int = 2
     import torch
 
     import detr
-    from benchmarks.timing import time_interleaved
     from export.onnx_export import trace_to_onnx
 
     torch.set_num_threads(threads)

@@ -10,7 +10,7 @@ from benchmarks.rows import STATUS_OK, Row
 # The speed targets (ORT/PyTorch <= 0.45, INT8/FP32 <= 0.35, pre+post <= 3% of end to end)
 # are stated for DETR-R50 at 800x1066 and are checked by ``python -m benchmarks.r50_speed``,
 # not on this model (a small model's pre/post share is larger by nature).
-TARGETS: dict[str, tuple[str, float]] = {
+FIGURE_TARGETS: dict[str, tuple[str, float]] = {
     "ort_fp16_AP_delta_vs_torch_fp32 (AP points)": ("abs", 0.1),
     "ort_int8_AP_delta_vs_torch_fp32 (AP points)": ("abs", 0.5),
     "ort_int8-cpu_AP_delta_vs_torch_fp32 (AP points)": ("abs", 0.5),

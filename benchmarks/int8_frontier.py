@@ -18,6 +18,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from benchmarks.int8_latency import ratio_spread
+from export.int8.calib_data import iter_feeds
 from runtime.atomic import atomic_write, atomic_write_text
 
 # INT8 / FP32 latency on ONNX Runtime CPU the default quantize must reach, per Q/DQ format.
@@ -103,8 +105,6 @@ def retime(artifacts: Path, names: Sequence[str], images: Sequence[Path],
            repeats: int = 3) -> dict[str, Any]:
     """``{name: benchmarks.int8_latency.RatioSpread}``: each ``<name>.onnx`` timed
     against ``model_fp32.onnx`` by ``time_onnx_models`` (batch 1, first of ``images``)."""
-    from benchmarks.int8_latency import ratio_spread
-    from export.int8.calib_data import iter_feeds
     from export.onnx_meta import load_onnx, read_meta
 
     fp32 = artifacts / "model_fp32.onnx"

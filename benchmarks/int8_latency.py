@@ -28,6 +28,9 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.timing import time_onnx_models
+from export.int8.calib_data import iter_feeds, list_images
+
 
 @dataclass(frozen=True)
 class RatioSpread:
@@ -49,7 +52,6 @@ class RatioSpread:
 
 def one_feed(fp32: Path, images: str | os.PathLike[str]) -> dict[str, np.ndarray]:
     """The batch-1 feed of the first image of ``images`` (with a mask if the model has one)."""
-    from export.int8.calib_data import iter_feeds, list_images
     from export.onnx_meta import load_onnx, read_meta
 
     return next(iter_feeds(list_images(images, 1), read_meta(load_onnx(fp32), fp32), 1))
@@ -59,7 +61,6 @@ def ratio_spread(fp32: Path, int8: Sequence[Path], feed: dict[str, np.ndarray], 
                  repeats: int = 5, runs: int = 20,
                  threads: int | None = None) -> list[RatioSpread]:
     """:class:`RatioSpread` of each INT8 model; the models take turns per repeat."""
-    from benchmarks.timing import time_onnx_models
 
     ratios: dict[Path, list[float]] = {p: [] for p in int8}
     fp32_ms: list[float] = []

@@ -24,6 +24,11 @@ from typing import Any
 
 import numpy as np
 
+from detr.coco_eval import coco_metrics
+from export.int8.calib_data import quant_images
+from runtime.atomic import atomic_write_text
+from runtime.coco_results import coco_results
+
 # (target, method, percentile, calibration images): from mild to harsh INT8.
 CONFIGS = [("tensorrt", "minmax", 99.999, 32), ("tensorrt", "entropy", 99.999, 32),
            ("tensorrt", "percentile", 99.9, 32), ("tensorrt", "percentile", 99.0, 32),
@@ -32,15 +37,12 @@ CONFIGS = [("tensorrt", "minmax", 99.999, 32), ("tensorrt", "entropy", 99.999, 3
 
 
 def _ap(evaluator: Any, dets: list[Any]) -> float:
-    from detr.coco_eval import coco_metrics, detections_to_coco_results
-
-    results = detections_to_coco_results(evaluator.image_ids, dets, list(evaluator.meta.label_map))
+    results = coco_results(evaluator.image_ids, dets, list(evaluator.meta.label_map))
     return 100.0 * max(float(coco_metrics(evaluator._ground_truth(), results)["AP"]), 0.0)
 
 
 def measure(onnx_path: Path, data: Path, num_eval: int = 200) -> dict[str, Any]:
     """Real and pseudo-GT AP drop of each configuration of :data:`CONFIGS`, and k."""
-    from export.int8.calib_data import quant_images
     from export.int8.config import QuantizeConfig
     from export.int8.quantize import quantize_int8
     from export.int8.sensitivity import HeldOutEvaluator
@@ -89,7 +91,6 @@ def main(argv: list[str] | None = None) -> int:
     print(f"pseudo = {res['offset']:.1f} + {res['slope']:.1f} x real (least squares; rms "
           f"residual {res['residual']:.1f} pseudo points)")
     if args.out:
-        from runtime.atomic import atomic_write_text
 
         atomic_write_text(args.out, json.dumps(res, indent=1, default=float))
     return 0

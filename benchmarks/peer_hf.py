@@ -32,14 +32,20 @@ train the same parameters (ResNet layer2-4 and everything after it; checked).
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import io
 import json
 import re
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from importlib import metadata
 from typing import Any
 
 import numpy as np
+
+from benchmarks.timing import time_interleaved
+from runtime.atomic import atomic_write_text
 
 
 @dataclass(frozen=True)
@@ -247,7 +253,6 @@ class _HFExportWrapper:
 
 def export_both(config: PeerConfig, ours: Any, hf: Any) -> tuple[bytes, bytes | str]:
     """(detr-edge ONNX, HF ONNX or the reason its export failed), batch 1, opset 17."""
-    import io
     import warnings
 
     import onnx
@@ -298,7 +303,6 @@ def ort_calls(config: PeerConfig, ours_onnx: bytes, hf_onnx: bytes,
 def time_rounds(what: str, calls: dict[str, Callable[[], Any]], config: PeerConfig,
                 batch: int = 1) -> Comparison:
     """``rounds`` x ``runs`` round-robin calls after ``warmup``; per-round medians."""
-    from benchmarks.timing import time_interleaved
 
     comparison = Comparison(what, batch=batch)
     for i in range(config.rounds):
@@ -334,8 +338,6 @@ def run_peer(config: PeerConfig, threads: int | None = None) -> dict[str, Any]:
 
 
 def _version(package: str) -> str:
-    from importlib import metadata
-
     try:
         return metadata.version(package)
     except metadata.PackageNotFoundError:
@@ -370,9 +372,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--no-onnx", action="store_true", help="skip the ONNX Runtime rows")
     parser.add_argument("--json", default=None, metavar="FILE", help="also write JSON here")
     args = parser.parse_args(argv)
-    import dataclasses
-
-    from runtime.atomic import atomic_write_text
 
     results = []
     for key in args.configs:

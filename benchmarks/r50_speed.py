@@ -26,7 +26,9 @@ Runtime needs no such alignment, so all paths see exactly the same input.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
+import multiprocessing
 import sys
 import tempfile
 import time
@@ -34,9 +36,30 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from benchmarks.compute_floor import compute_floor
+from benchmarks.env_info import collect_env_info
+from benchmarks.timing import round_robin, stats_from_samples
+from detr.data.synthetic import ShapesConfig, make_shapes_dataset, render_image
+from runtime.atomic import atomic_write_bytes, atomic_write_text
+from runtime.decode import decode_images
+from runtime.detector import open_backend
+from runtime.metadata import ModelMeta
+from runtime.preprocess import preprocess
+
 TARGET_ORT_OVER_TORCH = 0.45
 TARGET_INT8_OVER_FP32 = 0.35
 NUM_CLASSES = 91  # COCO's class ids, like the official DETR-R50
+KINDS = ("model", "e2e", "pre", "post")  # what a worker times in one run (``_worker``)
+# Ratio name -> (path a, path b, kind): a's median over b's.
+RATIO_PAIRS = {"ort_fp32_e2e / pytorch_fp32_e2e": ("ort_fp32", "pytorch_fp32", "e2e"),
+               "ort_int8_e2e / ort_fp32_e2e": ("ort_int8", "ort_fp32", "e2e"),
+               "ort_int8_model / ort_fp32_model": ("ort_int8", "ort_fp32", "model"),
+               "ort_int8_cpu_e2e / ort_fp32_e2e": ("ort_int8_cpu", "ort_fp32", "e2e"),
+               "ort_int8_cpu_model / ort_fp32_model": ("ort_int8_cpu", "ort_fp32", "model")}
 
 
 @dataclass(frozen=True)
@@ -57,9 +80,7 @@ class R50SpeedConfig:
     preset: str = "detr-r50"  # model preset (tests use detr-tiny on a small canvas)
 
 
-def _meta(preset: str, H: int, W: int) -> Any:
-    from runtime.metadata import ModelMeta
-
+def _meta(preset: str, H: int, W: int) -> ModelMeta:
     return ModelMeta(preset=preset, input_height=H, input_width=W,
                      class_names=[f"class{i}" for i in range(NUM_CLASSES)],
                      label_map=list(range(1, NUM_CLASSES + 1)))
@@ -80,9 +101,6 @@ def _worker(conn: Any, path: str | None, image: str, preset: str, H: int, W: int
     PyTorch eager. Answers "run" with ``{kind: ms}`` for kinds model (the backend
     on a ready batch), e2e (preprocess + backend + decode, one more run) and
     pre / post (the two ends of that e2e run); None = exit."""
-    from benchmarks.accuracy import decode_clipped
-    from runtime.preprocess import preprocess
-
     meta = _meta(preset, H, W)
     if path is None:
         import torch
@@ -92,8 +110,6 @@ def _worker(conn: Any, path: str | None, image: str, preset: str, H: int, W: int
         torch.set_num_threads(threads)
         backend: Any = TorchReference(_torch_model(preset, seed))
     else:
-        from runtime.detector import open_backend
-
         backend = open_backend(path, "onnxruntime", providers="cpu", intra_op_threads=threads)
     batch = preprocess([Path(image)], meta)
     conn.send("ready")
@@ -105,10 +121,10 @@ def _worker(conn: Any, path: str | None, image: str, preset: str, H: int, W: int
         t2 = time.perf_counter()
         logits, boxes = backend.infer(b.images, b.mask)
         t3 = time.perf_counter()
-        decode_clipped(logits, boxes, b, meta)
+        decode_images(logits, boxes, b, meta, second_best=True)
         t4 = time.perf_counter()
         conn.send({"model": (t1 - t0) * 1e3, "e2e": (t4 - t1) * 1e3, "pre": (t2 - t1) * 1e3,
-                   "post": (t4 - t3) * 1e3})
+                   "post": (t4 - t3) * 1e3})  # the KINDS
     backend.close()
 
 
@@ -116,7 +132,6 @@ def _prepare(config: R50SpeedConfig, work: Path, threads: int, log: Any) -> dict
     """Export (and quantize) into ``work`` unless already there; ``{path name: ONNX or None}``."""
     from export.onnx_export import trace_to_onnx
     from export.onnx_meta import write_meta
-    from runtime.atomic import atomic_write_bytes
 
     H, W = config.height, config.width
     stem = config.preset.replace("-", "_")
@@ -129,7 +144,6 @@ def _prepare(config: R50SpeedConfig, work: Path, threads: int, log: Any) -> dict
     paths: dict[str, str | None] = {"pytorch_fp32": None, "ort_fp32": str(fp32)}
     if not config.int8:
         return paths
-    from detr.data.synthetic import ShapesConfig, make_shapes_dataset
     from export.int8.config import QuantizeConfig
     from export.int8.quantize import quantize_int8
 
@@ -149,114 +163,131 @@ def _prepare(config: R50SpeedConfig, work: Path, threads: int, log: Any) -> dict
     return paths
 
 
+def _input_image(config: R50SpeedConfig, work: Path) -> Path:
+    """A scene from the project's generator (shapes on a cluttered, textured background),
+    JPEG quality 90, cropped to the canvas. Uniform noise, used before, is the slowest
+    possible JPEG to decode (~13 ms vs ~7 ms here at 800x1066). No photo looks like it."""
+    H, W = config.height, config.width
+    scene, _, _ = render_image(ShapesConfig(image_size=max(H, W), max_objects=8,
+                                            seed=config.seed), "val", 0)
+    image = work / "input.jpg"
+    Image.fromarray(np.ascontiguousarray(scene[:H, :W])).save(image, quality=90)
+    return image
+
+
+Workers = dict[str, tuple[Any, Any]]  # path name -> (process, pipe end)
+
+
+def _start_workers(models: dict[str, str | None], image: Path, config: R50SpeedConfig,
+                   threads: int) -> Workers:
+    """One ``_worker`` process per path, each ready (its model loaded, its input
+    preprocessed). spawn: a fresh interpreter per path (no inherited thread pools or
+    torch state)."""
+    ctx = multiprocessing.get_context("spawn")
+    workers: Workers = {}
+    try:
+        for name, path in models.items():
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_worker, args=(child, path, str(image), config.preset,
+                                                     config.height, config.width, threads,
+                                                     config.seed), daemon=True)
+            proc.start()
+            workers[name] = (proc, parent)
+            if parent.recv() != "ready":
+                raise RuntimeError(f"{name} worker failed to start")
+    except BaseException:
+        _stop_workers(workers)
+        raise
+    return workers
+
+
+def _stop_workers(workers: Workers) -> None:
+    for proc, conn in workers.values():
+        if proc.is_alive():
+            conn.send(None)
+        proc.join(timeout=30)
+
+
+def _measure(workers: Workers, config: R50SpeedConfig) -> dict[str, dict[str, list[float]]]:
+    """``{path: {kind: [ms per round]}}`` (kinds of ``_worker``): the workers timed
+    round-robin (``benchmarks.timing.round_robin``), ``pause_s`` between paths."""
+    bar = tqdm(total=(config.warmup + config.runs) * len(workers), desc="round-robin runs")
+
+    def ask(conn: Any) -> dict[str, float]:
+        conn.send("run")
+        times = conn.recv()
+        bar.update(1)
+        return times
+
+    with bar:
+        rounds = round_robin({name: functools.partial(ask, conn)
+                              for name, (_, conn) in workers.items()},
+                             runs=config.runs, warmup=config.warmup, pause_s=config.pause_s)
+    return {name: {kind: [r[kind] for r in runs] for kind in KINDS}
+            for name, runs in rounds.items()}
+
+
+def _ratios(paths: dict[str, Any], samples: dict[str, dict[str, list[float]]]
+            ) -> tuple[dict[str, float | None], dict[str, float | None]]:
+    """Ratios of the medians, and paired ratios: the median over rounds of (a / b)
+    within each round (on a shared machine the load drifts between rounds, and both
+    runs of one round see the same load). None where a path did not run."""
+    ratios: dict[str, float | None] = {}
+    paired: dict[str, float | None] = {}
+    for key, (a, b, kind) in RATIO_PAIRS.items():
+        both = a in paths and b in paths
+        ratios[key] = paths[a][kind]["median_ms"] / paths[b][kind]["median_ms"] if both else None
+        paired[key] = float(np.median(np.array(samples[a][kind]) / np.array(samples[b][kind]))) \
+            if both else None
+    return ratios, paired
+
+
+def _floor(onnx_fp32: str, threads: int, paths: dict[str, Any], pre_ms: float,
+           post_ms: float) -> dict[str, Any]:
+    """The FP32 compute floor (``benchmarks.compute_floor``), with the ORT FP32 model
+    time the 0.45 target allows and the FP32 rate it would take."""
+    floor = compute_floor(onnx_fp32, threads).to_dict()
+    allowed = TARGET_ORT_OVER_TORCH * paths["pytorch_fp32"]["e2e"]["median_ms"] - pre_ms - post_ms
+    floor["target_model_ms"] = allowed
+    floor["target_gflops"] = 2.0 * floor["macs"] / (allowed * 1e6) if allowed > 0 else None
+    floor["ort_fp32_gflops"] = 2.0 * floor["macs"] / (
+        paths["ort_fp32"]["model"]["median_ms"] * 1e6)
+    return floor
+
+
 def run_r50_speed(config: R50SpeedConfig, log: Any = print) -> dict[str, Any]:
     """Measure and return ``{'paths': {name: {'e2e': stats, 'model': stats}}, 'ratios': ...}``."""
-    import multiprocessing
-
-    import numpy as np
-    from PIL import Image
-    from tqdm import tqdm
-
-    from benchmarks.env_info import collect_env_info
-    from benchmarks.timing import stats_from_samples
-
     threads = config.threads
     if not threads:
         import torch
 
         threads = torch.get_num_threads()
-    H, W = config.height, config.width
     work = Path(config.work_dir or tempfile.mkdtemp(prefix="detr-r50-speed-"))
     work.mkdir(parents=True, exist_ok=True)
-    image = work / "input.jpg"
-    # A scene from the project's generator (shapes on a cluttered, textured
-    # background), JPEG quality 90. Uniform noise, used before, is the slowest
-    # possible JPEG to decode (~13 ms vs ~7 ms here at 800x1066). No photo looks like it.
-    from detr.data.synthetic import ShapesConfig, render_image
-
-    scene, _, _ = render_image(ShapesConfig(image_size=max(H, W), max_objects=8,
-                                            seed=config.seed), "val", 0)
-    Image.fromarray(np.ascontiguousarray(scene[:H, :W])).save(image, quality=90)
+    image = _input_image(config, work)
     models = _prepare(config, work, threads, log)
-
-    # spawn: a fresh interpreter per path (no inherited thread pools or torch state).
-    ctx = multiprocessing.get_context("spawn")
-    workers: dict[str, tuple[Any, Any]] = {}
+    workers = _start_workers(models, image, config, threads)
     try:
-        for name, path in models.items():
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, path, str(image), config.preset,
-                                                     H, W, threads, config.seed), daemon=True)
-            proc.start()
-            if parent.recv() != "ready":
-                raise RuntimeError(f"{name} worker failed to start")
-            workers[name] = (proc, parent)
-        samples: dict[str, dict[str, list[float]]] = {
-            n: {"model": [], "e2e": [], "pre": [], "post": []} for n in workers}
-        for i in tqdm(range(config.warmup + config.runs), desc="round-robin runs"):
-            for name, (_, conn) in workers.items():
-                time.sleep(config.pause_s)
-                conn.send("run")
-                times = conn.recv()
-                if i >= config.warmup:
-                    for kind, ms in times.items():
-                        samples[name][kind].append(ms)
+        samples = _measure(workers, config)
     finally:
-        for proc, conn in workers.values():
-            if proc.is_alive():
-                conn.send(None)
-            proc.join(timeout=30)
+        _stop_workers(workers)
     paths: dict[str, Any] = {}
     for name, kinds in samples.items():
-        paths[name] = {k: stats_from_samples(v, warmup=config.warmup, batch_size=1).to_dict()
-                       for k, v in kinds.items() if k in ("model", "e2e")}
+        paths[name] = {k: stats_from_samples(kinds[k], warmup=config.warmup,
+                                             batch_size=1).to_dict() for k in ("model", "e2e")}
         log(f"  {name}: e2e p50 {paths[name]['e2e']['median_ms']:.0f} ms, "
             f"model p50 {paths[name]['model']['median_ms']:.0f} ms")
     # Pre/post: medians over every worker's end-to-end runs (the same work in each).
     pre_ms = float(np.median([t for k in samples.values() for t in k["pre"]]))
     post_ms = float(np.median([t for k in samples.values() for t in k["post"]]))
-
-    def ratio(a: str, b: str, kind: str) -> float | None:
-        if a not in paths or b not in paths:
-            return None
-        return paths[a][kind]["median_ms"] / paths[b][kind]["median_ms"]
-
-    def paired(a: str, b: str, kind: str) -> float | None:
-        """Median over rounds of (a / b) within each round: on a shared machine the
-        load drifts between rounds, and both runs of one round see the same load."""
-        if a not in samples or b not in samples:
-            return None
-        return float(np.median(np.array(samples[a][kind]) / np.array(samples[b][kind])))
-
-    pairs = {"ort_fp32_e2e / pytorch_fp32_e2e": ("ort_fp32", "pytorch_fp32", "e2e"),
-             "ort_int8_e2e / ort_fp32_e2e": ("ort_int8", "ort_fp32", "e2e"),
-             "ort_int8_model / ort_fp32_model": ("ort_int8", "ort_fp32", "model"),
-             "ort_int8_cpu_e2e / ort_fp32_e2e": ("ort_int8_cpu", "ort_fp32", "e2e"),
-             "ort_int8_cpu_model / ort_fp32_model": ("ort_int8_cpu", "ort_fp32", "model")}
-
-    result = {
-        "config": asdict(config), "threads": threads, "env": collect_env_info().to_dict(),
-        "paths": paths, "pre_ms": pre_ms, "post_ms": post_ms,
-        "ratios": {
-            **{key: ratio(*args) for key, args in pairs.items()},
-            "pre_post_fraction_ort_fp32": (pre_ms + post_ms)
-            / paths["ort_fp32"]["e2e"]["median_ms"],
-        },
-        "paired_ratios": {key: paired(*args) for key, args in pairs.items()},
-        "samples_ms": samples,  # {path: {kind: [ms per round]}}
-    }
+    ratios, paired = _ratios(paths, samples)
+    ratios["pre_post_fraction_ort_fp32"] = (pre_ms + post_ms) / paths["ort_fp32"]["e2e"]["median_ms"]
+    result = {"config": asdict(config), "threads": threads, "env": collect_env_info().to_dict(),
+              "paths": paths, "pre_ms": pre_ms, "post_ms": post_ms, "ratios": ratios,
+              "paired_ratios": paired,
+              "samples_ms": samples}  # {path: {kind: [ms per round]}}
     if config.floor:
-        from benchmarks.compute_floor import compute_floor
-
-        floor = compute_floor(str(models["ort_fp32"]), threads).to_dict()
-        # The ORT FP32 time the 0.45 target allows, and the FP32 rate it would take.
-        allowed = TARGET_ORT_OVER_TORCH * paths["pytorch_fp32"]["e2e"]["median_ms"] \
-            - pre_ms - post_ms
-        floor["target_model_ms"] = allowed
-        floor["target_gflops"] = 2.0 * floor["macs"] / (allowed * 1e6) if allowed > 0 else None
-        floor["ort_fp32_gflops"] = 2.0 * floor["macs"] / (
-            paths["ort_fp32"]["model"]["median_ms"] * 1e6)
-        result["compute_floor"] = floor
+        result["compute_floor"] = _floor(str(models["ort_fp32"]), threads, paths, pre_ms, post_ms)
     return result
 
 
@@ -321,8 +352,6 @@ def main(argv: list[str] | None = None) -> int:
     result = run_r50_speed(config)
     print(format_result(result))
     if args.json:
-        from runtime.atomic import atomic_write_text
-
         atomic_write_text(args.json, json.dumps(result, indent=2))
     return 0
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import importlib.util
 import os
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,7 @@ from benchmarks.reference_file import (
     images_digest,
     load_reference,
 )
+from runtime.decode import decoding_protocol
 from runtime.errors import InputError
 from runtime.files import file_sha256
 
@@ -79,7 +81,6 @@ def default_threads() -> int:
 
 def fingerprint_of(ctx: Any, config: Any, artifacts: dict[tuple[str, str], Path]) -> Fingerprint:
     """What this run evaluates (``ctx``: ``benchmarks.suite.SuiteContext``)."""
-    from runtime.decode import decoding_protocol
 
     meta = ctx.meta
     fp32 = artifacts.get(("onnxruntime", "fp32"))
@@ -129,7 +130,6 @@ def reference_data(reference: dict[str, Any], detections: list[dict[str, Any]],
                    fingerprint: Fingerprint) -> ReferenceData:
     """A reference file's contents from a PyTorch run (the as-trained evaluation and
     PyTorch FP32 on the canvas)."""
-    from dataclasses import asdict
 
     header = {"name": reference["name"], "accuracy": reference["accuracy"],
               "protocol": reference["protocol"], "eval_images": reference["eval_images"],

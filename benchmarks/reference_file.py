@@ -36,7 +36,9 @@ from typing import Any
 import numpy as np
 
 from runtime import json_limits
+from runtime.atomic import atomic_write
 from runtime.errors import InputError
+from runtime.files import open_regular
 
 FORMAT = "detr-edge-reference"
 VERSION = 1
@@ -123,7 +125,6 @@ def detections_arrays(results: Sequence[dict[str, Any]]) -> dict[str, np.ndarray
 
 def save_reference(path: str | os.PathLike[str], data: ReferenceData) -> Path:
     """Write ``data`` atomically to ``path`` (compressed npz); returns the path."""
-    from runtime.atomic import atomic_write
 
     header = {"format": FORMAT, "version": VERSION, **data.header}
     text = json.dumps(header, sort_keys=True).encode("utf-8")
@@ -140,7 +141,6 @@ def save_reference(path: str | os.PathLike[str], data: ReferenceData) -> Path:
 
 def load_reference(path: str | os.PathLike[str]) -> ReferenceData:
     """Read and check a reference file; ``InputError(path, ...)`` in one line otherwise."""
-    from runtime.files import open_regular
 
     p = Path(path)
     with open_regular(p, error=InputError) as fh:

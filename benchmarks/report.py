@@ -12,8 +12,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.rows import AP_KEYS, STATUS_OK, Row
+from benchmarks.figures import FIGURE_TARGETS
+from benchmarks.rows import STATUS_OK, Row
+from detr.coco_eval import AP_KEYS
 from runtime.atomic import atomic_write, atomic_write_text
+from runtime.staging import StagedOutputs
 
 
 @dataclass
@@ -117,10 +120,8 @@ def to_markdown(report: Report) -> str:
     lines += [f"| {r.name} | {r.status} | {r.reason or '-'} |" for r in report.rows]
     if report.figures:
         lines += ["", "## Figures\n"]
-        from benchmarks.figures import TARGETS
-
         for k, v in report.figures.items():
-            target = TARGETS.get(k)
+            target = FIGURE_TARGETS.get(k)
             verdict = ""
             if target is not None and v is not None:
                 kind, bound = target
@@ -188,8 +189,6 @@ def write_report(report: Report, out_dir: Path) -> dict[str, str]:
     gets the Markdown and JSON, and the report says the plot was not drawn (a
     previous run's plot.png is removed with the swap: it would belong to another run)."""
     import importlib.util
-
-    from runtime.staging import StagedOutputs
 
     paths = {"markdown": str(out_dir / "report.md"), "json": str(out_dir / "report.json")}
     if importlib.util.find_spec("matplotlib") is not None:

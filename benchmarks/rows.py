@@ -28,9 +28,6 @@ ROW_KEYS: tuple[tuple[str, str, str], ...] = (
     ("tensorrt", "int8", "cuda"),
 )
 
-AP_KEYS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
-
-
 @dataclass
 class SpeedResult:
     """Latency at one batch size, all in milliseconds per call (``batch_size`` images).
@@ -66,7 +63,8 @@ class Row:
     reason: str = ""  # why skipped / what failed; empty when ok
     artifact: str | None = None  # path of the model file both accuracy and speed used
     artifact_bytes: int | None = None
-    accuracy: dict[str, float] | None = None  # AP_KEYS -> value in [0, 1] (COCO, -1 = no GT)
+    # detr.coco_eval.AP_KEYS -> value in [0, 1] (COCO, -1 = no GT)
+    accuracy: dict[str, float] | None = None
     # AP_KEYS -> row - the model as trained (PyTorch FP32, official protocol, original
     # images; Report.reference): everything deployment costs, canvas and precision.
     delta_vs_trained: dict[str, float] | None = None

@@ -17,8 +17,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from benchmarks.rows import SpeedResult
+from benchmarks.timing import time_interleaved
+from runtime.decode import decode_images
+from runtime.preprocess import preprocess
 
 MEMORY_METHOD = ("peak RSS (VmHWM from /proc/self/status) of a fresh Python subprocess that loads the "
                  "artifact and runs 2 batch-1 inferences; includes the interpreter and "
@@ -28,8 +32,6 @@ MEMORY_METHOD = ("peak RSS (VmHWM from /proc/self/status) of a fresh Python subp
 def infer_all(backend: Any, images: np.ndarray, mask: np.ndarray, batch: int,
                progress: bool, desc: str) -> tuple[np.ndarray, np.ndarray]:
     """Outputs for every preprocessed image, ``batch`` at a time -> [N, Q, K+1], [N, Q, 4]."""
-    from tqdm import tqdm
-
     logits, boxes = [], []
     for start in tqdm(range(0, len(images), batch), desc=desc, disable=not progress,
                       leave=False, dynamic_ncols=True):
@@ -42,10 +44,6 @@ def infer_all(backend: Any, images: np.ndarray, mask: np.ndarray, batch: int,
 def measure_speed(backend: Any, meta: Any, paths: list[Path], batch_size: int,
                    fixed_batch: int | None, runs: int, warmup: int) -> SpeedResult:
     """Model-alone and end-to-end latency at ``batch_size`` (see module docstring)."""
-    from benchmarks.accuracy import decode_clipped
-    from benchmarks.timing import time_interleaved
-    from runtime.preprocess import preprocess
-
     if fixed_batch is not None and fixed_batch != batch_size:
         return SpeedResult(batch_size, skipped_reason=f"graph exported with fixed batch {fixed_batch}")
     chosen = [paths[i % len(paths)] for i in range(batch_size)]
@@ -55,13 +53,13 @@ def measure_speed(backend: Any, meta: Any, paths: list[Path], batch_size: int,
     def end_to_end() -> None:
         b = preprocess(chosen, meta)
         lo, bo = backend.infer(b.images, b.mask)
-        decode_clipped(lo, bo, b, meta)
+        decode_images(lo, bo, b, meta, second_best=True)
 
     stats = time_interleaved({
         "model": lambda: backend.infer(pre.images, pre.mask),
         "e2e": end_to_end,
         "pre": lambda: preprocess(chosen, meta),
-        "post": lambda: decode_clipped(logits, boxes, pre, meta),
+        "post": lambda: decode_images(logits, boxes, pre, meta, second_best=True),
     }, runs=runs, warmup=warmup, batch_size=batch_size)
     model, e2e, pre_t, post_t = stats["model"], stats["e2e"], stats["pre"], stats["post"]
     return SpeedResult(batch_size, model=model.to_dict(), end_to_end=e2e.to_dict(),

@@ -30,13 +30,18 @@ from typing import Any
 
 import numpy as np
 
-DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "detr" / "assets" / \
-    "detr-tiny-shapes.pth"
+from benchmarks.r50_speed import R50SpeedConfig, _prepare
+from benchmarks.timing import time_call
+from benchmarks.workflow.pipeline import DEMO_CHECKPOINT
+from detr.data.shapes_video import ShapesVideoConfig, make_shapes_video
+from detr.data.synthetic import ShapesConfig, render_image
+from runtime.detector import Detector
+from runtime.metadata import ModelMeta
+from runtime.preprocess import preprocess
 
 
 def make_clip(path: Path, frames: int, height: int = 720, width: int = 1280) -> Path:
     """A clip of ``frames`` moving shapes at ``height x width`` (cached)."""
-    from detr.data.shapes_video import ShapesVideoConfig, make_shapes_video
 
     video = path / "clip-001" / "video.mp4"
     if not video.is_file():
@@ -59,8 +64,6 @@ def demo_model(work: Path, dynamic: bool = True) -> Path:
 
 
 def r50_int8_cpu(work: Path) -> Path:
-    from benchmarks.r50_speed import R50SpeedConfig, _prepare
-
     paths = _prepare(R50SpeedConfig(work_dir=str(work)), work, threads=2, log=print)
     return Path(str(paths["ort_int8_cpu"]))
 
@@ -84,8 +87,6 @@ def model_alone_ms(model: Path, frame: np.ndarray, runs: int, batch: int = 1,
                    spinning: bool | None = None) -> tuple[float, float]:
     """(median wall ms, mean CPU ms) per frame of the model alone on ``batch``
     preprocessed frames (``spinning``: ORT's intra-op busy-wait; None = its default, on)."""
-    from benchmarks.timing import time_call
-    from runtime.detector import Detector
 
     with Detector(model, providers="cpu", batch_size=batch,
                   backend_options={"spinning": spinning}) as det:
@@ -166,11 +167,7 @@ def preprocess_1080p(canvases: list[tuple[int, int]], runs: int) -> dict[str, An
     """ms per 1080p frame: ``runtime.preprocess`` vs the in-graph preprocessing on ORT CPU."""
     import onnxruntime as ort
 
-    from benchmarks.timing import time_call
-    from detr.data.synthetic import ShapesConfig, render_image
     from export.fused_preprocess import preprocess_graph
-    from runtime.metadata import ModelMeta
-    from runtime.preprocess import preprocess
 
     frame = np.ascontiguousarray(render_image(ShapesConfig(image_size=1920), "val", 0)[0][:1080])
     out: dict[str, Any] = {}
@@ -190,7 +187,6 @@ def preprocess_1080p(canvases: list[tuple[int, int]], runs: int) -> dict[str, An
 
 def tracking_quality(model: Path, work: Path, clips: int, seed: int) -> dict[str, Any]:
     """MOTA / IDF1 of ``model`` + ByteTrack (default settings) on synthetic clips."""
-    from detr.data.shapes_video import ShapesVideoConfig, make_shapes_video
     from runtime.stream.config import StreamConfig
     from runtime.stream.pipeline import run_stream
 

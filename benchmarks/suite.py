@@ -22,7 +22,6 @@ exists but fails during evaluation is 'export ok but evaluation failed'.
 
 from __future__ import annotations
 
-import json
 import os
 import traceback
 from collections.abc import Callable
@@ -33,9 +32,12 @@ from typing import Any
 import numpy as np
 
 from benchmarks import reference as refs
-from benchmarks.accuracy import ap_deltas, parity_metrics
+from benchmarks.accuracy import ap_deltas, coco_ap, parity_metrics
 from benchmarks.artifacts import tensorrt_unavailable_reason
+from benchmarks.env_info import collect_env_info
 from benchmarks.figures import headline_figures
+from benchmarks.reference_file import save_reference
+from benchmarks.report import Report, to_markdown, write_report
 from benchmarks.rows import STATUS_EVAL_FAILED, STATUS_OK, Row, all_rows
 from benchmarks.speed import MEMORY_METHOD, infer_all, measure_speed, peak_rss_mb
 from benchmarks.suite_setup import (
@@ -45,6 +47,9 @@ from benchmarks.suite_setup import (
     reference_entry,
     trained_reference,
 )
+from benchmarks.torch_reference import TorchReference
+from runtime.decode import Detections, decode_images, decoding_protocol
+from runtime.detector import open_backend
 from runtime.errors import BackendUnavailableError, DetrEdgeError, InputError
 from runtime.metadata import ModelMeta
 
@@ -108,32 +113,34 @@ class BenchmarkConfig:
 def _open_backend(row: Row, path: Path, ctx: SuiteContext) -> Any:
     """The object with ``infer(images, mask)`` for ``row``."""
     if row.backend == "pytorch":
-        from benchmarks.torch_reference import TorchReference
-
         return TorchReference(ctx.loaded.model, row.precision, row.device,
                               use_mask=ctx.meta.with_mask)
-    from runtime.detector import open_backend
-
     if row.backend == "onnxruntime":
         return open_backend(path, "onnxruntime", providers="cpu", intra_op_threads=ctx.threads)
     return open_backend(path, "tensorrt")
 
 
+def _canvas_accuracy(backend: Any, ctx: SuiteContext, config: BenchmarkConfig,
+                     batch: int, desc: str
+                     ) -> tuple[np.ndarray, np.ndarray, list[Detections], dict[str, float]]:
+    """``backend`` on every eval image of the canvas batch, ``batch`` images a call:
+    raw (logits [N, Q, K+1], boxes [N, Q, 4]), detections in original pixels, COCO AP."""
+    pre, meta = ctx.batch, ctx.meta
+    logits, boxes = infer_all(backend, pre.images, pre.mask, batch, config.progress, desc)
+    dets = decode_images(logits, boxes, pre, meta, second_best=config.second_best)
+    return logits, boxes, dets, coco_ap(ctx.gt, ctx.image_ids, dets, meta.label_map)
+
+
 def _eval_row(row: Row, backend: Any, ctx: SuiteContext, config: BenchmarkConfig,
               fixed_batch: int | None) -> tuple[np.ndarray, np.ndarray]:
     """Accuracy + speed of one opened backend; fills ``row``; returns its raw outputs."""
-    from benchmarks.accuracy import coco_ap, decode_clipped
-
-    pre, meta = ctx.batch, ctx.meta
     # Dynamic-batch backends (PyTorch) evaluate 8 images a call: same outputs, less overhead.
-    logits, boxes = infer_all(backend, pre.images, pre.mask, fixed_batch or ACCURACY_BATCH,
-                              config.progress, f"{row.name} accuracy")
-    dets = decode_clipped(logits, boxes, pre, meta, second_best=config.second_best)
-    row.accuracy = coco_ap(ctx.gt, ctx.image_ids, dets, meta.label_map)
+    logits, boxes, dets, row.accuracy = _canvas_accuracy(
+        backend, ctx, config, fixed_batch or ACCURACY_BATCH, f"{row.name} accuracy")
     row.eval_images = len(dets)
     ctx.dets[(row.backend, row.precision)] = dets
     for bs in config.batch_sizes:
-        row.speed.append(measure_speed(backend, meta, ctx.paths, bs, fixed_batch,
+        row.speed.append(measure_speed(backend, ctx.meta, ctx.paths, bs, fixed_batch,
                                        config.runs, config.warmup))
     return logits, boxes
 
@@ -202,8 +209,6 @@ def _form(meta: ModelMeta) -> str:
 
 def _settings(config: BenchmarkConfig, ctx: SuiteContext) -> dict[str, Any]:
     """What the report states about how the rows were measured."""
-    from runtime.decode import decoding_protocol
-
     meta = ctx.meta
     return {"checkpoint": config.checkpoint, "preset": meta.preset, "data": config.data,
             "split": config.split, "height": meta.input_height, "width": meta.input_width,
@@ -228,15 +233,11 @@ def _fill_deltas(rows: list[Row], reference: dict[str, Any], source: str) -> Non
 
 
 def run_benchmark(config: BenchmarkConfig,
-                  log: Callable[[str], None] = print) -> Any:
+                  log: Callable[[str], None] = print) -> Report:
     """Benchmark every backend x precision; write report.md/.json/plot.png to ``config.out``.
 
     Returns the :class:`benchmarks.report.Report` (paths filled in).
     """
-    from benchmarks.env_info import collect_env_info
-    from benchmarks.report import Report, to_markdown, write_report
-    from runtime.decode import decoding_protocol
-
     prep = prepare(config, log)
     ctx = prep.ctx
     rows = all_rows()
@@ -270,8 +271,6 @@ def run_benchmark(config: BenchmarkConfig,
 def _save_reference(prep: Prepared, config: BenchmarkConfig, reference: dict[str, Any],
                     detections: list[Any], canvas_row: Row, log: Callable[[str], None]) -> None:
     """Write the PyTorch reference of this run to ``config.save_reference``."""
-    from benchmarks.reference_file import save_reference
-
     ctx = prep.ctx
     if canvas_row.accuracy is None or ctx.canvas_outputs is None:
         raise InputError("--save-reference", f"PyTorch FP32 on the canvas did not run "
@@ -286,26 +285,15 @@ def write_pytorch_reference(config: BenchmarkConfig, log: Callable[[str], None] 
                             ) -> Path:
     """Only the PyTorch reference (as trained + FP32 on the canvas) of ``config``'s
     images, written to ``config.save_reference``; no other row, no report."""
-    from benchmarks.accuracy import coco_ap, decode_clipped
-    from benchmarks.reference_file import save_reference
-    from benchmarks.torch_reference import TorchReference
-
     prep = prepare(config, log)
     ctx = prep.ctx
     if config.save_reference is None or ctx.source != refs.PYTORCH:
         raise InputError("--save-reference", "needs torch, --checkpoint and an output file")
     reference, detections = trained_reference(ctx.loaded, config, prep.rule)
     backend = TorchReference(ctx.loaded.model, use_mask=ctx.meta.with_mask)
-    logits, boxes = infer_all(backend, ctx.batch.images, ctx.batch.mask, ACCURACY_BATCH,
-                              config.progress, "PyTorch FP32 on the canvas")
+    logits, boxes, _, canvas_ap = _canvas_accuracy(backend, ctx, config, ACCURACY_BATCH,
+                                                   "PyTorch FP32 on the canvas")
     backend.close()
-    dets = decode_clipped(logits, boxes, ctx.batch, ctx.meta, second_best=config.second_best)
-    canvas_ap = coco_ap(ctx.gt, ctx.image_ids, dets, ctx.meta.label_map)
     data = refs.reference_data(reference, detections, canvas_ap, (logits, boxes),
                                prep.fingerprint)
     return save_reference(config.save_reference, data)
-
-
-def report_json(path: str | Path) -> dict[str, Any]:
-    """Read a report.json back (for tests and the pipeline's summary)."""
-    return json.loads(Path(path).read_text(encoding="utf-8"))

@@ -11,13 +11,17 @@ from typing import Any
 
 import numpy as np
 
+import detr
 from benchmarks import reference as refs
 from benchmarks.artifacts import find_artifacts
 from benchmarks.rows import STATUS_OK, Row
-from runtime.decode import Detections
+from detr.data.coco_schema import read_coco_json
+from detr.training_resize import from_checkpoint
+from runtime.dataset import annotated_split
+from runtime.decode import Detections, decode_images
 from runtime.errors import InputError
 from runtime.metadata import ModelMeta
-from runtime.preprocess import Batch
+from runtime.preprocess import Batch, preprocess
 
 
 @dataclass
@@ -81,8 +85,8 @@ def canvas_meta(config: Any, metas: dict[Any, ModelMeta], loaded: Any,
     if config.height is not None and config.width is not None:
         H, W = config.height, config.width
     if loaded is not None:
-        preset, names, label_map = (str(loaded.raw.get("preset", "detr")),
-                                    list(loaded.class_names), list(loaded.label_map))
+        preset, names, label_map = (loaded.preset, list(loaded.class_names),
+                                    list(loaded.label_map))
     else:
         assert first is not None
         preset, names, label_map = first.preset, list(first.class_names), list(first.label_map)
@@ -94,21 +98,19 @@ def canvas_meta(config: Any, metas: dict[Any, ModelMeta], loaded: Any,
 def from_file(row: Row, ctx: SuiteContext, data: Any, path: str,
                config: Any) -> None:
     """Fill the PyTorch FP32 (cpu) row from a reference file (measured on the workstation)."""
-    from benchmarks.accuracy import decode_clipped
-
     row.accuracy = dict(data.header["canvas_accuracy"])
     row.eval_images = len(ctx.image_ids)
     row.artifact = str(path)
     row.status, row.reason = STATUS_OK, (f"from reference file {path} (PyTorch FP32 on the "
                                          "workstation; not timed here)")
     ctx.canvas_outputs = (data.logits, data.boxes)
-    ctx.dets[("pytorch", "fp32")] = decode_clipped(data.logits, data.boxes, ctx.batch, ctx.meta,
+    ctx.dets[("pytorch", "fp32")] = decode_images(data.logits, data.boxes, ctx.batch, ctx.meta,
                                                    second_best=config.second_best)
 
 
 def artifact_metas(artifacts: dict[tuple[str, str], Path]) -> dict[Any, ModelMeta]:
     """The metadata of every ONNX artifact, by (backend, precision)."""
-    from export.onnx_meta import load_onnx, read_meta
+    from export.onnx_meta import load_onnx, read_meta  # onnx: only with ONNX artifacts
 
     return {key: read_meta(load_onnx(path), path) for key, path in artifacts.items()
             if key[0] == "onnxruntime"}
@@ -130,10 +132,6 @@ class Prepared:
 def prepare(config: Any, log: Callable[[str], None]) -> Prepared:
     """Eval images, artifacts, the reference source and the preprocessed canvas batch.
     Imports torch only when the PyTorch reference runs."""
-    from detr.data.coco_schema import read_coco_json
-    from runtime.dataset import annotated_split
-    from runtime.preprocess import preprocess
-
     config.validate()
     img_dir, ann = annotated_split(config.data, config.split)
     gt = read_coco_json(ann)  # validated like training's data; torch-free
@@ -146,10 +144,7 @@ def prepare(config: Any, log: Callable[[str], None]) -> Prepared:
     loaded = rule = None
     threads = config.threads or refs.default_threads()
     if source == refs.PYTORCH:
-        import torch
-
-        import detr
-        from detr.training_resize import from_checkpoint
+        import torch  # only for the PyTorch reference: the device path has no torch
 
         loaded = detr.load_checkpoint(config.checkpoint)
         rule = from_checkpoint(loaded.raw)

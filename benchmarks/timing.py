@@ -27,11 +27,13 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from runtime.errors import InputError
+
+T = TypeVar("T")  # what one timed call returns
 
 
 @dataclass(frozen=True)
@@ -68,50 +70,66 @@ def stats_from_samples(samples_ms: list[float], *, warmup: int, batch_size: int)
     )
 
 
-def time_call(fn: Callable[[], Any], *, runs: int, warmup: int = 1,
-              batch_size: int = 1) -> LatencyStats:
-    """Call ``fn()`` ``warmup`` times untimed, then ``runs`` times timed."""
-    if runs < 1:
-        raise InputError("runs", f"must be >= 1, got {runs}")
-    if warmup < 0:
-        raise InputError("warmup", f"must be >= 0, got {warmup}")
-    for _ in range(warmup):
-        fn()
-    samples = []
-    for _ in range(runs):
-        t0 = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t0) * 1000.0)
-    return stats_from_samples(samples, warmup=warmup, batch_size=batch_size)
+def round_robin(calls: dict[str, Callable[[], T]], *, runs: int, warmup: int = 1,
+                settle: int = 0, block: int = 1, pause_s: float = 0.0) -> dict[str, list[T]]:
+    """The one timing loop: ``warmup`` untimed rounds of every call, then rounds in
+    which each call in turn runs ``settle`` times unrecorded and ``block`` times
+    recorded, until each has ``runs`` recorded results; ``pause_s`` of sleep before
+    each call's turn (lets another process's spinning threads go idle).
 
-
-def time_interleaved(fns: dict[str, Callable[[], Any]], *, runs: int, warmup: int = 1,
-                     batch_size: int = 1, settle: int = 0,
-                     block: int = 1) -> dict[str, LatencyStats]:
-    """Time several calls round-robin: each round runs every call in turn, ``settle``
-    untimed then ``block`` timed calls of it back to back, until ``runs`` timed.
-
-    On a shared machine, load from other processes then hits every call alike, so
-    the ratios between them (model vs end to end, pre/post share) stay meaningful
-    even when the absolute numbers are noisy. ``settle`` / ``block`` > 1: each call
-    is timed as it runs alone, not right after another one (see module doc).
+    Returns each call's recorded return values, in order. On a shared machine, load
+    from other processes then hits every call alike, so ratios between them stay
+    meaningful even when the absolute numbers are noisy (module doc).
     """
     if runs < 1 or block < 1:
         raise InputError("runs", f"runs and block must be >= 1, got {runs}, {block}")
     if warmup < 0 or settle < 0:
         raise InputError("warmup", f"warmup and settle must be >= 0, got {warmup}, {settle}")
     for _ in range(warmup):
-        for fn in fns.values():
-            fn()
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    while len(next(iter(samples.values()))) < runs:
-        for name, fn in fns.items():
+        for call in calls.values():
+            _pause(pause_s)
+            call()
+    recorded: dict[str, list[T]] = {name: [] for name in calls}
+    while len(next(iter(recorded.values()))) < runs:
+        for name, call in calls.items():
+            _pause(pause_s)
             for _ in range(settle):
-                fn()
-            for _ in range(min(block, runs - len(samples[name]))):
-                t0 = time.perf_counter()
-                fn()
-                samples[name].append((time.perf_counter() - t0) * 1000.0)
+                call()
+            for _ in range(min(block, runs - len(recorded[name]))):
+                recorded[name].append(call())
+    return recorded
+
+
+def _pause(seconds: float) -> None:
+    if seconds > 0:
+        time.sleep(seconds)
+
+
+def _timed_ms(fn: Callable[[], Any]) -> Callable[[], float]:
+    """``fn`` as a call returning its own wall time in milliseconds."""
+    def call() -> float:
+        t0 = time.perf_counter()
+        fn()
+        return (time.perf_counter() - t0) * 1000.0
+    return call
+
+
+def time_call(fn: Callable[[], Any], *, runs: int, warmup: int = 1,
+              batch_size: int = 1) -> LatencyStats:
+    """Call ``fn()`` ``warmup`` times untimed, then ``runs`` times timed."""
+    return time_interleaved({"call": fn}, runs=runs, warmup=warmup,
+                            batch_size=batch_size)["call"]
+
+
+def time_interleaved(fns: dict[str, Callable[[], Any]], *, runs: int, warmup: int = 1,
+                     batch_size: int = 1, settle: int = 0,
+                     block: int = 1) -> dict[str, LatencyStats]:
+    """Time several calls round-robin (:func:`round_robin`): each round runs every call
+    in turn, ``settle`` untimed then ``block`` timed calls of it back to back, until
+    ``runs`` timed. ``settle`` / ``block`` > 1: each call is timed as it runs alone,
+    not right after another one (see module doc)."""
+    samples = round_robin({name: _timed_ms(fn) for name, fn in fns.items()}, runs=runs,
+                          warmup=warmup, settle=settle, block=block)
     return {name: stats_from_samples(v, warmup=warmup, batch_size=batch_size)
             for name, v in samples.items()}
 

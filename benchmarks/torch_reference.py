@@ -20,7 +20,8 @@ class TorchReference:
     """``infer(images, mask)`` with the Backend signature for a torch DETR.
 
     images: float32 [B, 3, H, W] normalised; mask: bool [B, H, W] (True = padding)
-    or None. Returns logits float32 [B, Q, K+1], boxes float32 [B, Q, 4] cxcywh.
+    or None. Returns logits float32 [B, Q, K+1], boxes float32 [B, Q, 4] cxcywh
+    (``detr.torch_forward.forward_numpy``, the forward evaluation and parity use).
     """
 
     def __init__(self, model: Any, precision: str = "fp32", device: str = "cpu",
@@ -31,25 +32,16 @@ class TorchReference:
             raise BackendUnavailableError("no CUDA GPU")
         if precision == "fp16" and device != "cuda":
             raise BackendUnavailableError("PyTorch FP16 is only measured on a CUDA GPU")
-        self.torch = torch
-        self.device = torch.device(device)
-        self.dtype = torch.float16 if precision == "fp16" else torch.float32
-        self.model = model.eval().to(self.device, self.dtype)
+        dtype = torch.float16 if precision == "fp16" else torch.float32
+        self.model = model.eval().to(torch.device(device), dtype)
         self.use_mask = use_mask
         self.name = f"pytorch[{device}, {precision}]"
 
     def infer(self, images: np.ndarray, mask: np.ndarray | None = None
               ) -> tuple[np.ndarray, np.ndarray]:
-        torch = self.torch
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(images)).to(self.device, self.dtype)
-            m = None
-            if self.use_mask and mask is not None:
-                m = torch.from_numpy(np.ascontiguousarray(mask)).to(self.device)
-            out = self.model(x, mask=m)
-            logits = out["pred_logits"].float().cpu().numpy()  # [B, Q, K+1]
-            boxes = out["pred_boxes"].float().cpu().numpy()  # [B, Q, 4]; .cpu() syncs CUDA
-        return logits, boxes
+        from detr.torch_forward import forward_numpy
+
+        return forward_numpy(self.model, images, mask if self.use_mask else None)
 
     def close(self) -> None:
         self.__dict__.pop("model", None)

@@ -19,6 +19,9 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from benchmarks.timing import time_call
+from runtime.errors import DetrEdgeError, InputError
+
 
 @dataclass
 class TrainThroughputConfig:
@@ -41,12 +44,10 @@ def run_train_throughput(config: TrainThroughputConfig) -> dict[str, Any]:
     import torch
 
     import detr
-    from benchmarks.timing import time_call
     from detr.nested_tensor import NestedTensor
     from detr.train.ddp import resolve_device
     from detr.train.epoch import train_one_epoch
     from detr.train.optim import build_optimizer
-    from runtime.errors import InputError
 
     if config.size < 32 or config.batch_size < 1 or config.steps < 1 or config.warmup < 0:
         raise InputError("train_throughput", "need size >= 32, batch-size >= 1, steps >= 1, "
@@ -103,7 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         preset=args.preset, size=args.size, batch_size=args.batch_size, steps=args.steps,
         warmup=args.warmup, num_classes=args.num_classes, amp=args.amp, device=args.device,
         threads=args.threads)
-    from runtime.errors import DetrEdgeError
 
     try:
         result = run_train_throughput(config)

@@ -29,6 +29,7 @@ from runtime import json_limits
 from runtime.atomic import atomic_write_bytes
 from runtime.errors import InputError, ModelFormatError
 from runtime.files import is_regular, kind_of
+from runtime.version import package_version
 
 # Globals an official checkpoint may reference besides tensors and plain containers.
 SAFE_GLOBALS: list[Any] = [argparse.Namespace]
@@ -50,14 +51,12 @@ class LoadedCheckpoint:
     num_classes: int = 0  # real classes (class_embed has num_classes + 1 outputs)
     source_format: str = "detr-edge"  # 'detr-edge' | 'official' | 'hf'
 
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("detr-edge")
-    except PackageNotFoundError:  # running from a checkout that is not pip-installed
-        return "0.1.0"
+    @property
+    def preset(self) -> str:
+        """The model's preset name: the one the checkpoint recorded, else its config's
+        (a preset's name when the architecture is one, else "custom")."""
+        recorded = self.raw.get("preset") if isinstance(self.raw, dict) else None
+        return str(recorded or self.config.name or "custom")
 
 
 def save_checkpoint(
@@ -83,7 +82,7 @@ def save_checkpoint(
         "num_classes": model.num_classes,
         "class_names": list(class_names),
         "label_map": [int(i) for i in label_map],
-        "detr_edge_version": _version(),
+        "detr_edge_version": package_version(),
     }
     for key, value in (extra or {}).items():
         if key in payload:

@@ -1,9 +1,9 @@
 """COCO box AP for DETR detections (numpy + pycocotools, no torch).
 
 Used by evaluation and the accuracy benchmarks for every backend (PyTorch,
-ONNX Runtime, TensorRT), so it takes the runtime's ``Detections`` and never
-imports torch. pycocotools (the ``train`` extra) is imported only inside
-:func:`coco_metrics`, so converting results needs numpy alone.
+ONNX Runtime, TensorRT) on COCO results written by ``runtime.coco_results``;
+it never imports torch. pycocotools (the ``train`` extra) is imported only
+when a ground truth is loaded.
 """
 
 from __future__ import annotations
@@ -13,9 +13,7 @@ import io
 import math
 import os
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Protocol, Union
-
-import numpy as np
+from typing import TYPE_CHECKING, Any, Union
 
 from runtime import json_limits
 from runtime.errors import BackendUnavailableError, DataError, InputError
@@ -23,53 +21,11 @@ from runtime.errors import BackendUnavailableError, DataError, InputError
 if TYPE_CHECKING:
     from pycocotools.coco import COCO
 
-# Order of COCOeval.stats[0:6] for iouType "bbox".
-METRIC_NAMES = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
+# The box AP figures, in the order of COCOeval.stats[0:6] for iouType "bbox": the keys of
+# every metrics dict (``detr-edge eval``, benchmark rows, the INT8 search).
+AP_KEYS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
 
 CocoGroundTruth = Union[str, "os.PathLike[str]", "COCO", dict]
-
-
-class DetectionsLike(Protocol):
-    """Anything shaped like ``runtime.decode.Detections``."""
-
-    scores: np.ndarray  # float [N]
-    labels: np.ndarray  # int [N], contiguous model labels 0..K-1
-    boxes: np.ndarray  # float [N, 4], absolute pixel (x0, y0, x1, y1)
-
-
-def detections_to_coco_results(image_ids: Sequence[int], detections: Sequence[DetectionsLike],
-                               label_map: Sequence[int]) -> list[dict[str, Any]]:
-    """Convert per-image detections to the COCO results format.
-
-    image_ids: COCO image id of each entry of ``detections``. Boxes must be
-    pixel xyxy in the *original* image (what COCO's ground truth uses).
-    label_map: COCO category id of each contiguous label (``label_map[k]``).
-    Returns ``[{'image_id', 'category_id', 'bbox': [x, y, w, h], 'score'}]``
-    with plain Python numbers (JSON-serialisable).
-    """
-    if len(image_ids) != len(detections):
-        raise InputError("detections", f"{len(detections)} detection sets for "
-                         f"{len(image_ids)} image ids")
-    categories = np.asarray(label_map, dtype=np.int64)
-    results: list[dict[str, Any]] = []
-    for image_id, det in zip(image_ids, detections):
-        scores = np.asarray(det.scores, dtype=np.float64).reshape(-1)  # [N]
-        labels = np.asarray(det.labels, dtype=np.int64).reshape(-1)  # [N]
-        boxes = np.asarray(det.boxes, dtype=np.float64).reshape(-1, 4)  # [N, 4] xyxy
-        if not len(scores) == len(labels) == len(boxes):
-            raise InputError(f"detections of image {image_id}",
-                             f"{len(scores)} scores, {len(labels)} labels, {len(boxes)} boxes")
-        if len(labels) and (labels.min() < 0 or labels.max() >= len(categories)):
-            raise InputError(f"detections of image {image_id}",
-                             f"label {int(labels.max())} outside the label map of "
-                             f"{len(categories)} classes")
-        if not (np.isfinite(scores).all() and np.isfinite(boxes).all()):
-            raise InputError(f"detections of image {image_id}", "non-finite score or box")
-        xywh = np.concatenate([boxes[:, :2], boxes[:, 2:] - boxes[:, :2]], axis=1)  # [N, 4]
-        for score, label, box in zip(scores.tolist(), labels.tolist(), xywh.tolist()):
-            results.append({"image_id": int(image_id), "category_id": int(categories[label]),
-                            "bbox": box, "score": score})
-    return results
 
 
 def load_coco_gt(coco_gt: CocoGroundTruth) -> COCO:
@@ -105,7 +61,7 @@ def load_coco_gt(coco_gt: CocoGroundTruth) -> COCO:
 
 def coco_metrics(coco_gt: CocoGroundTruth, results: Sequence[dict[str, Any]], *,
                  image_ids: Sequence[int] | None = None) -> dict[str, float]:
-    """COCO box AP of ``results`` (see :func:`detections_to_coco_results`).
+    """COCO box AP of ``results`` (``runtime.coco_results.coco_results``).
 
     coco_gt: annotation file path, dataset dict or pycocotools ``COCO``.
     image_ids: evaluate only these images (default: every ground-truth image,
@@ -118,7 +74,7 @@ def coco_metrics(coco_gt: CocoGroundTruth, results: Sequence[dict[str, Any]], *,
     gt = load_coco_gt(coco_gt)
     if len(results) == 0:
         # pycocotools' loadRes crashes on an empty list; nothing detected = AP 0.
-        return {name: 0.0 for name in METRIC_NAMES}
+        return {name: 0.0 for name in AP_KEYS}
     known = set(gt.getImgIds())
     unknown = sorted({int(r["image_id"]) for r in results} - known)
     if unknown:
@@ -135,9 +91,9 @@ def coco_metrics(coco_gt: CocoGroundTruth, results: Sequence[dict[str, Any]], *,
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
-    stats = [float(s) for s in evaluator.stats[: len(METRIC_NAMES)]]
+    stats = [float(s) for s in evaluator.stats[: len(AP_KEYS)]]
     return {name: (value if math.isfinite(value) else 0.0)
-            for name, value in zip(METRIC_NAMES, stats)}
+            for name, value in zip(AP_KEYS, stats)}
 
 
 def _coco_class() -> type[COCO]:

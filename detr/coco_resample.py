@@ -46,7 +46,7 @@ class CocoMatches:
 
 def coco_matches(coco_gt: CocoGroundTruth, results: Sequence[dict[str, Any]],
                  image_ids: Sequence[int]) -> CocoMatches:
-    """Match ``results`` (``detections_to_coco_results`` format) to the ground truth
+    """Match ``results`` (``runtime.coco_results`` format) to the ground truth
     of ``image_ids`` with pycocotools; image i of the weights is ``image_ids[i]``."""
     from pycocotools.cocoeval import COCOeval
 

@@ -20,18 +20,29 @@ COCO results with the dataset's original category ids.
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
 from torch import nn
+from tqdm import tqdm
 
+from detr.checkpoint import load_checkpoint
+from detr.coco_eval import AP_KEYS, coco_metrics
+from detr.data.coco_schema import read_coco_json, require_objects
+from detr.torch_forward import forward_numpy
+from detr.train.ddp import resolve_device
+from detr.training_resize import PAPER, from_checkpoint, rule_canvas
+from runtime.coco_results import coco_results
+from runtime.dataset import annotated_split, resolve_dataset
+from runtime.decode import Detections, decode_images, decoding_protocol
 from runtime.errors import DataError, InputError
-
-METRIC_KEYS = ("AP", "AP50", "AP75", "AP_S", "AP_M", "AP_L")
+from runtime.metadata import ModelMeta
+from runtime.preprocess import preprocess
+from runtime.staging import StagedOutputs
 
 
 @dataclass
@@ -65,7 +76,7 @@ class EvalConfig:
 
 @dataclass
 class EvalResult:
-    """Metrics (floats in 0..1, keys ``METRIC_KEYS``) and the COCO results list."""
+    """Metrics (floats in 0..1, keys ``detr.coco_eval.AP_KEYS``) and the COCO results list."""
 
     metrics: dict[str, float]
     detections: list[dict[str, Any]]  # [{'image_id','category_id','bbox':[x,y,w,h],'score'}]
@@ -74,18 +85,21 @@ class EvalResult:
     protocol: dict[str, Any] = field(default_factory=dict)  # resize + decoding used
 
 
+def _rule(config: EvalConfig) -> tuple[int, int]:
+    """(shorter side, longer-side cap) of ``config``'s resize rule (the paper's by default)."""
+    return config.resize or (PAPER.shorter, PAPER.max_size)
+
+
 def eval_meta(config: EvalConfig, class_names: list[str], label_map: list[int],
-              preset: str = "") -> Any:
+              preset: str = "") -> ModelMeta:
     """The ``ModelMeta`` that makes ``runtime.preprocess`` do ``config``'s resize:
     the rule on an M x M canvas (every rule size fits), or the fixed canvas."""
-    from detr.training_resize import PAPER, rule_canvas
-    from runtime.metadata import ModelMeta
-
-    common = {"preset": preset or "detr", "class_names": list(class_names),
-              "label_map": list(label_map), "with_mask": True, "batch_size": None}
+    common: dict[str, Any] = {"preset": preset or "detr", "class_names": list(class_names),
+                              "label_map": list(label_map), "with_mask": True,
+                              "batch_size": None}
     if config.size is not None:
         return ModelMeta(input_height=config.size[0], input_width=config.size[1], **common)
-    shorter, longest = config.resize or (PAPER.shorter, PAPER.max_size)
+    shorter, longest = _rule(config)
     side = rule_canvas(shorter, longest)
     return ModelMeta(input_height=side, input_width=side, resize_shorter=shorter,
                      resize_max=longest, **common)
@@ -93,63 +107,36 @@ def eval_meta(config: EvalConfig, class_names: list[str], label_map: list[int],
 
 def protocol_of(config: EvalConfig) -> dict[str, Any]:
     """What a report says about how AP was measured."""
-    from detr.training_resize import rule_canvas
-    from runtime.decode import decoding_protocol
-
     if config.size is not None:
         resize = f"fit into a fixed {config.size[0]}x{config.size[1]} canvas, mask"
     else:
-        shorter, longest = config.resize or (800, 1333)
+        shorter, longest = _rule(config)
         side = rule_canvas(shorter, longest)
         resize = (f"training rule per image: shorter side {shorter}, longer <= {longest}, "
                   f"mask, {side}x{side} canvas")
     return {"resize": resize, "decoding": decoding_protocol(config.second_best)}
 
 
-def split_paths(root: str | Path, split: str) -> tuple[Path, Path]:
-    """``(image folder, annotation file)`` of ``root/{split}`` (``root`` may be the
-    split folder itself; ``runtime.dataset.annotated_split``) with clear errors."""
-    from runtime.dataset import annotated_split
+@dataclass
+class EvalSplit:
+    """The images of one annotated split, and the model's classes on it."""
 
-    return annotated_split(root, split)
-
-
-def read_gt(ann: Path) -> dict[str, Any]:
-    """The annotation JSON, validated like the training data (``detr.data.coco_schema``):
-    evaluation and training accept and reject exactly the same files, with the
-    same messages (unknown category ids, negative box sizes, no images, ...)."""
-    from detr.data.coco_schema import read_coco_json
-
-    return read_coco_json(ann)
+    img_dir: Path  # image folder of the split
+    gt: dict[str, Any]  # the annotation JSON (validated like training's data)
+    images: list[dict[str, Any]]  # the COCO image records evaluated, in order
+    label_map: list[int]  # contiguous model label -> dataset category id
+    class_names: list[str]  # one per label
 
 
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    config: EvalConfig,
-    *,
-    label_map: list[int] | None = None,
-    class_names: list[str] | None = None,
-    preset: str = "",
-) -> EvalResult:
-    """Run ``model`` on every image of ``config.split`` and compute COCO box AP.
+def eval_split(config: EvalConfig, label_map: list[int] | None = None,
+               class_names: list[str] | None = None) -> EvalSplit:
+    """Read ``config.split`` (``runtime.dataset.annotated_split``; annotations checked by
+    ``detr.data.coco_schema``, so evaluation and training accept the same files).
 
-    ``label_map`` maps the model's contiguous labels to the dataset's category
-    ids; ``None`` = the dataset's categories sorted by id (what
-    ``detr.data.CocoDetection`` uses). The model must have ``len(label_map)``
-    classes (+ no-object).
-    """
-    from tqdm import tqdm
-
-    from detr.coco_eval import coco_metrics, detections_to_coco_results
-    from detr.data.coco_schema import require_objects
-    from detr.train.ddp import resolve_device
-    from runtime.decode import decode
-    from runtime.preprocess import preprocess
-
-    config.validate()
-    img_dir, ann = split_paths(config.data, config.split)
-    gt = read_gt(ann)
+    ``label_map`` None = the dataset's categories sorted by id (what
+    ``detr.data.CocoDetection`` uses); class names default to the dataset's."""
+    img_dir, ann = annotated_split(config.data, config.split)
+    gt = read_coco_json(ann)
     categories = sorted(int(c["id"]) for c in gt["categories"])
     if label_map is None:
         label_map = categories
@@ -162,49 +149,56 @@ def evaluate(
         class_names = [by_id[i] for i in label_map]
     images = gt["images"][: config.max_images] if config.max_images else gt["images"]
     require_objects(gt, ann, {int(img["id"]) for img in images})
+    return EvalSplit(img_dir, gt, images, list(label_map), list(class_names))
 
-    device = resolve_device(config.device)
+
+def detect_split(model: nn.Module, split: EvalSplit, meta: ModelMeta,
+                 config: EvalConfig) -> list[Detections]:
+    """Detections of ``model`` (in eval mode, on its device) on every image of ``split``:
+    ``runtime.preprocess`` with the mask, the model, ``runtime.decode`` into original
+    pixels. With the mask, boxes are relative to the valid region (= the resized
+    original), so scaling by the original size gives original-pixel boxes directly."""
+    detections: list[Detections] = []
+    with tqdm(total=len(split.images), desc=f"eval {config.split}", dynamic_ncols=True,
+              disable=not config.progress, leave=False) as bar:
+        for start in range(0, len(split.images), config.batch_size):
+            chunk = split.images[start:start + config.batch_size]
+            batch = preprocess([split.img_dir / str(img["file_name"]) for img in chunk], meta)
+            logits, boxes = forward_numpy(model, batch.images, batch.mask)
+            if logits.shape[-1] != len(split.label_map) + 1:
+                raise InputError("model", f"predicts {logits.shape[-1] - 1} classes but the "
+                                 f"label map has {len(split.label_map)}")
+            detections += decode_images(logits, boxes, batch, meta,
+                                        second_best=config.second_best)
+            bar.update(len(chunk))
+    return detections
+
+
+def evaluate(model: nn.Module, config: EvalConfig, *, label_map: list[int] | None = None,
+             class_names: list[str] | None = None, preset: str = "") -> EvalResult:
+    """Run ``model`` on every image of ``config.split`` and compute COCO box AP.
+
+    ``label_map`` maps the model's contiguous labels to the dataset's category
+    ids; ``None`` = the dataset's categories sorted by id (what
+    ``detr.data.CocoDetection`` uses). The model must have ``len(label_map)``
+    classes (+ no-object).
+    """
+    config.validate()
+    split = eval_split(config, label_map, class_names)
+    meta = eval_meta(config, split.class_names, split.label_map, preset)
     was_training = model.training
     model.eval()
-    model.to(device)
-    meta = eval_meta(config, list(class_names), list(label_map), preset)
-    image_ids: list[int] = []
-    detections: list[Any] = []
-    bar = tqdm(total=len(images), desc=f"eval {config.split}", disable=not config.progress,
-               dynamic_ncols=True, leave=False)
+    model.to(resolve_device(config.device))
     try:
-        for start in range(0, len(images), config.batch_size):
-            chunk = images[start:start + config.batch_size]
-            batch = preprocess([img_dir / str(img["file_name"]) for img in chunk], meta)
-            outputs = model(torch.from_numpy(batch.images).to(device),
-                            mask=torch.from_numpy(batch.mask).to(device))
-            logits = outputs["pred_logits"].float().cpu().numpy()  # [B, Q, K+1]
-            boxes = outputs["pred_boxes"].float().cpu().numpy()  # [B, Q, 4] cxcywh of valid region
-            if logits.shape[-1] != len(label_map) + 1:
-                raise InputError("model", f"predicts {logits.shape[-1] - 1} classes but the "
-                                 f"label map has {len(label_map)}")
-            # With the mask, boxes are relative to the valid region = the resized original,
-            # so scaling by the original size gives original-pixel boxes directly.
-            dets = decode(logits, boxes, batch.orig_sizes, second_best=config.second_best)
-            for img, det, (h, w) in zip(chunk, dets, batch.orig_sizes):
-                det.boxes[:, 0::2] = np.clip(det.boxes[:, 0::2], 0, w)
-                det.boxes[:, 1::2] = np.clip(det.boxes[:, 1::2], 0, h)
-                image_ids.append(int(img["id"]))
-                detections.append(det)
-            bar.update(len(chunk))
+        detections = detect_split(model, split, meta, config)
     finally:
-        bar.close()
         model.train(was_training)
-    results = detections_to_coco_results(image_ids, detections, list(label_map))
+    image_ids = [int(img["id"]) for img in split.images]
+    results = coco_results(image_ids, detections, split.label_map)
     # Only the evaluated images count (--max-images); the others would be misses.
-    metrics = coco_metrics(gt, results, image_ids=image_ids)
-    return EvalResult(metrics={k: float(metrics[k]) for k in METRIC_KEYS},
-                      detections=results, num_images=len(image_ids), protocol=protocol_of(config))
-
-
-def evaluate_model(model: nn.Module, config: EvalConfig, **kwargs: Any) -> EvalResult:
-    """Alias of :func:`evaluate` used by the training loop."""
-    return evaluate(model, config, **kwargs)
+    metrics = coco_metrics(split.gt, results, image_ids=image_ids)
+    return EvalResult(metrics={k: float(metrics[k]) for k in AP_KEYS}, detections=results,
+                      num_images=len(image_ids), protocol=protocol_of(config))
 
 
 def evaluate_checkpoint(checkpoint: str | Path, config: EvalConfig,
@@ -214,20 +208,14 @@ def evaluate_checkpoint(checkpoint: str | Path, config: EvalConfig,
 
     Neither ``config.size`` nor ``config.resize`` given: the checkpoint's own
     training resize rule (``detr.training_resize.from_checkpoint``)."""
-    import dataclasses
-
-    import detr
-    from detr.training_resize import from_checkpoint
-
     if out is not None:  # before the evaluation: a refusal must not cost a whole eval
         _check_outputs(Path(out), [Path(checkpoint), *_dataset_files(config)])
-    loaded = detr.load_checkpoint(checkpoint)
+    loaded = load_checkpoint(checkpoint)
     if config.size is None and config.resize is None:
         rule = from_checkpoint(loaded.raw)
         config = dataclasses.replace(config, resize=(rule.shorter, rule.max_size))
-    preset = str(loaded.raw.get("preset", "")) if isinstance(loaded.raw, dict) else ""
     result = evaluate(loaded.model, config, label_map=loaded.label_map or None,
-                      class_names=loaded.class_names or None, preset=preset)
+                      class_names=loaded.class_names or None, preset=loaded.preset)
     if out is not None:
         result.files = _write_outputs(Path(out), checkpoint, config, result)
     return result
@@ -239,8 +227,6 @@ EVAL_OUTPUTS = ("detections.json", "metrics.json")
 def _dataset_files(config: EvalConfig) -> list[Path]:
     """The annotation file ``eval`` reads (empty when it cannot be found: the
     evaluation itself then reports that)."""
-    from runtime.dataset import resolve_dataset
-
     try:
         ann = resolve_dataset(config.data, config.split).annotations
     except InputError:
@@ -251,8 +237,6 @@ def _dataset_files(config: EvalConfig) -> list[Path]:
 def _check_outputs(out: Path, inputs: list[Path]) -> None:
     """Refuse an ``--out`` whose files would replace one of the inputs
     (an annotation file named ``metrics.json`` in the output folder, say)."""
-    import os
-
     real = {os.path.realpath(p) for p in inputs}
     for name in EVAL_OUTPUTS:
         if os.path.realpath(out / name) in real:
@@ -265,8 +249,6 @@ def _write_outputs(out: Path, checkpoint: str | Path, config: EvalConfig,
     """Write ``detections.json`` (COCO results) and ``metrics.json`` into ``out``
     together: staged, then swapped in for the previous run's pair
     (``runtime.staging.StagedOutputs``), so the two always belong to one run."""
-    from runtime.staging import StagedOutputs
-
     summary = {"checkpoint": str(checkpoint), "data": config.data, "split": config.split,
                "size": list(config.size) if config.size else None,
                "resize": list(config.resize) if config.resize else None,

@@ -269,8 +269,8 @@ def check_fused(plain: onnx.ModelProto, fused: onnx.ModelProto, meta: ModelMeta,
     import onnxruntime as ort
 
     from runtime.compare import match_detections
-    from runtime.decode import decode
-    from runtime.preprocess import box_reference_sizes, preprocess
+    from runtime.decode import decode, target_sizes
+    from runtime.preprocess import preprocess
 
     def session(model: Any) -> Any:
         return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
@@ -290,7 +290,7 @@ def check_fused(plain: onnx.ModelProto, fused: onnx.ModelProto, meta: ModelMeta,
             feed["mask"] = np.repeat(batch.mask, reps, axis=0)
         ref = plain_s.run(["logits", "boxes"], feed)
         got = fused_s.run(["logits", "boxes"], {"images": fed})
-        target = box_reference_sizes(batch, meta.with_mask)
+        target = target_sizes(batch, meta)
         (d_ref,), (d_got,) = (decode(np.asarray(o[0], np.float32), np.asarray(o[1], np.float32),
                                      target) for o in (ref, got))
         report.detections_ref += len(d_ref)

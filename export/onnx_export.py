@@ -25,12 +25,12 @@ import json
 import os
 import warnings
 from dataclasses import dataclass, field
-from importlib import metadata as importlib_metadata
 from typing import TYPE_CHECKING, Any
 
 from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.errors import InputError, ModelFormatError
 from runtime.metadata import ModelMeta
+from runtime.version import package_version
 
 if TYPE_CHECKING:
     import onnx
@@ -132,13 +132,6 @@ class ExportResult:
         if self.fused is not None:
             lines.append(self.fused.format())
         return "\n".join(lines)
-
-
-def detr_edge_version() -> str:
-    try:
-        return importlib_metadata.version("detr-edge")
-    except importlib_metadata.PackageNotFoundError:
-        return "0+unknown"
 
 
 def trace_to_onnx(model: torch.nn.Module, height: int, width: int, batch_size: int | None,
@@ -263,7 +256,7 @@ def export_detr(model: torch.nn.Module, meta: ModelMeta, config: ExportConfig) -
     with_mask = bool(config.with_mask)
     meta = meta.replace(input_height=config.height, input_width=config.width, batch_size=batch,
                         with_mask=with_mask, precision="fp32",
-                        exporter_version=detr_edge_version(),
+                        exporter_version=package_version(),
                         extra={**meta.extra, "opset": config.resolved_opset,
                                "exporter": EXPORTER_NAMES[config.exporter]})
     meta.validate("export metadata")
@@ -309,12 +302,10 @@ def export_onnx(config: ExportConfig) -> ExportResult:
     if not os.path.isfile(config.checkpoint):
         raise InputError(config.checkpoint, "checkpoint not found")
     loaded = load_checkpoint(config.checkpoint)
-    raw = loaded.raw if isinstance(loaded.raw, dict) else {}
     rule = from_checkpoint(loaded.raw)
     if config.with_mask is None:
         config = dataclasses.replace(config, with_mask=rule.padded)
-    preset = str(raw.get("preset") or getattr(loaded.config, "name", None) or "custom")
-    meta = ModelMeta(preset=preset, input_height=config.height, input_width=config.width,
+    meta = ModelMeta(preset=loaded.preset, input_height=config.height, input_width=config.width,
                      class_names=list(loaded.class_names), label_map=list(loaded.label_map),
                      resize_shorter=rule.shorter if config.with_mask else None,
                      resize_max=rule.max_size if config.with_mask else None,

@@ -14,8 +14,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
+from export.int8.calib_data import list_images
 from runtime.compare import MATCH_IOU, OutputComparison, compare_outputs
+from runtime.image_io import load_image
+from runtime.preprocess import preprocess
 
 FP32_TOLERANCE = 1e-4  # max abs error accepted on logits and boxes for FP32 graphs
 
@@ -65,7 +69,6 @@ def parity_report(torch_forward: Callable[[dict[str, np.ndarray]], Sequence[np.n
     model (ONNX Runtime CPU, ``onnx_model`` a ModelProto or path) and through
     ``torch_forward(feed) -> (logits, boxes)``; collect the errors."""
     import onnxruntime as ort
-    from tqdm import tqdm
 
     data = onnx_model if isinstance(onnx_model, str) else onnx_model.SerializeToString()
     session = ort.InferenceSession(data, providers=["CPUExecutionProvider"])
@@ -84,18 +87,11 @@ Case = tuple[str, str, dict[str, np.ndarray], np.ndarray]  # name, source, feed,
 def torch_forward(model: Any, with_mask: bool) -> Callable[[dict[str, np.ndarray]],
                                                            tuple[np.ndarray, np.ndarray]]:
     """The PyTorch reference: the full model (not the export wrapper) on the same
-    tensors, ``model(images)`` or ``model(images, mask)``."""
-    import torch
-
-    param = next(model.parameters())
+    tensors (``detr.torch_forward.forward_numpy``), with the mask for a mask graph."""
+    from detr.torch_forward import forward_numpy
 
     def forward(feed: dict[str, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-        images = torch.from_numpy(feed["images"]).to(param.device, param.dtype)
-        mask = torch.from_numpy(feed["mask"]).to(param.device) if with_mask else None
-        with torch.no_grad():
-            out = model(images, mask)
-        return (out["pred_logits"].float().cpu().numpy(),
-                out["pred_boxes"].float().cpu().numpy())
+        return forward_numpy(model, feed["images"], feed["mask"] if with_mask else None)
 
     return forward
 
@@ -106,66 +102,68 @@ def _batch_sizes(meta: Any) -> list[int]:
 
 
 def build_cases(meta: Any, data_dir: str | None, num_images: int, seed: int = 0) -> list[Case]:
-    """Parity/calibration cases for a model described by ``meta``.
-
-    With ``data_dir``: real images through ``runtime.preprocess``; for a mask
-    graph every other image is cropped to half its width first, so the batch
-    really mixes sizes and is padded. Without: random N(0, 1) inputs, and for a
-    mask graph zeroed + masked right/bottom padding.
-    """
-    from runtime.preprocess import preprocess
-
-    cases: list[Case] = []
-    canvas = np.array([meta.input_height, meta.input_width], dtype=np.int64)
+    """Parity/calibration cases for a model described by ``meta``: one per batch size
+    (``_batch_sizes``), from real images (``data_dir``) or random inputs."""
     if data_dir is not None:
-        from export.int8.calib_data import list_images
-        from runtime.image_io import load_image
+        return _image_cases(meta, data_dir, num_images)
+    return _random_cases(meta, np.random.default_rng(seed))
 
-        paths = list_images(data_dir, num_images)
-        source = f"images from {data_dir}"
-        cursor = 0
-        for bs in _batch_sizes(meta):
-            picks = [paths[(cursor + i) % len(paths)] for i in range(bs)]
-            cursor += bs
-            sources: list[Any] = list(picks)
-            if meta.with_mask:
-                sources = []
-                for i, p in enumerate(picks):
-                    img = load_image(p)
-                    if i % 2 == (1 if bs > 1 else 0):
-                        img = img.crop((0, 0, max(img.width // 2, 1), img.height))
-                    sources.append(img)
-            batch = preprocess(sources, meta)
-            feed = {"images": batch.images}
-            if meta.with_mask:
-                feed["mask"] = batch.mask
-                sizes = batch.valid_sizes
-                name = f"mask, padded batch {bs}"
-            else:
-                sizes = np.repeat(canvas[None], bs, axis=0)
-                name = f"batch {bs}" + (" (dynamic)" if meta.batch_size is None else "")
-            cases.append((name, source, feed, sizes))
-        return cases
-    rng = np.random.default_rng(seed)
+
+def _case_name(meta: Any, bs: int) -> str:
+    if meta.with_mask:
+        return f"mask, padded batch {bs}"
+    return f"batch {bs}" + (" (dynamic)" if meta.batch_size is None else "")
+
+
+def _image_cases(meta: Any, data_dir: str, num_images: int) -> list[Case]:
+    """Real images through ``runtime.preprocess``; for a mask graph every other image is
+    cropped to half its width first, so the batch really mixes sizes and is padded."""
+    paths = list_images(data_dir, num_images)
+    canvas = np.array([meta.input_height, meta.input_width], dtype=np.int64)
+    cases: list[Case] = []
+    cursor = 0
     for bs in _batch_sizes(meta):
-        images = rng.standard_normal((bs, 3, meta.input_height, meta.input_width),
-                                     dtype=np.float32)
-        feed = {"images": images}
-        sizes = np.repeat(canvas[None], bs, axis=0)
-        name = f"batch {bs}" + (" (dynamic)" if meta.batch_size is None else "")
+        picks = [paths[(cursor + i) % len(paths)] for i in range(bs)]
+        cursor += bs
+        sources: list[Any] = list(picks)
         if meta.with_mask:
-            mask = np.zeros((bs, meta.input_height, meta.input_width), dtype=bool)
+            sources = []
+            for i, p in enumerate(picks):
+                img = load_image(p)
+                if i % 2 == (1 if bs > 1 else 0):
+                    img = img.crop((0, 0, max(img.width // 2, 1), img.height))
+                sources.append(img)
+        batch = preprocess(sources, meta)
+        feed = {"images": batch.images}
+        if meta.with_mask:
+            feed["mask"] = batch.mask
+            sizes = batch.valid_sizes
+        else:
+            sizes = np.repeat(canvas[None], bs, axis=0)
+        cases.append((_case_name(meta, bs), f"images from {data_dir}", feed, sizes))
+    return cases
+
+
+def _random_cases(meta: Any, rng: np.random.Generator) -> list[Case]:
+    """Random N(0, 1) inputs; for a mask graph zeroed + masked right/bottom padding of a
+    different valid size per image (multiples of 8 down to half the canvas)."""
+    H, W = meta.input_height, meta.input_width  # canvas
+    cases: list[Case] = []
+    for bs in _batch_sizes(meta):
+        images = rng.standard_normal((bs, 3, H, W), dtype=np.float32)
+        feed = {"images": images}
+        sizes = np.repeat(np.array([[H, W]], dtype=np.int64), bs, axis=0)
+        if meta.with_mask:
+            mask = np.zeros((bs, H, W), dtype=bool)
             for i in range(bs):
-                # Different valid sizes per image (multiples of 8 down to half the canvas).
-                h = meta.input_height - 8 * int(rng.integers(0, meta.input_height // 16 + 1))
-                w = meta.input_width - 8 * int(rng.integers(0, meta.input_width // 16 + 1))
+                h = H - 8 * int(rng.integers(0, H // 16 + 1))
+                w = W - 8 * int(rng.integers(0, W // 16 + 1))
                 if i == 0:
-                    w = meta.input_width // 2  # at least one clearly padded image
+                    w = W // 2  # at least one clearly padded image
                 mask[i, h:, :] = True
                 mask[i, :, w:] = True
                 images[i][:, mask[i]] = 0.0
                 sizes[i] = (h, w)
             feed["mask"] = mask
-            name = f"mask, padded batch {bs}"
-        cases.append((name, "random normalised", feed, sizes))
+        cases.append((_case_name(meta, bs), "random normalised", feed, sizes))
     return cases

@@ -16,10 +16,15 @@ Two modes (DETR paper, Sec. 4 and the official ``PostProcess``):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from runtime.errors import InputError
+
+if TYPE_CHECKING:
+    from runtime.metadata import ModelMeta
+    from runtime.preprocess import Batch
 
 # Names of the two decodings, for reports and metrics files.
 OFFICIAL_POSTPROCESS = "official PostProcess (every slot keeps its best real class)"
@@ -82,21 +87,8 @@ def decode(logits: np.ndarray, boxes: np.ndarray, target_sizes: np.ndarray, *,
     model output (e.g. an FP16 overflow) must not reach COCO JSON, where NaN is
     not valid, or the drawing code. Such a model then simply scores low.
     """
-    logits = np.asarray(logits)
-    boxes = np.asarray(boxes)
-    target_sizes = np.asarray(target_sizes)
-    if logits.ndim != 3 or logits.shape[2] < 2:
-        raise InputError("logits", f"expected shape [B, Q, K+1] with K >= 1, got {logits.shape}")
+    logits, boxes, target_sizes = _checked(logits, boxes, target_sizes, top_k)
     B, Q, _ = logits.shape  # batch, queries, classes + 1
-    if boxes.shape != (B, Q, 4):
-        raise InputError("boxes", f"expected shape {(B, Q, 4)}, got {boxes.shape}")
-    if target_sizes.shape != (B, 2):
-        raise InputError("target_sizes", f"expected shape {(B, 2)}, got {target_sizes.shape}")
-    if top_k is not None and top_k < 0:
-        raise InputError("top_k", f"must be >= 0, got {top_k}")
-    if not (np.issubdtype(target_sizes.dtype, np.number)
-            and np.all(np.isfinite(target_sizes)) and np.all(target_sizes >= 0)):
-        raise InputError("target_sizes", "must be finite sizes >= 0 in pixels")
 
     prob = softmax(logits)  # [B, Q, K+1]
     real = prob[..., :-1]  # [B, Q, K]
@@ -129,3 +121,60 @@ def decode(logits: np.ndarray, boxes: np.ndarray, target_sizes: np.ndarray, *,
             boxes=np.ascontiguousarray(xyxy32[b, idx]).reshape(-1, 4),
         ))
     return out
+
+
+def _checked(logits: Any, boxes: Any, target_sizes: Any, top_k: int | None
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``decode``'s inputs as arrays, their shapes and values checked."""
+    logits = np.asarray(logits)
+    boxes = np.asarray(boxes)
+    target_sizes = np.asarray(target_sizes)
+    if logits.ndim != 3 or logits.shape[2] < 2:
+        raise InputError("logits", f"expected shape [B, Q, K+1] with K >= 1, got {logits.shape}")
+    B, Q, _ = logits.shape  # batch, queries, classes + 1
+    if boxes.shape != (B, Q, 4):
+        raise InputError("boxes", f"expected shape {(B, Q, 4)}, got {boxes.shape}")
+    if target_sizes.shape != (B, 2):
+        raise InputError("target_sizes", f"expected shape {(B, 2)}, got {target_sizes.shape}")
+    if top_k is not None and top_k < 0:
+        raise InputError("top_k", f"must be >= 0, got {top_k}")
+    if not (np.issubdtype(target_sizes.dtype, np.number)
+            and np.all(np.isfinite(target_sizes)) and np.all(target_sizes >= 0)):
+        raise InputError("target_sizes", "must be finite sizes >= 0 in pixels")
+    return logits, boxes, target_sizes
+
+
+def target_sizes(batch: Batch, meta: ModelMeta) -> np.ndarray:
+    """float64 [B, 2] (h, w) in ORIGINAL pixels that the model's normalised boxes refer to.
+
+    With a mask (``meta.with_mask``) the boxes are relative to the valid region (= the
+    resized original image), so the original size; without it they are relative to the
+    whole canvas ``(meta.input_height, meta.input_width)``, whose size in original pixels
+    is canvas * original / resized, per axis (the two sides of a resize round
+    differently). The canvas comes from ``meta``, not from ``batch.images``: a
+    ``--fused-preprocess`` model's batch holds the raw frames.
+    """
+    if meta.with_mask:
+        return batch.orig_sizes.astype(np.float64)
+    canvas = np.array([meta.input_height, meta.input_width], dtype=np.float64)  # (H, W)
+    return canvas[None, :] * batch.orig_sizes / np.maximum(batch.valid_sizes, 1)
+
+
+def clip_to_images(detections: list[Detections], orig_sizes: np.ndarray) -> None:
+    """Clip each image's xyxy pixel boxes in place to its ``(h, w)`` in ``orig_sizes`` [B, 2]."""
+    for det, (h, w) in zip(detections, orig_sizes):
+        np.clip(det.boxes[:, 0::2], 0, w, out=det.boxes[:, 0::2])
+        np.clip(det.boxes[:, 1::2], 0, h, out=det.boxes[:, 1::2])
+
+
+def decode_images(logits: np.ndarray, boxes: np.ndarray, batch: Batch, meta: ModelMeta,
+                  **options: Any) -> list[Detections]:
+    """:func:`decode` of a model's outputs on ``batch`` (``runtime.preprocess`` or
+    ``runtime.fused`` output for ``meta``'s model) into ORIGINAL image pixels, boxes
+    clipped to each image: what the Detector, evaluation and the benchmarks report.
+
+    logits [B, Q, K+1], boxes [B, Q, 4] normalised cxcywh; ``options`` go to
+    :func:`decode` (``second_best``, ``score_threshold``, ``top_k``)."""
+    dets = decode(logits, boxes, target_sizes(batch, meta), **options)
+    clip_to_images(dets, batch.orig_sizes)
+    return dets

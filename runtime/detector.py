@@ -19,13 +19,13 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import Backend, check_outputs, pad_batch
-from runtime.decode import Detections, decode
+from runtime.decode import Detections, decode_images
 from runtime.engine_file import is_engine_file
 from runtime.errors import InputError
 from runtime.fused import fused_source_size, stack_frames
 from runtime.image_io import ImageSource, load_image
 from runtime.metadata import ModelMeta
-from runtime.preprocess import Batch, box_reference_sizes, preprocess
+from runtime.preprocess import Batch, preprocess
 
 DEFAULT_DYNAMIC_BATCH = 8  # images per inference call for a dynamic-batch model
 BACKENDS = ("auto", "onnxruntime", "tensorrt")
@@ -183,15 +183,8 @@ class Detector:
                      **options: Any) -> list[Detections]:
         """Set decoding of ``infer_batch`` outputs: boxes xyxy in original pixels, clipped,
         with class names and category ids. ``options`` go to ``runtime.decode.decode``."""
-        if self.fused_source is None or self.meta.with_mask:
-            target = box_reference_sizes(batch, self.meta.with_mask)
-        else:  # batch.images are the raw frames; the canvas is the model's
-            canvas = np.array([self.meta.input_height, self.meta.input_width], np.float64)
-            target = canvas[None, :] * batch.orig_sizes / np.maximum(batch.valid_sizes, 1)
-        dets = decode(logits, boxes, target, **options)
-        for det, (h, w) in zip(dets, batch.orig_sizes):
-            np.clip(det.boxes[:, 0::2], 0, w, out=det.boxes[:, 0::2])
-            np.clip(det.boxes[:, 1::2], 0, h, out=det.boxes[:, 1::2])
+        dets = decode_images(logits, boxes, batch, self.meta, **options)
+        for det in dets:
             det.class_names = [self.meta.class_names[i] for i in det.labels]
             det.category_ids = np.asarray(self.meta.label_map, dtype=np.int64)[det.labels] \
                 if len(det) else np.zeros((0,), dtype=np.int64)

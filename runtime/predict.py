@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from runtime.atomic import atomic_write_bytes, atomic_write_text
+from runtime.coco_results import coco_results
 from runtime.decode import Detections
 from runtime.errors import InputError
 from runtime.files import is_regular, kind_of
@@ -89,23 +90,6 @@ def assign_image_ids(files: Sequence[Path]) -> list[int]:
     return list(range(1, len(files) + 1))
 
 
-def to_coco_results(det: Detections, image_id: int, file_name: str = "") -> list[dict[str, Any]]:
-    """COCO results entries: original category ids, bbox [x, y, w, h] in pixels."""
-    out = []
-    for i in range(len(det)):
-        x0, y0, x1, y1 = (float(v) for v in det.boxes[i])
-        entry: dict[str, Any] = {
-            "image_id": image_id,
-            "category_id": int(det.category_ids[i]) if len(det.category_ids) else int(det.labels[i]),
-            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-            "score": round(float(det.scores[i]), 5),
-        }
-        if file_name:
-            entry["file_name"] = file_name
-        out.append(entry)
-    return out
-
-
 # Entries of out_dir that predict owns: one run's set replaces the previous run's.
 OUTPUT_NAMES = ("predictions.json", "images.json", "annotated")
 
@@ -144,7 +128,8 @@ def predict(config: PredictConfig) -> PredictSummary:
             dets = detector.detect(batch, score_threshold=config.threshold,
                                    top_k=config.top_k, second_best=config.second_best)
             for path, image_id, (h, w), det in zip(chunk, ids[start:], batch.orig_sizes, dets):
-                results.extend(to_coco_results(det, image_id, str(path)))
+                results.extend(coco_results([image_id], [det], detector.meta.label_map,
+                                            [str(path)]))
                 images_doc.append({"id": image_id, "file_name": str(path),
                                    "height": int(h), "width": int(w)})
                 if config.draw:

@@ -189,16 +189,3 @@ def preprocess(images: ImageSource | Sequence[ImageSource], meta: ModelMeta,
         batch.valid_sizes[i] = (h, w)
     return batch
 
-
-def box_reference_sizes(batch: Batch, with_mask: bool) -> np.ndarray:
-    """float64 [B, 2] (h, w) in ORIGINAL pixels that a model's normalised boxes refer to.
-
-    With a mask input the boxes are relative to the valid region (= the resized
-    original image), so the original size; without it they are relative to the
-    whole canvas, whose size in original pixels is canvas * original / resized,
-    per axis (the two sides of a resize round differently).
-    """
-    if with_mask:
-        return batch.orig_sizes.astype(np.float64)
-    canvas = np.array(batch.images.shape[-2:], dtype=np.float64)  # (H, W)
-    return canvas[None, :] * batch.orig_sizes / np.maximum(batch.valid_sizes, 1)

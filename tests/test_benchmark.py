@@ -15,7 +15,7 @@ pytest.importorskip("onnxruntime")
 from tiny_checkpoint import SQUARE_64, dataset_categories, save_tiny_checkpoint
 
 from benchmarks.rows import ROW_KEYS, STATUS_OK, STATUS_SKIPPED
-from benchmarks.timing import stats_from_samples, time_call
+from benchmarks.timing import round_robin, stats_from_samples, time_call
 from runtime.compare import box_iou_xyxy, match_detections
 from runtime.decode import Detections
 from runtime.errors import InputError
@@ -138,6 +138,26 @@ def test_stats_from_samples_hand_computed() -> None:
     assert s.images_per_s == pytest.approx(4 * 1000 / 3.0)
     with pytest.raises(InputError, match="runs"):
         time_call(lambda: None, runs=0)
+
+
+def test_round_robin_order_warmup_settle_block() -> None:
+    """2 warm-up rounds (a, b), then rounds of 1 settle + up to 2 recorded calls each
+    until 3 are recorded: the call log and what is kept, written out by hand."""
+    log: list[str] = []
+
+    def call(name: str):
+        def run() -> str:
+            log.append(name)
+            return f"{name}{len(log)}"
+        return run
+
+    kept = round_robin({"a": call("a"), "b": call("b")}, runs=3, warmup=2, settle=1, block=2)
+    assert log == ["a", "b", "a", "b",  # warm-up rounds
+                   "a", "a", "a", "b", "b", "b",  # settle + block of 2
+                   "a", "a", "b", "b"]  # settle + the last one
+    assert kept == {"a": ["a6", "a7", "a12"], "b": ["b9", "b10", "b14"]}
+    with pytest.raises(InputError, match="runs"):
+        round_robin({"a": call("a")}, runs=1, block=0)
 
 
 def _dets(boxes, labels, scores) -> Detections:

@@ -11,7 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from detr.coco_eval import METRIC_NAMES, coco_metrics, detections_to_coco_results, load_coco_gt
+from detr.coco_eval import AP_KEYS, coco_metrics, load_coco_gt
+from runtime.coco_results import coco_results
 from runtime.decode import Detections
 from runtime.errors import DataError, InputError
 
@@ -49,14 +50,14 @@ def _perfect_detections(shift: float = 0.0) -> list[Detections]:
             for objs in per_image.values()]
 
 
-def test_detections_to_coco_results_converts_boxes_and_labels() -> None:
+def test_coco_results_converts_boxes_and_labels() -> None:
     det = Detections(scores=np.array([0.5], dtype=np.float32), labels=np.array([1]),
                      boxes=np.array([[10.0, 20.0, 40.0, 25.0]], dtype=np.float32))
-    results = detections_to_coco_results([42], [det], LABEL_MAP)
+    results = coco_results([42], [det], LABEL_MAP)
     assert results == [{"image_id": 42, "category_id": 7, "bbox": [10.0, 20.0, 30.0, 5.0],
                         "score": pytest.approx(0.5)}]
     json.dumps(results)  # plain Python numbers only
-    assert detections_to_coco_results([1, 2], _perfect_detections(), LABEL_MAP)[0][
+    assert coco_results([1, 2], _perfect_detections(), LABEL_MAP)[0][
         "category_id"] == 3
 
 
@@ -69,26 +70,26 @@ class _PlainDetections:
 
 def test_any_object_with_the_detection_fields_is_accepted() -> None:
     det = _PlainDetections(np.array([0.9]), np.array([0]), np.array([[0.0, 0.0, 2.0, 3.0]]))
-    assert detections_to_coco_results([5], [det], LABEL_MAP)[0]["bbox"] == [0.0, 0.0, 2.0, 3.0]
+    assert coco_results([5], [det], LABEL_MAP)[0]["bbox"] == [0.0, 0.0, 2.0, 3.0]
 
 
-def test_detections_to_coco_results_rejects_bad_input() -> None:
+def test_coco_results_rejects_bad_input() -> None:
     det = _PlainDetections(np.array([0.9]), np.array([2]), np.zeros((1, 4)))
     with pytest.raises(InputError, match="label 2 outside the label map of 2 classes"):
-        detections_to_coco_results([1], [det], LABEL_MAP)
+        coco_results([1], [det], LABEL_MAP)
     with pytest.raises(InputError, match="1 detection sets for 2 image ids"):
-        detections_to_coco_results([1, 2], [det], [1, 2, 3])
+        coco_results([1, 2], [det], [1, 2, 3])
     nan_det = _PlainDetections(np.array([np.nan]), np.array([0]), np.zeros((1, 4)))
     with pytest.raises(InputError, match="non-finite"):
-        detections_to_coco_results([1], [nan_det], LABEL_MAP)
+        coco_results([1], [nan_det], LABEL_MAP)
 
 
 def test_perfect_detections_give_ap_one(capsys: pytest.CaptureFixture[str]) -> None:
-    results = detections_to_coco_results([1, 2], _perfect_detections(), LABEL_MAP)
+    results = coco_results([1, 2], _perfect_detections(), LABEL_MAP)
     metrics = coco_metrics(_gt_dataset(), results)
-    assert set(metrics) == set(METRIC_NAMES)
+    assert set(metrics) == set(AP_KEYS)
     assert all(isinstance(v, float) for v in metrics.values())
-    for name in METRIC_NAMES:
+    for name in AP_KEYS:
         assert metrics[name] == pytest.approx(1.0), name
     assert capsys.readouterr().out == ""  # COCOeval's summary is not printed
     # Image 1 alone has no small object: COCOeval's -1 ("undefined") is kept.
@@ -98,11 +99,11 @@ def test_perfect_detections_give_ap_one(capsys: pytest.CaptureFixture[str]) -> N
 
 def test_shifted_box_lowers_ap() -> None:
     perfect = coco_metrics(_gt_dataset(),
-                           detections_to_coco_results([1, 2], _perfect_detections(), LABEL_MAP))
+                           coco_results([1, 2], _perfect_detections(), LABEL_MAP))
     # 10 px on a 40 px box: IoU 30*40 / (50*40) = 0.6 -> counts at IoU .5, not at .75.
     dets = _perfect_detections()
     dets[0].boxes[0] += np.array([10.0, 0.0, 10.0, 0.0], dtype=np.float32)
-    shifted = coco_metrics(_gt_dataset(), detections_to_coco_results([1, 2], dets, LABEL_MAP))
+    shifted = coco_metrics(_gt_dataset(), coco_results([1, 2], dets, LABEL_MAP))
     assert shifted["AP"] < perfect["AP"]
     assert shifted["AP75"] < perfect["AP75"]
     assert shifted["AP50"] == pytest.approx(1.0)
@@ -112,24 +113,24 @@ def test_wrong_class_and_missing_image_lower_ap() -> None:
     dets = _perfect_detections()
     dets[0].labels[:] = 1 - dets[0].labels  # swap the two classes of image 1
     assert coco_metrics(_gt_dataset(),
-                        detections_to_coco_results([1, 2], dets, LABEL_MAP))["AP"] < 0.5
-    only_first = detections_to_coco_results([1], _perfect_detections()[:1], LABEL_MAP)
+                        coco_results([1, 2], dets, LABEL_MAP))["AP"] < 0.5
+    only_first = coco_results([1], _perfect_detections()[:1], LABEL_MAP)
     assert coco_metrics(_gt_dataset(), only_first)["AP"] < 1.0
     assert coco_metrics(_gt_dataset(), only_first, image_ids=[1])["AP"] == pytest.approx(1.0)
 
 
 def test_empty_results_give_zeros() -> None:
-    assert coco_metrics(_gt_dataset(), []) == {name: 0.0 for name in METRIC_NAMES}
+    assert coco_metrics(_gt_dataset(), []) == {name: 0.0 for name in AP_KEYS}
     empty = [Detections(scores=np.zeros(0, np.float32), labels=np.zeros(0, np.int64),
                         boxes=np.zeros((0, 4), np.float32))] * 2
-    assert coco_metrics(_gt_dataset(), detections_to_coco_results([1, 2], empty, LABEL_MAP)) == {
-        name: 0.0 for name in METRIC_NAMES}
+    assert coco_metrics(_gt_dataset(), coco_results([1, 2], empty, LABEL_MAP)) == {
+        name: 0.0 for name in AP_KEYS}
 
 
 def test_ground_truth_as_path_or_coco_object(tmp_path: Path) -> None:
     path = tmp_path / "instances_val.json"
     path.write_text(json.dumps(_gt_dataset()))
-    results = detections_to_coco_results([1, 2], _perfect_detections(shift=3.0), LABEL_MAP)
+    results = coco_results([1, 2], _perfect_detections(shift=3.0), LABEL_MAP)
     from_path = coco_metrics(path, results)
     from_str = coco_metrics(str(path), results)
     from_obj = coco_metrics(load_coco_gt(path), results)
@@ -160,7 +161,7 @@ def test_missing_area_and_iscrowd_default_like_the_dataset_reader() -> None:
     gt = _gt_dataset()
     for ann in gt["annotations"]:
         del ann["area"], ann["iscrowd"]
-    results = detections_to_coco_results([1, 2], _perfect_detections(), LABEL_MAP)
+    results = coco_results([1, 2], _perfect_detections(), LABEL_MAP)
     assert coco_metrics(gt, results) == coco_metrics(_gt_dataset(), results)
     assert coco_metrics(load_coco_gt(gt), results)["AP_S"] == pytest.approx(1.0)
     assert "area" not in gt["annotations"][0]  # the caller's dict is not modified

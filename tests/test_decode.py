@@ -8,8 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from runtime.decode import box_cxcywh_to_xyxy, decode, softmax
+from runtime.decode import box_cxcywh_to_xyxy, decode, decode_images, softmax, target_sizes
 from runtime.errors import InputError
+from runtime.metadata import ModelMeta
+from runtime.preprocess import Batch
 
 torch = pytest.importorskip("torch")
 
@@ -114,3 +116,35 @@ def test_decode_property(logits, second_best, thr, top_k) -> None:
             eligible &= prob[b, :, -1] <= real
         expected = int(eligible.sum()) if top_k is None else min(top_k, int(eligible.sum()))
         assert len(d) == expected
+
+
+def _batch(images_hw: tuple[int, int], valid: list[tuple[int, int]],
+           orig: list[tuple[int, int]]) -> Batch:
+    B = len(valid)
+    return Batch(images=np.zeros((B, 3, *images_hw), np.float32),
+                 mask=np.zeros((B, *images_hw), bool), scales=np.ones((B,)),
+                 valid_sizes=np.array(valid, np.int64), orig_sizes=np.array(orig, np.int64))
+
+
+def test_target_sizes_by_hand() -> None:
+    """Mask: the original size. No mask: the 64x96 canvas in original pixels, per axis
+    (40x60 resized from 100x150 -> 160x240); the canvas comes from the metadata, not from
+    the batch's images (a fused model's batch holds raw frames of another size)."""
+    meta = ModelMeta(preset="detr-tiny", input_height=64, input_width=96, class_names=["a"],
+                     label_map=[1])
+    batch = _batch((100, 150), valid=[(40, 60)], orig=[(100, 150)])  # raw-frame-sized images
+    np.testing.assert_allclose(target_sizes(batch, meta), [[160.0, 240.0]])
+    with_mask = meta.replace(with_mask=True)
+    np.testing.assert_allclose(target_sizes(batch, with_mask), [[100.0, 150.0]])
+
+
+def test_decode_images_scales_and_clips_to_each_image() -> None:
+    """One slot whose box (cx 0.9, w 0.4) runs past the right edge: scaled by the original
+    size (mask model), then clipped to it."""
+    meta = ModelMeta(preset="detr-tiny", input_height=64, input_width=64, class_names=["a"],
+                     label_map=[1], with_mask=True)
+    batch = _batch((64, 64), valid=[(32, 64)], orig=[(50, 100)])
+    logits = np.array([[[5.0, 0.0]]], np.float32)  # [1, 1, K+1]
+    boxes = np.array([[[0.9, 0.5, 0.4, 0.2]]], np.float32)  # cxcywh
+    (det,) = decode_images(logits, boxes, batch, meta)
+    np.testing.assert_allclose(det.boxes, [[70.0, 20.0, 100.0, 30.0]], rtol=1e-6)

@@ -12,9 +12,9 @@ import torch
 from tiny_checkpoint import SMALL
 
 import detr
-from detr.coco_eval import coco_metrics
+from detr.coco_eval import AP_KEYS, coco_metrics
 from detr.data.synthetic import ShapesConfig, make_shapes_dataset
-from detr.evaluate import METRIC_KEYS, EvalConfig, evaluate
+from detr.evaluate import EvalConfig, evaluate
 from runtime.errors import DataError
 
 LABEL_MAP = [2, 5, 7, 11, 13, 17]  # what make_shapes_dataset writes (non-contiguous)
@@ -73,7 +73,7 @@ def test_boxes_in_original_pixels_with_original_category_ids(shapes, size):
     assert all(d["score"] == pytest.approx(score, rel=1e-5) for d in result.detections)
     gt = json.loads((shapes / "annotations" / "instances_val.json").read_text())
     expected = coco_metrics(gt, by_hand)
-    assert set(result.metrics) == set(METRIC_KEYS)
+    assert set(result.metrics) == set(AP_KEYS)
     assert result.metrics == pytest.approx(expected, abs=1e-6)
 
 
@@ -114,7 +114,7 @@ def test_eval_command_writes_files(shapes, tmp_path, capsys):
     assert "3 images; resize: fit into a fixed 80x80 canvas" in text and "AP50:" in text
     assert "decoding: official PostProcess" in text
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["num_images"] == 3 and set(METRIC_KEYS) <= set(metrics)
+    assert metrics["num_images"] == 3 and set(AP_KEYS) <= set(metrics)
     assert metrics["protocol"]["decoding"].startswith("official PostProcess")
     dets = json.loads((out / "detections.json").read_text())
     assert len({d["image_id"] for d in dets}) == 3

@@ -25,7 +25,7 @@ pytest.importorskip("pycocotools")
 
 from benchmarks.int8_frontier import RATIO_TARGETS
 from benchmarks.int8_latency import one_feed, ratio_spread
-from benchmarks.pipeline import DEMO_CHECKPOINT, PipelineConfig
+from benchmarks.workflow.pipeline import DEMO_CHECKPOINT, PipelineConfig
 from export.int8.config import QuantizeConfig
 from export.int8.quantize import quantize_int8
 

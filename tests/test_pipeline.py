@@ -13,8 +13,9 @@ pytest.importorskip("onnxruntime")
 
 from tiny_checkpoint import SQUARE_64, save_tiny_checkpoint
 
-from benchmarks.dataset_check import checkpoint_rule, choose_canvas, training_rule
-from benchmarks.pipeline import PipelineConfig, StageCache, run_pipeline
+from benchmarks.workflow.dataset_check import checkpoint_rule, choose_canvas, training_rule
+from benchmarks.workflow.pipeline import PipelineConfig, run_pipeline
+from benchmarks.workflow.pipeline_stages import StageCache
 from runtime.errors import DataError, InputError
 
 

@@ -40,7 +40,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     opt.check_options(
         args, train_minutes=opt.non_negative, max_images=opt.count, runs=opt.count)
-    from benchmarks.pipeline import PipelineConfig, run_pipeline
+    from benchmarks.workflow.pipeline import PipelineConfig, run_pipeline
 
     config = PipelineConfig(out=args.out, data=args.data, train_split=args.train_split,
                             val_split=args.val_split, train_minutes=args.train_minutes,

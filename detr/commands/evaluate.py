@@ -34,7 +34,8 @@ def run(args: argparse.Namespace) -> int:
     opt.check_options(
         args, size=opt.image_side, resize=opt.image_side, batch_size=opt.batch,
         max_images=opt.count)
-    from detr.evaluate import METRIC_KEYS, EvalConfig, evaluate_checkpoint
+    from detr.coco_eval import AP_KEYS
+    from detr.evaluate import EvalConfig, evaluate_checkpoint
 
     config = EvalConfig(data=args.data, split=args.split,
                         size=tuple(args.size) if args.size else None,  # type: ignore[arg-type]
@@ -44,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     result = evaluate_checkpoint(args.checkpoint, config, out=args.out)
     print(f"{result.num_images} images; resize: {result.protocol['resize']}; "
           f"decoding: {result.protocol['decoding']}")
-    for key in METRIC_KEYS:
+    for key in AP_KEYS:
         print(f"{key:>5}: {result.metrics[key]:.4f}")
     for name, path in result.files.items():
         print(f"wrote {name}: {path}")

@@ -338,11 +338,10 @@ def _evaluate(model: nn.Module, val_root: Path, config: TrainConfig,
               rule: TrainingResize) -> dict[str, float]:
     """Val AP under the official protocol: the run's own resize rule per image, the
     padding mask, the official PostProcess (what ``detr-edge eval`` reports)."""
-    from detr.evaluate import EvalConfig, evaluate_model
+    from detr.evaluate import EvalConfig, evaluate
 
-    result = evaluate_model(model, EvalConfig(data=str(val_root), split=config.val_split,
-                                              resize=(rule.shorter, rule.max_size),
-                                              progress=False))
+    result = evaluate(model, EvalConfig(data=str(val_root), split=config.val_split,
+                                        resize=(rule.shorter, rule.max_size), progress=False))
     return result.metrics
 
 

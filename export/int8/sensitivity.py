@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from detr.coco_eval import coco_metrics, detections_to_coco_results, load_coco_gt
+from detr.coco_eval import coco_metrics, load_coco_gt
 from detr.coco_resample import coco_matches
 from detr.data.coco_schema import read_coco_json
+from runtime.coco_results import coco_results
 from runtime.decode import softmax
 from runtime.detector import Detector
 from runtime.errors import DataError
@@ -191,13 +192,11 @@ class HeldOutEvaluator:
     def matches(self, path: str | os.PathLike[str]) -> Any:
         """Per-image COCO matches of the model at ``path`` (``detr.coco_resample``):
         its AP on any resampled image set, for paired bootstrap errors."""
-        results = detections_to_coco_results(self.image_ids, self.detections(path),
-                                             list(self.meta.label_map))
+        results = coco_results(self.image_ids, self.detections(path), list(self.meta.label_map))
         return coco_matches(self._ground_truth(), results, self.image_ids)
 
     def ap(self, path: str | os.PathLike[str]) -> float:
         """COCO box AP@[.5:.95] of the model at ``path``, in points 0..100."""
-        results = detections_to_coco_results(self.image_ids, self.detections(path),
-                                             list(self.meta.label_map))
+        results = coco_results(self.image_ids, self.detections(path), list(self.meta.label_map))
         metrics = coco_metrics(self._ground_truth(), results)
         return 100.0 * max(float(metrics["AP"]), 0.0)  # coco_metrics: 0..1 -> COCO points

@@ -1,5 +1,5 @@
 """The work of each ``detr-edge pipeline`` stage, and the fingerprints that let a
-rerun skip the stages whose inputs did not change (``benchmarks.pipeline``
+rerun skip the stages whose inputs did not change (``benchmarks.workflow.pipeline``
 orchestrates them).
 
 Every stage reads images through a dataset split folder (``ROOT/<split>``), so
@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.artifacts import row_precision, tensorrt_unavailable_reason
 from runtime import json_limits
 from runtime.atomic import atomic_copy, atomic_write_text
 from runtime.errors import DetrEdgeError
@@ -50,6 +51,48 @@ class StageCache:
     def mark(self, name: str, inputs: dict[str, Any]) -> None:
         atomic_write_text(self.dir / f"{name}.json", json.dumps(
             {"fingerprint": self.fingerprint(inputs), "inputs": inputs}, default=str, indent=1))
+
+
+class StageRunner:
+    """Runs the pipeline's stages in order: a header, the cache check, the work, the
+    stamp, and each stage's wall time and status into ``stage_seconds`` /
+    ``stage_status`` (``benchmarks.workflow.pipeline.PipelineResult``'s)."""
+
+    def __init__(self, cache: StageCache, num_stages: int, log: Log) -> None:
+        self.cache, self.num_stages, self.log = cache, num_stages, log
+        self.seconds: dict[str, float] = {}
+        self.status: dict[str, str] = {}
+
+    def header(self, name: str) -> None:
+        self.log(f"\n=== [{len(self.seconds) + 1}/{self.num_stages}] {name} ===")
+
+    def done(self, name: str, status: str, seconds: float) -> None:
+        self.seconds[name] = seconds
+        self.status[name] = status
+        self.log(f"--- {name}: {status} in {seconds:.1f} s")
+
+    def stage(self, name: str, inputs: dict[str, Any], outputs: list[Path],
+              work: Callable[[], str | None]) -> None:
+        """Run ``work`` (returns its status, None = "ran") unless ``inputs`` match the
+        stage's stamp and ``outputs`` exist; stamp it when it ran."""
+        self.header(name)
+        t0 = time.perf_counter()
+        if self.cache.is_fresh(name, inputs, outputs):
+            status = "reused (inputs unchanged)"
+        else:
+            try:
+                status = work() or "ran"
+            except KeyboardInterrupt:
+                self.log(f"\ninterrupted during '{name}': run the same command again to "
+                         "resume (finished stages are reused)")
+                raise
+            if status == "ran":
+                self.cache.mark(name, inputs)
+        self.done(name, status, time.perf_counter() - t0)
+
+    def summary(self) -> str:
+        return ", ".join(f"{k} {v:.1f}s ({self.status[k].split(' ')[0]})"
+                         for k, v in self.seconds.items())
 
 
 @dataclass(frozen=True)
@@ -112,13 +155,10 @@ def quantize(fp32: Path, out: Path, data: DataPaths, calib_images: int, eval_ima
 
 
 def engines(art: Path, data: DataPaths, build: bool, log: Log) -> str:
-    from benchmarks.artifacts import tensorrt_unavailable_reason
-
     reason = tensorrt_unavailable_reason() if build else "disabled (--no-engines)"
     if reason:
         log(f"TensorRT engines skipped: {reason}")
         return f"skipped: {reason}"
-    from benchmarks.artifacts import row_precision
     from export.engine_builder import EngineBuildConfig, build_engine
     from export.onnx_meta import load_onnx, read_meta
 

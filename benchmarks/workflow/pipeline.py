@@ -2,7 +2,7 @@
 
 Stages (each prints a header and its wall time):
 1. dataset   - the user's COCO-layout dataset (``--data``), checked and described
-               (``benchmarks.dataset_check``); without ``--data``, the synthetic
+               (``benchmarks.workflow.dataset_check``); without ``--data``, the synthetic
                shapes of the demo model's recipe (``detr.data.synthetic``);
 2. model     - ``--checkpoint``, ``train_minutes`` of ``detr.train`` on the train
                split, or the committed demo checkpoint;
@@ -15,12 +15,12 @@ Stages (each prints a header and its wall time):
 7. benchmark - ``benchmarks.suite.run_benchmark`` over everything above, on the val split.
 
 The canvas (the exported input ``H x W``) holds every image of the dataset at the
-model's training resize (``benchmarks.dataset_check.choose_canvas``) unless
+model's training resize (``benchmarks.workflow.dataset_check.choose_canvas``) unless
 ``canvas`` is given.
 
 Resuming: every stage records a fingerprint of its inputs (config + SHA-256 of
 input files) in ``out/stages/<name>.json``; when the fingerprint matches and the
-outputs exist, the stage is skipped (``benchmarks.pipeline_stages.StageCache``).
+outputs exist, the stage is skipped (``benchmarks.workflow.pipeline_stages.StageCache``).
 An interrupted pipeline therefore resumes where it stopped, and a changed
 checkpoint re-runs everything downstream.
 """
@@ -34,17 +34,29 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks import pipeline_stages as stages
-from benchmarks.dataset_check import DatasetSummary
-from benchmarks.pipeline_stages import DataPaths, StageCache
+import detr
+from benchmarks.int8_frontier import write_int8_section
+from benchmarks.report import Report
+from benchmarks.suite import BenchmarkConfig, run_benchmark
+from benchmarks.workflow import pipeline_stages as stages
+from benchmarks.workflow.dataset_check import (
+    DatasetSummary,
+    canvas_fill,
+    check_dataset,
+    checkpoint_rule,
+    choose_canvas,
+    training_rule,
+)
+from benchmarks.workflow.pipeline_stages import DataPaths, StageCache, StageRunner
+from detr.data.synthetic import ShapesConfig, make_shapes_dataset
+from export.int8.calib_data import list_images
 from runtime.atomic import atomic_write_text
+from runtime.dataset import annotated_split
 from runtime.errors import InputError
 from runtime.files import file_sha256
 
-__all__ = ["DEMO_CHECKPOINT", "PipelineConfig", "PipelineResult", "StageCache", "run_pipeline"]
-
 # The committed demo model (trained by detr/assets/README.md's recipe).
-DEMO_CHECKPOINT = Path(__file__).resolve().parent.parent / "detr" / "assets" / "detr-tiny-shapes.pth"
+DEMO_CHECKPOINT = Path(__file__).resolve().parents[2] / "detr" / "assets" / "detr-tiny-shapes.pth"
 
 # dataset, model, onnx-fp32, onnx-fp16, int8, int8-cpu, engines, benchmark
 NUM_STAGES = 8
@@ -116,104 +128,101 @@ def run_pipeline(config: PipelineConfig, log: Callable[[str], None] = print) -> 
     config.validate()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
-    cache = StageCache(out)
+    runner = StageRunner(StageCache(out), NUM_STAGES, log)
     result = PipelineResult(out=out, checkpoint=out / "model" / "checkpoint.pth",
-                            artifacts=out / "artifacts", report_dir=out / "report")
+                            artifacts=out / "artifacts", report_dir=out / "report",
+                            stage_seconds=runner.seconds, stage_status=runner.status)
     total0 = time.perf_counter()
-
-    def stage(name: str, inputs: dict[str, Any], outputs: list[Path],
-              work: Callable[[], str | None]) -> None:
-        log(f"\n=== [{len(result.stage_seconds) + 1}/{NUM_STAGES}] {name} ===")
-        t0 = time.perf_counter()
-        if cache.is_fresh(name, inputs, outputs):
-            status = "reused (inputs unchanged)"
-        else:
-            try:
-                status = work() or "ran"
-            except KeyboardInterrupt:
-                log(f"\ninterrupted during '{name}': run the same command again to resume "
-                    "(finished stages are reused)")
-                raise
-            if status == "ran":
-                cache.mark(name, inputs)
-        result.stage_seconds[name] = time.perf_counter() - t0
-        result.stage_status[name] = status
-        log(f"--- {name}: {status} in {result.stage_seconds[name]:.1f} s")
-
-    # 1. dataset ---------------------------------------------------------------------------
-    data, data_inputs = _dataset_stage(config, out, stage)
-    source = Path(config.checkpoint) if config.checkpoint else DEMO_CHECKPOINT
-    given = source.is_file() and config.train_minutes == 0
-    if config.train_minutes == 0 and not given:
-        raise InputError(source, "checkpoint not found (train one with --train-minutes M)")
-    t0 = time.perf_counter()  # the checks count as dataset time (they run every time)
-    summary = _check(data, _label_map(source) if given else None, out, log)
-    result.stage_seconds["dataset"] += time.perf_counter() - t0
-    result.dataset = summary
-
-    # 2. model -----------------------------------------------------------------------------
-    if config.train_minutes > 0:
-        plan = _train_plan(config, summary)
-        stage("model", {"plan": asdict(plan), "dataset": data_inputs}, [result.checkpoint],
-              stages.bind(stages.train_for, plan, data, result.checkpoint, config.progress, log))
-    else:
-        stage("model", {"checkpoint": file_sha256(source)}, [result.checkpoint],
-              stages.bind(stages.copy_checkpoint, source, result.checkpoint))
-    ckpt_digest = file_sha256(result.checkpoint)
-    canvas = config.canvas or _canvas(result.checkpoint, summary, log)
-    result.canvas = canvas
-    art = result.artifacts
-
-    # 3.-4. ONNX FP32 / FP16 ----------------------------------------------------------------
-    for precision in ("fp32", "fp16"):
-        onnx_path = art / f"model_{precision}.onnx"
-        stage(f"onnx-{precision}", {"checkpoint": ckpt_digest, "canvas": canvas}, [onnx_path],
-              stages.bind(stages.export, result.checkpoint, onnx_path, canvas, precision, data,
-                          log))
-    fp32_onnx = art / "model_fp32.onnx"
-
-    # 5. INT8 -------------------------------------------------------------------------------
-    for target, name in (("tensorrt", "int8"), ("cpu", "int8-cpu")):
-        int8 = art / f"model_{name.replace('-', '_')}.onnx"
-        stage(name, {"onnx": file_sha256(fp32_onnx), "calib_images": config.calib_images,
-                     "eval_images": config.quant_eval_images, "target": target,
-                     "dataset": data_inputs}, [int8],
-              stages.bind(stages.quantize, fp32_onnx, int8, data, config.calib_images,
-                          config.quant_eval_images, target, config.progress, log))
-
-    # 6. TensorRT engines -------------------------------------------------------------------
-    stage("engines", {"onnx": [file_sha256(p) for p in sorted(art.glob("*.onnx"))]},
-          sorted(art.glob("*.engine")) or [art / "model_fp32.engine"],
-          stages.bind(stages.engines, art, data, config.build_engines, log))
-
-    # 7. benchmark (always re-measured: timings are the point of the run) -------------------
-    from benchmarks.suite import BenchmarkConfig, run_benchmark
-
-    bench = BenchmarkConfig(checkpoint=str(result.checkpoint), data=str(data.root),
-                            split=data.val_split, artifacts=str(art), height=canvas[0],
-                            width=canvas[1], batch_sizes=config.batch_sizes, runs=config.runs,
-                            warmup=config.warmup, max_images=config.max_images,
-                            out=str(result.report_dir), measure_memory=config.measure_memory,
-                            progress=config.progress)
-    log(f"\n=== [{NUM_STAGES}/{NUM_STAGES}] benchmark ===")
-    t0 = time.perf_counter()
-    result.report = run_benchmark(bench, log=log)
-    result.stage_seconds["benchmark"] = time.perf_counter() - t0
-    result.stage_status["benchmark"] = "ran"
-    log(f"--- benchmark: ran in {result.stage_seconds['benchmark']:.1f} s")
-
-    log("\nstage times: " + ", ".join(f"{k} {v:.1f}s ({result.stage_status[k].split(' ')[0]})"
-                                      for k, v in result.stage_seconds.items())
-        + f"; total {time.perf_counter() - total0:.1f} s")
-    from benchmarks.int8_frontier import write_int8_section
-    from export.int8.calib_data import list_images
-
-    for line in write_int8_section(art, result.report_dir,
-                                   list_images(data.root / data.val_split, 1)):
+    data, data_inputs = _dataset_stage(config, out, runner.stage)
+    result.dataset = _checked_dataset(config, data, out, runner)
+    _model_stage(config, result, data, data_inputs, runner)
+    result.canvas = config.canvas or _canvas(result.checkpoint, result.dataset, log)
+    _export_stages(config, result, data, data_inputs, runner)
+    result.report = _benchmark_stage(config, result, data, runner)
+    log(f"\nstage times: {runner.summary()}; total {time.perf_counter() - total0:.1f} s")
+    for line in write_int8_section(result.artifacts, result.report_dir,
+                                   list_images(data.val_dir, 1)):
         log(line)
     log(f"report: {result.report_dir / 'report.md'} (also report.json, plot.png, "
         "int8_frontier.png)")
     return result
+
+
+def _checked_dataset(config: PipelineConfig, data: DataPaths, out: Path,
+                     runner: StageRunner) -> DatasetSummary:
+    """Stage 1's checks (``dataset_check``), against the given checkpoint's classes;
+    they run every time and count as dataset time."""
+    source = _source_checkpoint(config)
+    given = source.is_file() and config.train_minutes == 0
+    if config.train_minutes == 0 and not given:
+        raise InputError(source, "checkpoint not found (train one with --train-minutes M)")
+    t0 = time.perf_counter()
+    summary = check_dataset(data.root, [data.train_split, data.val_split],
+                            _label_map(source) if given else None)
+    runner.log(summary.describe())
+    atomic_write_text(out / "dataset.json", json.dumps(summary.to_dict(), indent=1))
+    runner.seconds["dataset"] += time.perf_counter() - t0
+    return summary
+
+
+def _source_checkpoint(config: PipelineConfig) -> Path:
+    return Path(config.checkpoint) if config.checkpoint else DEMO_CHECKPOINT
+
+
+def _model_stage(config: PipelineConfig, result: PipelineResult, data: DataPaths,
+                 data_inputs: dict[str, Any], runner: StageRunner) -> None:
+    """Stage 2: train for ``train_minutes``, or copy the given (or demo) checkpoint."""
+    assert result.dataset is not None
+    if config.train_minutes > 0:
+        plan = _train_plan(config, result.dataset)
+        runner.stage("model", {"plan": asdict(plan), "dataset": data_inputs},
+                     [result.checkpoint], stages.bind(stages.train_for, plan, data,
+                                                      result.checkpoint, config.progress,
+                                                      runner.log))
+    else:
+        source = _source_checkpoint(config)
+        runner.stage("model", {"checkpoint": file_sha256(source)}, [result.checkpoint],
+                     stages.bind(stages.copy_checkpoint, source, result.checkpoint))
+
+
+def _export_stages(config: PipelineConfig, result: PipelineResult, data: DataPaths,
+                   data_inputs: dict[str, Any], runner: StageRunner) -> None:
+    """Stages 3-6: ONNX FP32 / FP16, INT8 in both Q/DQ formats, TensorRT engines."""
+    art, canvas, log = result.artifacts, result.canvas, runner.log
+    ckpt_digest = file_sha256(result.checkpoint)
+    for precision in ("fp32", "fp16"):
+        onnx_path = art / f"model_{precision}.onnx"
+        runner.stage(f"onnx-{precision}", {"checkpoint": ckpt_digest, "canvas": canvas},
+                     [onnx_path], stages.bind(stages.export, result.checkpoint, onnx_path,
+                                              canvas, precision, data, log))
+    fp32_onnx = art / "model_fp32.onnx"
+    for target, name in (("tensorrt", "int8"), ("cpu", "int8-cpu")):
+        int8 = art / f"model_{name.replace('-', '_')}.onnx"
+        runner.stage(name, {"onnx": file_sha256(fp32_onnx), "calib_images": config.calib_images,
+                            "eval_images": config.quant_eval_images, "target": target,
+                            "dataset": data_inputs}, [int8],
+                     stages.bind(stages.quantize, fp32_onnx, int8, data, config.calib_images,
+                                 config.quant_eval_images, target, config.progress, log))
+    runner.stage("engines", {"onnx": [file_sha256(p) for p in sorted(art.glob("*.onnx"))]},
+                 sorted(art.glob("*.engine")) or [art / "model_fp32.engine"],
+                 stages.bind(stages.engines, art, data, config.build_engines, log))
+
+
+def _benchmark_stage(config: PipelineConfig, result: PipelineResult, data: DataPaths,
+                     runner: StageRunner) -> Report:
+    """The last stage, always re-measured (timings are the point of the run)."""
+    bench = BenchmarkConfig(checkpoint=str(result.checkpoint), data=str(data.root),
+                            split=data.val_split, artifacts=str(result.artifacts),
+                            height=result.canvas[0], width=result.canvas[1],
+                            batch_sizes=config.batch_sizes, runs=config.runs,
+                            warmup=config.warmup, max_images=config.max_images,
+                            out=str(result.report_dir), measure_memory=config.measure_memory,
+                            progress=config.progress)
+    runner.header("benchmark")
+    t0 = time.perf_counter()
+    report = run_benchmark(bench, log=runner.log)
+    runner.done("benchmark", "ran", time.perf_counter() - t0)
+    return report
 
 
 Stage = Callable[[str, dict[str, Any], list[Path], Callable[[], str | None]], None]
@@ -223,8 +232,6 @@ def _dataset_stage(config: PipelineConfig, out: Path,
                    stage: Stage) -> tuple[DataPaths, dict[str, Any]]:
     """The dataset the other stages use, and its fingerprint for their caches."""
     if config.data is not None:
-        from runtime.dataset import annotated_split
-
         root = Path(config.data)
         for split in (config.train_split, config.val_split):
             annotated_split(root, split)  # early, clear error for a wrong root or split
@@ -234,8 +241,6 @@ def _dataset_stage(config: PipelineConfig, out: Path,
         inputs = {"root": str(root.resolve()), "annotations": [file_sha256(a) for a in anns]}
         stage("dataset", inputs, [], lambda: "checked")  # never cached: the checks always run
         return data, inputs
-    from detr.data.synthetic import ShapesConfig, make_shapes_dataset
-
     # Without training, the train split only feeds INT8 calibration.
     num_train = config.num_train if config.train_minutes > 0 else config.calib_images
     shapes = ShapesConfig(seed=config.seed, num_train=num_train, num_val=config.num_val,
@@ -249,27 +254,13 @@ def _dataset_stage(config: PipelineConfig, out: Path,
     return data, {"shapes": asdict(shapes)}
 
 
-def _check(data: DataPaths, label_map: list[int] | None, out: Path,
-           log: Callable[[str], None]) -> DatasetSummary:
-    from benchmarks.dataset_check import check_dataset
-
-    summary = check_dataset(data.root, [data.train_split, data.val_split], label_map)
-    log(summary.describe())
-    atomic_write_text(out / "dataset.json", json.dumps(summary.to_dict(), indent=1))
-    return summary
-
-
 def _label_map(checkpoint: Path) -> list[int] | None:
-    import detr
-
     return detr.load_checkpoint(checkpoint).label_map or None
 
 
 def _train_plan(config: PipelineConfig, summary: DatasetSummary) -> stages.TrainPlan:
     """Demo: the demo recipe's square canvas. A user's dataset: the resize rule
     from its size distribution, enough queries for its most crowded image."""
-    from benchmarks.dataset_check import training_rule
-
     train = summary.splits[0]
     if config.data is None:
         rule, queries = (config.image_size, config.image_size), 10
@@ -282,9 +273,6 @@ def _train_plan(config: PipelineConfig, summary: DatasetSummary) -> stages.Train
 
 def _canvas(checkpoint: Path, summary: DatasetSummary,
             log: Callable[[str], None]) -> tuple[int, int]:
-    import detr
-    from benchmarks.dataset_check import canvas_fill, checkpoint_rule, choose_canvas
-
     rule = checkpoint_rule(detr.load_checkpoint(checkpoint).raw)
     sizes = summary.sizes()
     canvas = choose_canvas(sizes, *rule)

@@ -26,7 +26,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from detr.data.coco_schema import read_coco_json
+from detr.training_resize import PAPER_MAX_SIZE, PAPER_SHORTER, from_checkpoint
+from runtime.dataset import resolve_dataset
 from runtime.errors import DataError
+from runtime.image_io import load_image
+from runtime.preprocess import shorter_side_size
 
 STRIDE = 32  # ResNet output stride: canvases are multiples of it
 SIZE_CHECK_IMAGES = 20  # images per split whose real size is compared with the record
@@ -86,9 +91,6 @@ def check_dataset(root: str | Path, splits: list[str],
     ``label_map``: a checkpoint's contiguous label -> category id, which must
     equal the dataset's sorted category ids.
     """
-    from detr.data.coco_schema import read_coco_json
-    from runtime.dataset import resolve_dataset
-    from runtime.image_io import load_image
 
     summaries, categories = [], None
     for name in splits:
@@ -129,7 +131,6 @@ def check_dataset(root: str | Path, splits: list[str],
 def rule_size(h: int, w: int, shorter: int, max_size: int) -> tuple[int, int]:
     """``(h, w)`` of an ``h x w`` image under the training resize rule
     (``runtime.preprocess.shorter_side_size``, the rule training uses)."""
-    from runtime.preprocess import shorter_side_size
 
     return shorter_side_size(h, w, shorter, max_size)
 
@@ -138,7 +139,6 @@ def checkpoint_rule(raw: Any) -> tuple[int, int]:
     """``(shorter side, longer-side cap)`` a checkpoint was trained with
     (``detr.training_resize.from_checkpoint``: its record, its ``train_config``,
     else the paper's 800 / 1333)."""
-    from detr.training_resize import from_checkpoint
 
     rule = from_checkpoint(raw)
     return rule.shorter, rule.max_size
@@ -168,7 +168,6 @@ def training_rule(sizes: list[tuple[int, int]], default: int) -> tuple[int, int]
     """``(shorter, max_size)`` to train a new model on images of ``sizes``: the
     median shorter side rounded to the stride (64..800; ``default`` without
     images), the longer side capped at the paper's ratio 1333 / 800."""
-    from detr.training_resize import PAPER_MAX_SIZE, PAPER_SHORTER
 
     if not sizes:
         shorter = default
