@@ -93,3 +93,19 @@ def check_options(args: argparse.Namespace, **rules: Check) -> None:
 def _show(value: Any) -> str:
     text = repr(value)
     return text if len(text) <= 40 else text[:37] + "..."
+
+
+def add_decoding_arguments(parser: argparse.ArgumentParser, compatibility_flag: bool = True
+                           ) -> None:
+    """``--drop-no-object`` (and ``--second-best``, accepted for compatibility) of the
+    commands that score AP: the official PostProcess (every slot keeps its best real
+    class, as the paper's AP) is the default. ``args.drop_no_object`` -> decoding
+    ``second_best=not args.drop_no_object``."""
+    parser.add_argument("--drop-no-object", action="store_true",
+                        help="decode by dropping slots whose top class is no-object (default: "
+                        "the official PostProcess, every slot keeps its best real class, as "
+                        "the paper's AP)")
+    if compatibility_flag:
+        parser.add_argument("--second-best", action="store_true",
+                            help="accepted for compatibility: the official PostProcess is the "
+                            "default")

@@ -51,11 +51,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="CPU threads for every backend (default: torch's setting)")
     parser.add_argument("--no-memory", action="store_true",
                         help="skip the per-row peak-RSS subprocess")
-    parser.add_argument("--drop-no-object", action="store_true",
-                        help="decode by dropping no-object slots (default: the official "
-                        "PostProcess, as the paper's AP)")
-    parser.add_argument("--second-best", action="store_true",
-                        help="accepted for compatibility: the official PostProcess is the default")
+    opt.add_decoding_arguments(parser)
     parser.add_argument("--out", default="runs/benchmark", help="report folder")
 
 

@@ -29,9 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "the first N in annotation order)")
     parser.add_argument("--calib-images", type=int, default=32,
                         help="calibration images to copy (default 32; 0 = none)")
-    parser.add_argument("--drop-no-object", action="store_true",
-                        help="reference decoding drops no-object slots (default: the "
-                        "official PostProcess)")
+    opt.add_decoding_arguments(parser, compatibility_flag=False)
 
 
 def run(args: argparse.Namespace) -> int:

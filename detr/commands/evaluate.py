@@ -14,11 +14,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--split", default="val", help="split to evaluate (default val)")
     parser.add_argument("--out", default=None,
                         help="folder for detections.json and metrics.json (default: not written)")
-    parser.add_argument("--drop-no-object", action="store_true",
-                        help="drop slots whose top class is no-object (default: the official "
-                        "PostProcess, every slot keeps its best real class, as the paper's AP)")
-    parser.add_argument("--second-best", action="store_true",
-                        help="accepted for compatibility: the official PostProcess is the default")
+    opt.add_decoding_arguments(parser)
     sizes = parser.add_mutually_exclusive_group()
     sizes.add_argument("--resize", type=int, nargs=2, metavar=("SHORTER", "MAX"), default=None,
                        help="resize rule per image (shorter side, longer-side cap); default: "
