@@ -32,6 +32,7 @@ from benchmarks.timing import time_call
 from runtime.engine_file import read_engine_header
 from runtime.errors import DetrEdgeError
 from runtime.metadata import ModelMeta
+from runtime.preprocess import round_up_to_stride
 
 R50_SIZE = (800, 1066)  # the paper's evaluation canvas (height, width); exported as 800x1088
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -118,7 +119,7 @@ def check_r50(out: Path) -> list[str]:
     torch.manual_seed(0)
     model = build_model("detr-r50", num_classes=91).eval()
     # The canvas must be a multiple of 32 (backbone stride): 1066 -> 1088.
-    height, width = R50_SIZE[0], -(-R50_SIZE[1] // 32) * 32
+    height, width = R50_SIZE[0], round_up_to_stride(R50_SIZE[1])
     names = [f"class{i}" for i in range(91)]
     meta = ModelMeta(preset="detr-r50", input_height=height, input_width=width,
                      class_names=names, label_map=list(range(1, 92)))

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from runtime.preprocess import shorter_side_size
+from runtime.preprocess import round_up_to_stride, shorter_side_size
 
 CHECKPOINT_KEY = "training_resize"
 PAPER_SHORTER = 800  # DETR paper: shorter side at eval = largest training scale
@@ -58,7 +58,7 @@ class TrainingResize:
 def rule_canvas(shorter: int, max_size: int) -> int:
     """Side of the square canvas every image resized by the rule fits in, rounded up to
     the backbone stride 32 (what ``export-onnx`` accepts): the eval canvas."""
-    return -(-max(shorter, max_size) // 32) * 32
+    return round_up_to_stride(max(shorter, max_size))
 
 
 PAPER = TrainingResize(PAPER_SHORTER, PAPER_MAX_SIZE, padded=True, source="paper")

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from runtime.atomic import atomic_write_bytes, atomic_write_text
 from runtime.errors import InputError, ModelFormatError
 from runtime.metadata import ModelMeta
+from runtime.preprocess import BACKBONE_STRIDE
 from runtime.version import package_version
 
 if TYPE_CHECKING:
@@ -67,9 +68,9 @@ class ExportConfig:
     fused_source: tuple[int, int] | None = None  # (Hs, Ws): uint8 NHWC frames, in-graph preprocess
 
     def validate(self) -> None:
-        if self.height <= 0 or self.width <= 0 or self.height % 32 or self.width % 32:
+        if self.height <= 0 or self.width <= 0 or self.height % BACKBONE_STRIDE or self.width % BACKBONE_STRIDE:
             raise InputError("--height/--width", f"{self.height}x{self.width} must be positive "
-                             "multiples of 32 (the backbone stride)")
+                             f"multiples of {BACKBONE_STRIDE} (the backbone stride)")
         if self.batch_size <= 0:
             raise InputError("--batch", f"must be positive, got {self.batch_size}")
         if self.exporter not in EXPORTERS:

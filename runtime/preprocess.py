@@ -56,6 +56,14 @@ class Batch:
                      self.valid_sizes[start:stop], self.orig_sizes[start:stop])
 
 
+BACKBONE_STRIDE = 32  # ResNet output stride: exported canvases are multiples of it
+
+
+def round_up_to_stride(side: int) -> int:
+    """``side`` rounded up to a multiple of :data:`BACKBONE_STRIDE`."""
+    return -(-side // BACKBONE_STRIDE) * BACKBONE_STRIDE
+
+
 def fit_size(orig_h: int, orig_w: int, max_h: int, max_w: int) -> tuple[int, int, float]:
     """Largest keep-ratio size of an ``orig_h x orig_w`` image inside ``max_h x max_w``.
 

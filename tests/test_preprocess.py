@@ -112,3 +112,10 @@ def test_normalize_lookup_table_equals_float_path() -> None:
     normalize(img, mean, std, out=target[:, :7, :5])
     np.testing.assert_array_equal(target[:, :7, :5], fast)
     assert (target[:, 7:, :] == 7.0).all()  # nothing written outside the view
+
+
+def test_round_up_to_stride_is_the_smallest_multiple_of_32_not_below():
+    from runtime.preprocess import BACKBONE_STRIDE, round_up_to_stride
+
+    assert BACKBONE_STRIDE == 32
+    assert [round_up_to_stride(n) for n in (1, 31, 32, 33, 1066, 1333)] == [32, 32, 32, 64, 1088, 1344]

@@ -31,9 +31,8 @@ from detr.training_resize import PAPER_MAX_SIZE, PAPER_SHORTER, from_checkpoint
 from runtime.dataset import resolve_dataset
 from runtime.errors import DataError
 from runtime.image_io import load_image
-from runtime.preprocess import shorter_side_size
+from runtime.preprocess import BACKBONE_STRIDE, round_up_to_stride, shorter_side_size
 
-STRIDE = 32  # ResNet output stride: canvases are multiples of it
 SIZE_CHECK_IMAGES = 20  # images per split whose real size is compared with the record
 
 
@@ -149,12 +148,12 @@ def choose_canvas(sizes: list[tuple[int, int]], shorter: int,
     """``(H, W)``: the smallest stride-multiple canvas holding every image of
     ``sizes`` at its training size (module docstring)."""
     if not sizes:
-        side = -(-max(shorter, 1) // STRIDE) * STRIDE
+        side = round_up_to_stride(max(shorter, 1))
         return side, side
     resized = [rule_size(h, w, shorter, max_size) for h, w in set(sizes)]
     H = max(h for h, _ in resized)
     W = max(w for _, w in resized)
-    return -(-H // STRIDE) * STRIDE, -(-W // STRIDE) * STRIDE
+    return round_up_to_stride(H), round_up_to_stride(W)
 
 
 def canvas_fill(sizes: list[tuple[int, int]], canvas: tuple[int, int], shorter: int,
@@ -173,5 +172,5 @@ def training_rule(sizes: list[tuple[int, int]], default: int) -> tuple[int, int]
         shorter = default
     else:
         short = sorted(min(h, w) for h, w in sizes)[len(sizes) // 2]
-        shorter = min(800, max(64, round(short / STRIDE) * STRIDE))
+        shorter = min(800, max(64, round(short / BACKBONE_STRIDE) * BACKBONE_STRIDE))
     return shorter, math.ceil(shorter * PAPER_MAX_SIZE / PAPER_SHORTER)
