@@ -1,6 +1,6 @@
 """quantize's latency verdict times the graph it writes against the FP32 file it was
 given, with the benchmark's estimator (median of independent interleaved repeats),
-and the report's ratio is that median (export/int8_verdict.py)."""
+and the report's ratio is that median (export/int8/verdict.py)."""
 
 from __future__ import annotations
 
@@ -17,9 +17,10 @@ pytest.importorskip("pycocotools")
 
 from tiny_detr_like import export_tiny_detr_like, write_images
 
-import export.int8_verdict as verdict_mod
-from export.int8_verdict import VERDICT_REPEATS, VerdictTiming
-from export.quantize import QuantizeConfig, quantize_int8, report_path
+import export.int8.quantize as quantize_mod
+from export.int8.config import QuantizeConfig
+from export.int8.quantize import quantize_int8, report_path
+from export.int8.verdict import VERDICT_REPEATS, VerdictTiming, time_verdict
 
 
 def _graph_bytes(model: onnx.ModelProto) -> bytes:
@@ -33,16 +34,15 @@ def test_verdict_times_the_written_graph_against_the_source(
     src = export_tiny_detr_like(tmp_path / "tiny.onnx")
     images = write_images(tmp_path / "images")
     seen: list[dict[str, Any]] = []
-    real = verdict_mod.time_verdict
 
     def spy(fp32_path: Any, model_path: Any, *args: Any, **kwargs: Any) -> VerdictTiming:
         # The real timing runs; the spy only records what was timed.
-        timing = real(fp32_path, model_path, *args, **kwargs)
+        timing = time_verdict(fp32_path, model_path, *args, **kwargs)
         seen.append({"fp32": Path(fp32_path), "graph": _graph_bytes(onnx.load(str(model_path))),
                      "timing": timing})
         return timing
 
-    monkeypatch.setattr(verdict_mod, "time_verdict", spy)
+    monkeypatch.setattr(quantize_mod, "time_verdict", spy)
     out = tmp_path / "tiny.int8.onnx"
     _, report = quantize_int8(src, str(images), QuantizeConfig(
         out_path=str(out), calib_images=16, eval_images=8, latency_runs=3, warmup_runs=1,

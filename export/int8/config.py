@@ -37,8 +37,8 @@ class QuantizeConfig:
     # without VNNI (runtime.cpu_features); 8 is for VNNI/ARM-only deployments. TensorRT: 8.
     weight_bits: int | None = None  # None = 7 for target cpu, 8 for tensorrt
     granularity: str = "block"  # fallback unit: block (backbone stage, encoder layer..) | layer
-    latency_runs: int = 20  # timed ORT runs per model (median reported)
-    warmup_runs: int = 3  # untimed runs first
+    latency_runs: int = 20  # timed ORT runs per model (median), per verdict repeat too
+    warmup_runs: int = 3  # untimed runs first (search; the verdict: the benchmark's)
     threads: int | None = None  # ORT intra-op threads; None = ORT default
     cache_dir: str | None = None  # calibration cache folder; None = next to out_path / temp
     progress: bool = True  # tqdm bars

@@ -41,11 +41,12 @@ from export.int8.calib_data import QuantImages, iter_feeds, quant_images, split_
 from export.int8.candidate_models import CandidateModels
 from export.int8.config import QuantizeConfig, weight_bits
 from export.int8.nodes import ensure_node_names, group_blocks, head_nodes, quantizable_nodes
-from export.int8.objective import PAYS_RATIO, Objective, interleaved_latency, pays, pseudo_budget
+from export.int8.objective import PAYS_RATIO, Objective, pays, pseudo_budget
 from export.int8.qdq_check import inspect_qdq
 from export.int8.report import QuantizeReport
 from export.int8.search import SearchResult, SearchSettings, search, to_dicts
 from export.int8.sensitivity import HeldOutEvaluator
+from export.int8.verdict import time_verdict
 from export.onnx_meta import load_onnx, read_meta, write_meta
 from runtime import json_limits
 from runtime.atomic import atomic_write_bytes, atomic_write_text
@@ -251,22 +252,25 @@ def _time_full_int8(job: _SearchJob, report: QuantizeReport,
                     feed: dict[str, np.ndarray]) -> None:
     """No held-out images: full INT8 against FP32, latency only."""
     config = job.config
-    fp32_ms, ms = interleaved_latency(job.fp32_path, job.build([]), feed, config.latency_runs,
-                                      config.warmup_runs, config.threads)
     if config.latency_runs:
-        report.latency_ms = {"fp32": fp32_ms, "int8": ms}
+        verdict = time_verdict(job.onnx_path, job.build([]), feed, config.latency_runs,
+                               config.threads)
+        report.latency_ms = {"fp32": verdict.fp32_ms, "int8": verdict.int8_ms}
+        report.latency_ratios = list(verdict.ratios)
         report.pays = report.latency_ratio <= PAYS_RATIO
 
 
 def _time_chosen(job: _SearchJob, report: QuantizeReport, result: SearchResult,
                  feed: dict[str, np.ndarray]) -> None:
-    """The written model is timed again, 3x longer: the verdict rests on this figure."""
+    """The verdict: the written graph against the source FP32 file, timed as the
+    benchmark re-times it (export.int8.verdict), not one run of the search's timing."""
     config, final = job.config, result.final
-    final.fp32_latency_ms, final.latency_ms = interleaved_latency(
-        job.fp32_path, job.build(final.fallback, final.methods), feed, 3 * config.latency_runs,
-        config.warmup_runs, config.threads)
+    verdict = time_verdict(job.onnx_path, job.build(final.fallback, final.methods), feed,
+                           config.latency_runs, config.threads)
+    final.fp32_latency_ms, final.latency_ms = verdict.fp32_ms, verdict.int8_ms
     report.frontier = to_dicts(result)["tried"]
     report.latency_ms = {"fp32": final.fp32_latency_ms, "int8": final.latency_ms}
+    report.latency_ratios = list(verdict.ratios)
     report.pays = pays(final)
 
 

@@ -38,6 +38,8 @@ class QuantizeReport:
     block_methods: dict[str, str] = field(default_factory=dict)  # blocks not on `method`
     pays: bool | None = None  # INT8 faster than FP32 by the margin (None = not timed)
     latency_ms: dict[str, float] = field(default_factory=dict)  # fp32/int8 ORT CPU medians
+    #   (int8 = fp32 x the median of latency_ratios: export.int8.verdict)
+    latency_ratios: list[float] = field(default_factory=list)  # INT8/FP32, one per repeat
     frontier: list[dict[str, Any]] = field(default_factory=list)  # every configuration tried
     sensitivity: list[dict[str, Any]] = field(default_factory=list)  # block, nodes, output_error
     method_trials: list[dict[str, Any]] = field(default_factory=list)  # block, method, error
@@ -100,6 +102,9 @@ class QuantizeReport:
         fp32, int8 = self.latency_ms["fp32"], self.latency_ms["int8"]
         line = (f"  latency, ONNX Runtime CPU, batch 1 (interleaved medians): FP32 {fp32:.2f} ms, "
                 f"INT8 {int8:.2f} ms = {self.latency_ratio:.2f}x FP32")
+        if self.latency_ratios:
+            line += (f" (median of {len(self.latency_ratios)} repeats, range "
+                     f"{min(self.latency_ratios):.2f}-{max(self.latency_ratios):.2f})")
         if self.pays is False:
             return [line, (f"  INT8 does not pay on this model: {self.latency_ratio:.2f}x FP32 "
                     "latency is not faster than FP32 by the 10% margin; deploy FP32 (or FP16)")]
