@@ -18,7 +18,8 @@ the penalty vanished (0.96x / 1.1x, within noise), and one untimed run of the
 same model before the timed one did not remove it. So models are timed in
 blocks: ``settle`` untimed runs, then ``block`` timed runs of one model, then
 the next model; blocks alternate, so load drift still hits both alike, and the
-sessions keep the runtime backend's options (spinning on), as deployed.
+sessions keep the runtime backend's options (spinning: ORT's default, off on
+machines with <= 2 CPUs, ``runtime.ort_spinning``), as deployed.
 """
 
 from __future__ import annotations
@@ -137,13 +138,18 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, runs: int, warmup: in
 def onnx_cpu_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
     """An ONNX Runtime CPU session with the options of the runtime backend
     (``runtime.backends.onnxruntime_backend``: full graph optimisation, spinning
-    on, ``threads`` intra-op threads or ORT's default), as a deployment runs it."""
+    as ``runtime.ort_spinning.default_spinning``, ``threads`` intra-op threads or
+    ORT's default), as a deployment runs it."""
     import onnxruntime as ort
+
+    from runtime.ort_spinning import default_spinning
 
     options = ort.SessionOptions()
     options.log_severity_level = 3  # errors only: ORT warns about unused initializers
     if threads:
         options.intra_op_num_threads = threads
+    options.add_session_config_entry("session.intra_op.allow_spinning",
+                                     "1" if default_spinning() else "0")
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 

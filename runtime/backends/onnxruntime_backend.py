@@ -128,9 +128,12 @@ def _session_options(ort: Any, intra_op_threads: int | None, exact_int8: bool,
     options.log_severity_level = 4  # fatal only
     if intra_op_threads:
         options.intra_op_num_threads = intra_op_threads
-    if spinning is not None:
-        options.add_session_config_entry("session.intra_op.allow_spinning",
-                                         "1" if spinning else "0")
+    if spinning is None:
+        from runtime.ort_spinning import default_spinning
+
+        spinning = default_spinning()  # off on <= 2 CPUs (runtime/ort_spinning.py)
+    options.add_session_config_entry("session.intra_op.allow_spinning",
+                                     "1" if spinning else "0")
     if exact_int8:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     return options
@@ -143,8 +146,10 @@ class OnnxRuntimeBackend(Backend):
                  providers: Sequence[ProviderSpec] | str | None = None,
                  intra_op_threads: int | None = None, exact_int8: bool = False,
                  spinning: bool | None = None) -> None:
-        """``spinning``: whether idle intra-op threads busy-wait for work (None = ORT's
-        default, on). Off where other threads need the cores (the stream pipeline).
+        """``spinning``: whether idle intra-op threads busy-wait for work (None =
+        ``runtime.ort_spinning.default_spinning``: ORT's default, on, except on
+        machines with <= 2 CPUs). Off where other threads need the cores (the stream
+        pipeline).
         ``exact_int8``: graph optimisations off, so Q/DQ pairs run as written
         (float DequantizeLinear -> op): the exact integer semantics TensorRT computes,
         on any CPU. ORT's fused int8 kernels saturate on AVX2 CPUs without VNNI

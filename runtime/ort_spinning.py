@@ -1,0 +1,27 @@
+"""Whether ONNX Runtime's intra-op worker threads busy-wait for work by default.
+
+ORT's default (``session.intra_op.allow_spinning`` = 1) keeps idle workers
+spinning between parallel sections, which saves the wake-up on a machine whose
+cores the session has to itself. On a machine with two CPUs or fewer, the pool
+(ORT's default: one thread per physical core) covers every core, so a spinning
+worker holds the only other core against everything else that runs: the
+application's own pre/post-processing and other processes. Measured on this
+project's 2-core EPYC with other jobs running (load average 4.5-7; FP32 and
+INT8 timed in alternating blocks by ``benchmarks.timing``, each option set in its
+own run, 6 repeats): the hard-data DETR-tiny's FP32 median 126 ms with spinning,
+72 ms without; the cpu-format INT8 / FP32 ratio 0.60 (0.57-0.66) with spinning,
+0.52 (0.51-0.56) without; the demo model 0.66 (0.64-0.73) against 0.57
+(0.52-0.66), FP32 96 vs 56 ms. The INT8 graph loses more to spinning: it has
+more, shorter nodes, so more of its time is hand-over between threads.
+Machines with more CPUs keep ORT's default (not measured here).
+"""
+
+from __future__ import annotations
+
+import os
+
+
+def default_spinning(cpu_count: int | None = None) -> bool:
+    """ORT intra-op spinning for a session that does not choose: off on <= 2 CPUs."""
+    cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+    return cpus > 2
