@@ -154,3 +154,26 @@ def test_cli_quantize_target_cpu(cpu_int8: dict, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     assert "(cpu Q/DQ format)" in proc.stdout and "WARNING" not in proc.stderr
     assert read_meta(onnx.load(str(out)), out).extra["int8"]["target"] == "cpu"
+
+
+def test_ort_keeps_the_resnet_body_in_nhwc_end_to_end(cpu_int8: dict, tmp_path: Path) -> None:
+    """With every optimisation (level ALL: the NHWC transformer), ORT runs the body
+    as one NHWC chain: no Transpose between two integer body kernels; the layout
+    changes only once before the stem conv and once after the input projection."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 1
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(cpu_int8["out"]), options, providers=["CPUExecutionProvider"])
+    graph = onnx.load(options.optimized_model_filepath).graph
+    producer = {o: n for n in graph.node for o in n.output}
+    body = ("QLinearConv", "QLinearAdd", "NhwcMaxPool")
+    fed_by_transpose = [n.name for n in graph.node if n.op_type in body
+                        and getattr(producer.get(n.input[0]), "op_type", "") == "Transpose"]
+    assert len(fed_by_transpose) == 1 and fed_by_transpose[0].startswith("/body/conv1/"), \
+        fed_by_transpose  # only the stem conv
+    between = [n.name for n in graph.node if n.op_type == "Transpose"
+               and getattr(producer.get(n.input[0]), "op_type", "") in body
+               and not getattr(producer.get(n.input[0]), "name", "").startswith("/input_proj")]
+    assert between == []
