@@ -12,8 +12,11 @@ own run, 6 repeats): the hard-data DETR-tiny's FP32 median 126 ms with spinning,
 72 ms without; the cpu-format INT8 / FP32 ratio 0.60 (0.57-0.66) with spinning,
 0.52 (0.51-0.56) without; the demo model 0.66 (0.64-0.73) against 0.57
 (0.52-0.66), FP32 96 vs 56 ms. The INT8 graph loses more to spinning: it has
-more, shorter nodes, so more of its time is hand-over between threads.
-Machines with more CPUs keep ORT's default (not measured here).
+more, shorter nodes, so more of its time is hand-over between threads. With one
+other busy process (load 1.3-1.8, 6 repeats, alternating): demo cpu format 0.77
+(0.65-0.89) with spinning, 0.65 (0.59-0.68) without; hard 0.98 (0.70-1.21) against
+0.64 (0.59-0.69). Not measured on an idle machine, nor on machines with more CPUs,
+which keep ORT's default.
 """
 
 from __future__ import annotations
