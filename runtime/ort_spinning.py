@@ -15,8 +15,15 @@ own run, 6 repeats): the hard-data DETR-tiny's FP32 median 126 ms with spinning,
 more, shorter nodes, so more of its time is hand-over between threads. With one
 other busy process (load 1.3-1.8, 6 repeats, alternating): demo cpu format 0.77
 (0.65-0.89) with spinning, 0.65 (0.59-0.68) without; hard 0.98 (0.70-1.21) against
-0.64 (0.59-0.69). Not measured on an idle machine, nor on machines with more CPUs,
-which keep ORT's default.
+0.64 (0.59-0.69). On the idle machine (load ~1: only the measurement), the demo
+model's session alone as ``predict`` runs it (60 runs, median; 6 alternating
+repeats): FP32 13.9 ms (12.3-14.8) with spinning, 15.0 (13.5-16.7) without, the
+INT8 formats 10.8 / 9.4 ms against 11.1 / 9.7: spinning saves ~7%, within the
+ranges. With the three sessions of a benchmark alive at once (interleaved blocks,
+8 repeats) spinning costs again: FP32 21.5 ms (20.4-25.0) against 15.6
+(14.6-20.9). So off: a large gain whenever anything else runs, a cost within
+noise when nothing does. Machines with more CPUs keep ORT's default (not
+measured here).
 """
 
 from __future__ import annotations
