@@ -44,6 +44,11 @@ class RatioSpread:
     def median(self) -> float:
         return float(np.median(self.ratios))
 
+    @property
+    def int8_ms(self) -> float:
+        """FP32 ms x the median ratio (so int8_ms / fp32_ms is the median ratio)."""
+        return self.fp32_ms * self.median
+
     def line(self) -> str:
         return (f"{self.name}: {self.median:.2f}x FP32 (range {min(self.ratios):.2f}-"
                 f"{max(self.ratios):.2f} over {len(self.ratios)} repeats; FP32 "

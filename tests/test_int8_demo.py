@@ -87,7 +87,7 @@ def test_default_quantize_pays(request: pytest.FixtureRequest, model: str, targe
     (spread,) = ratio_spread(demo["onnx"], [out], one_feed(demo["onnx"], demo["data"] / "val"),
                              repeats=3)
     # quantize's verdict is the benchmark's estimator on the written graph
-    # (export.int8_verdict): one median of repeats, its range beside it.
+    # (export.int8.verdict): one median of repeats, its range beside it.
     assert len(report.latency_ratios) == VERDICT_REPEATS, text
     print(f"quantize {report.latency_ratio:.2f} (range {min(report.latency_ratios):.2f}-"
           f"{max(report.latency_ratios):.2f}); benchmark's re-timing {spread.line()}; "

@@ -18,9 +18,10 @@ pytest.importorskip("pycocotools")
 from tiny_detr_like import export_tiny_detr_like, write_images
 
 import export.int8.quantize as quantize_mod
+from benchmarks.int8_latency import RatioSpread
 from export.int8.config import QuantizeConfig
 from export.int8.quantize import quantize_int8, report_path
-from export.int8.verdict import VERDICT_REPEATS, VerdictTiming, time_verdict
+from export.int8.verdict import VERDICT_REPEATS, time_verdict
 
 
 def _graph_bytes(model: onnx.ModelProto) -> bytes:
@@ -35,7 +36,7 @@ def test_verdict_times_the_written_graph_against_the_source(
     images = write_images(tmp_path / "images")
     seen: list[dict[str, Any]] = []
 
-    def spy(fp32_path: Any, model_path: Any, *args: Any, **kwargs: Any) -> VerdictTiming:
+    def spy(fp32_path: Any, model_path: Any, *args: Any, **kwargs: Any) -> RatioSpread:
         # The real timing runs; the spy only records what was timed.
         timing = time_verdict(fp32_path, model_path, *args, **kwargs)
         seen.append({"fp32": Path(fp32_path), "graph": _graph_bytes(onnx.load(str(model_path))),

@@ -2,7 +2,7 @@
 FP32 file, timed exactly as the benchmark re-times it.
 
 Why a separate estimator from the search's. Each configuration the search tries
-is timed once (``export.int8_objective.interleaved_latency``: one
+is timed once (``export.int8.objective.interleaved_latency``: one
 ``benchmarks.timing.time_onnx_models`` run), which is enough to rank steps by AP
 per ms. The verdict ("INT8 pays", the ratio in the report and the metadata)
 used one longer run of the same function. On this project's shared 2-core
@@ -25,39 +25,21 @@ re-timing of the written file differed by -0.04..+0.02 in five and +0.14 in one
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks.int8_latency import RatioSpread, ratio_spread
+
 VERDICT_REPEATS = 3  # independent interleaved runs (the benchmark's INT8 section: 3)
-
-
-@dataclass(frozen=True)
-class VerdictTiming:
-    """INT8 / FP32 latency of the written model over independent repeats."""
-
-    fp32_ms: float  # median over repeats of each run's FP32 median (ms, batch 1)
-    ratios: tuple[float, ...]  # INT8 / FP32 median ratio of each repeat
-
-    @property
-    def ratio(self) -> float:
-        """Median over repeats: the figure quantize reports and decides on."""
-        return float(np.median(self.ratios))
-
-    @property
-    def int8_ms(self) -> float:
-        """FP32 ms x the median ratio (so int8_ms / fp32_ms is the median ratio)."""
-        return self.fp32_ms * self.ratio
 
 
 def time_verdict(fp32_path: str | os.PathLike[str], model_path: str | os.PathLike[str],
                  feed: dict[str, np.ndarray], runs: int, threads: int | None,
-                 repeats: int = VERDICT_REPEATS) -> VerdictTiming:
+                 repeats: int = VERDICT_REPEATS) -> RatioSpread:
     """``ratio_spread`` of ``model_path`` against ``fp32_path`` (``runs`` timed runs per
-    model per repeat; ``feed`` one batch-1 input); module doc."""
-    from benchmarks.int8_latency import ratio_spread
-
+    model per repeat; ``feed`` one batch-1 input); module doc. Its ``median`` is the
+    ratio quantize reports and decides on."""
     (spread,) = ratio_spread(Path(fp32_path), [Path(model_path)], feed, repeats=repeats,
                              runs=runs, threads=threads)
-    return VerdictTiming(fp32_ms=spread.fp32_ms, ratios=spread.ratios)
+    return spread
