@@ -136,20 +136,15 @@ def time_interleaved(fns: dict[str, Callable[[], Any]], *, runs: int, warmup: in
 
 
 def onnx_cpu_session(path: str | os.PathLike[str], threads: int | None = None) -> Any:
-    """An ONNX Runtime CPU session with the options of the runtime backend
-    (``runtime.backends.onnxruntime_backend``: full graph optimisation, spinning
-    as ``runtime.ort_spinning.default_spinning``, ``threads`` intra-op threads or
-    ORT's default), as a deployment runs it."""
+    """An ONNX Runtime CPU session with the runtime backend's own session options
+    (``runtime.backends.onnxruntime_backend.session_options``: full graph
+    optimisation, spinning as ``runtime.ort_spinning.default_spinning``, ``threads``
+    intra-op threads or ORT's default), as a deployment runs it."""
     import onnxruntime as ort
 
-    from runtime.ort_spinning import default_spinning
+    from runtime.backends.onnxruntime_backend import session_options
 
-    options = ort.SessionOptions()
-    options.log_severity_level = 3  # errors only: ORT warns about unused initializers
-    if threads:
-        options.intra_op_num_threads = threads
-    options.add_session_config_entry("session.intra_op.allow_spinning",
-                                     "1" if default_spinning() else "0")
+    options = session_options(ort, threads, exact_int8=False, spinning=None)
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 

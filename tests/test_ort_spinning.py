@@ -13,7 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
 
 from benchmarks.timing import onnx_cpu_session
-from runtime.backends.onnxruntime_backend import _session_options
+from runtime.backends.onnxruntime_backend import session_options
 from runtime.ort_spinning import default_spinning
 
 KEY = "session.intra_op.allow_spinning"
@@ -36,8 +36,8 @@ def _identity(path: Path) -> Path:
 
 def test_runtime_and_timing_sessions_spin_alike(tmp_path: Path) -> None:
     want = "1" if (os.cpu_count() or 1) > 2 else "0"
-    assert _session_options(ort, None, False, None).get_session_config_entry(KEY) == want
+    assert session_options(ort, None, False, None).get_session_config_entry(KEY) == want
     session = onnx_cpu_session(_identity(tmp_path / "relu.onnx"))
     assert session.get_session_options().get_session_config_entry(KEY) == want
     # An explicit choice still wins.
-    assert _session_options(ort, None, False, True).get_session_config_entry(KEY) == "1"
+    assert session_options(ort, None, False, True).get_session_config_entry(KEY) == "1"

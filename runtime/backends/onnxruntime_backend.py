@@ -119,7 +119,7 @@ def saturates_here(meta: ModelMeta) -> bool:
     return bits == 8
 
 
-def _session_options(ort: Any, intra_op_threads: int | None, exact_int8: bool,
+def session_options(ort: Any, intra_op_threads: int | None, exact_int8: bool,
                      spinning: bool | None) -> Any:
     """``onnxruntime.SessionOptions`` for :class:`OnnxRuntimeBackend`'s arguments."""
     options = ort.SessionOptions()
@@ -159,7 +159,7 @@ class OnnxRuntimeBackend(Backend):
         if not p.is_file():
             raise InputError(p, "model file not found")
         chosen = resolve_providers(providers, ort.get_available_providers())
-        options = _session_options(ort, intra_op_threads, exact_int8, spinning)
+        options = session_options(ort, intra_op_threads, exact_int8, spinning)
         try:
             self.session = ort.InferenceSession(str(p), sess_options=options, providers=chosen)
         except Exception as exc:  # ORT raises its own pybind exception types
