@@ -24,7 +24,13 @@ from export.fused_preprocess import parity_frames
 from export.int8.calib_data import list_images, select_images
 from runtime.backends.base import Backend, pad_batch
 from runtime.backends.onnxruntime_backend import OnnxRuntimeBackend
-from runtime.compare import MATCH_IOU, OutputComparison, compare_outputs, summarize
+from runtime.compare import (
+    MATCH_IOU,
+    OutputComparison,
+    compare_outputs,
+    comparison_sizes,
+    summarize,
+)
 from runtime.errors import InputError
 from runtime.fused import fused_source_size
 from runtime.metadata import ModelMeta
@@ -151,11 +157,9 @@ def _finish(meta: ModelMeta, images: np.ndarray, mask: np.ndarray, sizes: np.nda
 
 def _image_batches(meta: ModelMeta, paths: Sequence[Any], batch: int
                    ) -> Iterator[tuple[Feed, np.ndarray, int]]:
-    canvas = np.array([meta.input_height, meta.input_width], dtype=np.int64)
     for start in range(0, len(paths), batch):
         b = preprocess(list(paths[start:start + batch]), meta)
-        sizes = b.valid_sizes if meta.with_mask else np.repeat(canvas[None], len(b), axis=0)
-        yield _finish(meta, b.images, b.mask, sizes)
+        yield _finish(meta, b.images, b.mask, comparison_sizes(b, meta))
 
 
 def _random_batches(meta: ModelMeta, num_images: int, batch: int, seed: int

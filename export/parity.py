@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from export.int8.calib_data import list_images
-from runtime.compare import MATCH_IOU, OutputComparison, compare_outputs
+from runtime.compare import MATCH_IOU, OutputComparison, compare_outputs, comparison_sizes
 from runtime.image_io import load_image
 from runtime.preprocess import preprocess
 
@@ -119,7 +119,6 @@ def _image_cases(meta: Any, data_dir: str, num_images: int) -> list[Case]:
     """Real images through ``runtime.preprocess``; for a mask graph every other image is
     cropped to half its width first, so the batch really mixes sizes and is padded."""
     paths = list_images(data_dir, num_images)
-    canvas = np.array([meta.input_height, meta.input_width], dtype=np.int64)
     cases: list[Case] = []
     cursor = 0
     for bs in _batch_sizes(meta):
@@ -137,10 +136,8 @@ def _image_cases(meta: Any, data_dir: str, num_images: int) -> list[Case]:
         feed = {"images": batch.images}
         if meta.with_mask:
             feed["mask"] = batch.mask
-            sizes = batch.valid_sizes
-        else:
-            sizes = np.repeat(canvas[None], bs, axis=0)
-        cases.append((_case_name(meta, bs), f"images from {data_dir}", feed, sizes))
+        cases.append((_case_name(meta, bs), f"images from {data_dir}", feed,
+                      comparison_sizes(batch, meta)))
     return cases
 
 

@@ -18,13 +18,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from runtime.decode import Detections, decode
 
+if TYPE_CHECKING:
+    from runtime.metadata import ModelMeta
+    from runtime.preprocess import Batch
+
 MATCH_IOU = 0.9  # a detection "matches" when IoU >= this and the label is the same
 OUTPUTS = ("logits", "boxes")
+
+
+def comparison_sizes(batch: Batch, meta: ModelMeta) -> np.ndarray:
+    """int64 [B, 2] (h, w) in CANVAS pixels that two models' boxes are compared in:
+    the valid region with a mask input (boxes refer to it), else the whole canvas."""
+    if meta.with_mask:
+        return batch.valid_sizes
+    canvas = np.array([meta.input_height, meta.input_width], dtype=np.int64)
+    return np.repeat(canvas[None], len(batch.valid_sizes), axis=0)
 
 
 def box_iou_xyxy(a: np.ndarray, b: np.ndarray) -> np.ndarray:
