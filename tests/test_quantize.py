@@ -48,8 +48,9 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _config(tmp: Path, **overrides: object) -> QuantizeConfig:
+    # The speed fallback (its own tests: test_speed_fallback.py) would move blocks by timing.
     base: dict[str, object] = {"calib_images": 16, "eval_images": 8, "latency_runs": 3,
-                               "warmup_runs": 1, "threads": 1, "progress": False,
+                               "speed_fallback": False, "warmup_runs": 1, "threads": 1, "progress": False,
                                "cache_dir": str(tmp / "cache")}
     base.update(overrides)
     return QuantizeConfig(**base)  # type: ignore[arg-type]

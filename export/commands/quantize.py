@@ -57,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weight bits of the cpu format (default 7: ONNX Runtime's int8 "
                         "kernels saturate with 8-bit weights on AVX2 CPUs without VNNI; 8 only "
                         "for VNNI/ARM deployments). TensorRT's format always uses 8")
+    parser.add_argument("--no-speed-fallback", action="store_true",
+                        help="keep every block that is within the AP budget in INT8, even where "
+                        "ONNX Runtime CPU runs it faster in FP32 (e.g. a small transformer); "
+                        "for TensorRT deployments that want TensorRT's own kernel choice")
     parser.add_argument("--seed", type=int, default=0, help="image selection seed (default 0)")
     parser.add_argument("--latency-runs", type=int, default=20,
                         help="timed ONNX Runtime CPU runs per model (default 20)")
@@ -85,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
         quantize_attention=args.quantize_attention,
         quantize_add=not args.no_quantize_add, target=args.target,
         weight_bits=args.weight_bits,
-        granularity=args.granularity, latency_runs=args.latency_runs, threads=args.threads,
+        granularity=args.granularity, speed_fallback=not args.no_speed_fallback,
+        latency_runs=args.latency_runs, threads=args.threads,
         cache_dir=args.cache_dir, progress=sys.stderr.isatty())
     _, report = quantize_int8(args.onnx, args.calib_data, config)
     print(report.format())

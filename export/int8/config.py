@@ -37,6 +37,8 @@ class QuantizeConfig:
     # without VNNI (runtime.cpu_features); 8 is for VNNI/ARM-only deployments. TensorRT: 8.
     weight_bits: int | None = None  # None = 7 for target cpu, 8 for tensorrt
     granularity: str = "block"  # fallback unit: block (backbone stage, encoder layer..) | layer
+    speed_fallback: bool = True  # blocks ORT CPU runs faster in FP32 go back to FP32
+    #                               (export.int8.speed_fallback)
     latency_runs: int = 20  # timed ORT runs per model (median), per verdict repeat too
     warmup_runs: int = 3  # untimed runs first (search; the verdict: the benchmark's)
     threads: int | None = None  # ORT intra-op threads; None = ORT default

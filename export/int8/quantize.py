@@ -228,7 +228,8 @@ def _run(job: _SearchJob) -> QuantizeReport:
                           config.warmup_runs, config.threads, config.seed)
     result = search(job.blocks, job.build, objective, SearchSettings(
         budget=budget, default_method=config.method, method_blocks=config.method_blocks,
-        candidates=config.candidates, progress=config.progress))
+        candidates=config.candidates, speed_fallback=config.speed_fallback,
+        progress=config.progress))
     _fill(report, result, objective, job.heads, job.blocks, budget)
     if config.latency_runs:
         _time_chosen(job, report, result, feed)

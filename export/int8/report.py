@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,6 +81,7 @@ class QuantizeReport:
                       "> = written):")] + ["  " + row for row in frontier_table(self.frontier)]
         if self.stop_reason:
             lines.append(f"  search: {self.stop_reason}")
+        lines += speed_lines(self.steps)
         return "\n".join(lines)
 
     def _decision_lines(self) -> list[str]:
@@ -131,3 +133,18 @@ def frontier_table(tried: list[dict[str, Any]]) -> list[str]:
 def _ratio(c: dict[str, Any]) -> float:
     r = c.get("ratio")
     return math.inf if r is None or (isinstance(r, float) and math.isnan(r)) else float(r)
+
+
+def speed_lines(steps: Sequence[dict[str, Any]]) -> list[str]:
+    """Report lines of the speed rounds (the ``kind`` "speed" steps)."""
+    out: list[str] = []
+    for s in steps:
+        if s.get("kind") != "speed":
+            continue
+        ratios = s["ratios"]
+        verdict = "taken" if s["taken"] else f"not taken ({s.get('why', '')})"
+        out.append(f"  speed fallback: + FP32 {s['group']} runs at {s['median_ratio']:.2f}x "
+                   f"the time (range {min(ratios):.2f}-{max(ratios):.2f} over {len(ratios)} "
+                   f"repeats, log-ratio {s['log_ratio']:+.3f} +- {s['log_ratio_se']:.3f} SE): "
+                   f"{verdict}")
+    return out

@@ -17,6 +17,10 @@ fallback last, each step measured (``export.int8.objective``).
    configuration is beyond ``NOISE_Z`` paired bootstrap standard errors. A gain
    within noise stops the search: falling back more would buy latency loss, not
    measurable accuracy.
+5. **Fallback for speed** (``export.int8.speed_fallback``): groups of blocks that
+   run faster in FP32 than in INT8 (on small transformers, the Q/DQ borders cost
+   more than the integer Gemms save) go back to FP32 when the speed-up is beyond
+   the timing noise and AP stays within the budget.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from tqdm import tqdm
 from export.int8.objective import NOISE_Z, Candidate, Objective, within
 from export.int8.paired_bootstrap import PairedDifference
 from export.int8.sensitivity import BlockSensitivity, output_error, rank_blocks
+from export.int8.speed_fallback import speed_fallback
 
 RANKING_IMAGES = 64  # held-out images whose output error ranks blocks and methods
 Build = Callable[[list[str], dict[str, str]], Path]  # (FP32 blocks, block methods) -> model
@@ -45,6 +50,7 @@ class SearchSettings:
     methods: tuple[str, ...] = ("minmax", "entropy", "percentile")
     method_blocks: int = 4  # most sensitive blocks whose calibration method is searched
     candidates: int = 3  # fallback candidates measured per step (most sensitive first)
+    speed_fallback: bool = True  # step 5: blocks faster in FP32 go back to FP32
     progress: bool = True
 
 
@@ -63,15 +69,26 @@ def search(blocks: dict[str, list[str]], build: Build, objective: Objective,
     """Run the search (module doc); every configuration measured is in ``tried``."""
     result = SearchResult(final=_measure(objective, build, "full INT8", [], {}))
     result.tried.append(result.final)
+    _accuracy_steps(blocks, build, objective, settings, result)
+    if settings.speed_fallback and objective.latency_runs:
+        result.final = speed_fallback(list(blocks), build, objective, settings.budget,
+                                      result.final, result.tried, result.steps,
+                                      settings.progress)
+    return result
+
+
+def _accuracy_steps(blocks: dict[str, list[str]], build: Build, objective: Objective,
+                    settings: SearchSettings, result: SearchResult) -> None:
+    """Steps 1-4 of the module doc: ``result.final`` within the budget if possible."""
     if within(result.final, settings.budget):
         result.stop_reason = "full INT8 is within the budget"
-        return result
+        return
     if -result.final.dap <= NOISE_Z * result.final.dap_se:
         # No step can recover more than the whole loss: none could be told from noise.
         result.stop_reason = (f"full INT8's loss ({result.final.dap:+.2f} AP) is within noise "
                               f"(<= {NOISE_Z:g} SE = {NOISE_Z * result.final.dap_se:.2f}): no "
                               "fallback step could be told from noise")
-        return result
+        return
     result.sensitivity = _sensitivity(blocks, build, objective, settings)
     order = [s.block for s in result.sensitivity]
     current = result.final
@@ -82,9 +99,7 @@ def search(blocks: dict[str, list[str]], build: Build, objective: Objective,
         result.tried.append(scaled)
         if scaled.ap > current.ap:
             current = scaled
-    current = _fallback(order, build, objective, settings, current, result)
-    result.final = current
-    return result
+    result.final = _fallback(order, build, objective, settings, current, result)
 
 
 def _measure(objective: Objective, build: Build, name: str, fallback: list[str],
@@ -157,9 +172,9 @@ def _fallback(order: list[str], build: Build, objective: Objective, settings: Se
         ref_ms = float(np.median(timed)) if timed else float("nan")
         best, score = pick_step(current, trials, ref_ms)
         gain = objective.paired(best.name, current.name)
-        step = {"blocks": best.fallback[len(current.fallback):], "ap_gain": gain.diff,
-                "gain_se": gain.se, "ms_lost": (best.ratio - current.ratio) * ref_ms,
-                "ap_per_ms": score, "candidates": [c.name for c in trials]}
+        step = {"kind": "accuracy", "blocks": best.fallback[len(current.fallback):],
+                "ap_gain": gain.diff, "gain_se": gain.se,
+                "ms_lost": (best.ratio - current.ratio) * ref_ms, "ap_per_ms": score, "candidates": [c.name for c in trials]}
         if not beyond_noise(gain):
             step["taken"] = False
             result.steps.append(step)
