@@ -20,6 +20,7 @@ from typing import Any
 
 from benchmarks.int8_latency import ratio_spread
 from export.int8.calib_data import iter_feeds
+from export.int8.report import speed_lines
 from runtime.atomic import atomic_write, atomic_write_text
 
 # INT8 / FP32 latency on ONNX Runtime CPU the default quantize must reach, per Q/DQ format.
@@ -52,9 +53,9 @@ def summary_lines(name: str, rep: dict[str, Any]) -> list[str]:
                  f"{rep.get('eval_data')} by {_metric(rep)}, budget {budget:.2f}: "
                  f"{'within' if rep.get('within_budget') else 'OVER'}")
     if not math.isnan(ratio):
-        line += (f"; latency {ratio:.2f}x FP32 (ORT CPU, blocks alternated with FP32; target "
+        line += (f"; latency {ratio:.3f}x FP32 (ORT CPU, blocks alternated with FP32; target "
                  f"<= {target:.1f}: {meets})")
-    lines = [line]
+    lines = [line] + ["  - " + s.strip() for s in speed_lines(rep.get("steps") or [])]
     if rep.get("pays") is False:
         lines.append(f"  - **INT8 does not pay on this model**: {ratio:.2f}x FP32 latency")
     return lines

@@ -66,7 +66,22 @@ def test_pipeline_int8_section_and_plot(tmp_path: Path) -> None:
     assert md.startswith("# detr-edge benchmark") and "## INT8: what quantize decided" in md
     line = summary_lines("model_int8_cpu", _report().to_dict())[0]
     assert line in lines and "60/64 nodes INT8" in line and "dAP -0.20 +- 0.20" in line
-    assert "0.55x FP32" in line and "target <= 0.6: meets" in line
+    assert "0.550x FP32" in line and "target <= 0.6: meets" in line
     over = summary_lines("m", _report(latency_ms={"fp32": 10.0, "int8": 9.5},
                                       pays=False).to_dict())
     assert "MISSES" in over[0] and "INT8 does not pay on this model" in over[1]
+
+
+def test_speed_fallback_steps_are_in_the_report_and_the_section() -> None:
+    step = {"kind": "speed", "group": "transformer", "blocks": ["encoder.layers.0"],
+            "ratios": [0.95, 0.97, 0.96, 0.98, 0.97], "median_ratio": 0.97,
+            "log_ratio": -0.031, "log_ratio_se": 0.006, "taken": True}
+    rejected = {**step, "group": "backbone stem", "median_ratio": 1.17, "taken": False,
+                "why": "not faster beyond noise"}
+    rep = _report(steps=[{"kind": "accuracy", "taken": True}, step, rejected])
+    text = rep.format()
+    assert ("speed fallback: + FP32 transformer runs at 0.97x the time (range 0.95-0.98 over "
+            "5 repeats, log-ratio -0.031 +- 0.006 SE): taken") in text
+    assert "+ FP32 backbone stem runs at 1.17x" in text and "not faster beyond noise" in text
+    lines = summary_lines("m", rep.to_dict())
+    assert lines[1].startswith("  - speed fallback: + FP32 transformer") and len(lines) == 3
