@@ -393,7 +393,10 @@ def test_ctrl_c_stops_cleanly_and_the_rerun_resumes(data: dict[str, Path],
     cached = list(cache.glob("detr-edge-calib-*.json"))
     assert len(cached) == 1
     stamp = cached[0].stat().st_mtime_ns
-    done = subprocess.run([*argv, "--latency-runs", "2"], capture_output=True, text=True,
-                          env=env, cwd=ROOT, timeout=300, check=False)
+    done = subprocess.run([*argv, "--latency-runs", "2", "--no-speed-fallback"],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=300,
+                          check=False)
     assert done.returncode == 0, done.stderr
     assert out.is_file() and cached[0].stat().st_mtime_ns == stamp  # ranges reused
+    steps = json.loads(report_path(out).read_text("utf-8"))["steps"]
+    assert not [s for s in steps if s.get("kind") == "speed"]  # --no-speed-fallback
