@@ -20,11 +20,11 @@ pytest.importorskip("pycocotools")
 from tiny_detr_like import export_tiny_detr_like, write_images
 
 from export.int8.config import QuantizeConfig
-from export.int8.objective import NOISE_Z
+from export.int8.objective import NOISE_Z, Candidate
 from export.int8.qdq_check import inspect_qdq
 from export.int8.quantize import quantize_int8
 from export.int8.report import speed_lines
-from export.int8.speed_fallback import CONFIRM_REPEATS, SpeedTrial, speed_groups
+from export.int8.speed_fallback import CONFIRM_REPEATS, SpeedTrial, keeps_accuracy, speed_groups
 
 BLOCKS = ["backbone.stem", "backbone.layer1", "input_proj", "encoder.layers.0",
           "encoder.layers.1", "decoder.layers.0"]
@@ -59,6 +59,19 @@ def test_faster_only_beyond_noise(ratios: tuple[float, ...], faster: bool) -> No
     assert mean == pytest.approx(float(np.mean(np.log(ratios))))
     if len(ratios) > 1:
         assert faster == (mean < -NOISE_Z * se)
+
+
+def _candidate(dap: float) -> Candidate:
+    return Candidate("c", [], {}, ap=40.0 + dap, dap=dap, dap_se=0.1, latency_ms=9.0,
+                     fp32_latency_ms=10.0)
+
+
+def test_accuracy_bar_is_the_budget_or_no_loss_when_already_over() -> None:
+    assert keeps_accuracy(_candidate(-0.4), _candidate(-0.1), 0.5)
+    assert not keeps_accuracy(_candidate(-0.6), _candidate(-0.1), 0.5)  # leaves the budget
+    # Over budget already: a faster step that loses no AP is fine, one that loses is not.
+    assert keeps_accuracy(_candidate(-0.7), _candidate(-0.8), 0.5)
+    assert not keeps_accuracy(_candidate(-0.9), _candidate(-0.8), 0.5)
 
 
 def test_report_lines_state_ratio_range_and_verdict() -> None:

@@ -17,7 +17,8 @@ together with it, round-robin, ``SCREEN_REPEATS`` times; the fastest is then
 re-timed against the current configuration alone ``CONFIRM_REPEATS`` times
 (fresh runs: the screening's winner is biased towards a lucky draw). It is taken
 when the mean log time ratio is below zero by more than ``NOISE_Z`` standard
-errors over the repeats *and* its AP (held-out images) stays within the budget.
+errors over the repeats *and* its AP (held-out images) stays within the budget
+(if the configuration was over budget already: does not drop).
 Falling back a block moves the model towards FP32, so AP rarely suffers; it is
 measured anyway. Latency is ONNX Runtime CPU latency of the target format (the
 only runtime this machine has): for the TensorRT format that is a proxy for the
@@ -138,11 +139,18 @@ def _round(groups: list[tuple[str, list[str]]], build: Build, objective: Objecti
                                   [*current.fallback, *members],
                                   _methods_without(current, members))
     tried.append(candidate)
-    if not within(candidate, budget):
+    if not keeps_accuracy(candidate, current, budget):
         step["why"] = f"AP {candidate.dap:+.2f} is over the budget"
         return step, None
     step["taken"] = True
     return step, candidate
+
+
+def keeps_accuracy(candidate: Candidate, current: Candidate, budget: float) -> bool:
+    """Within the budget; or, when ``current`` was over it already (the accuracy steps
+    stopped at noise), no lower AP than ``current``."""
+    return within(candidate, budget) or (not within(current, budget)
+                                         and candidate.ap >= current.ap)
 
 
 def _methods_without(current: Candidate, members: Sequence[str]) -> dict[str, str]:
