@@ -63,8 +63,8 @@ def one_feed(fp32: Path, images: str | os.PathLike[str]) -> dict[str, np.ndarray
 
 
 def ratio_spread(fp32: Path, int8: Sequence[Path], feed: dict[str, np.ndarray], *,
-                 repeats: int = 5, runs: int = 20,
-                 threads: int | None = None) -> list[RatioSpread]:
+                 repeats: int = 5, runs: int = 20, threads: int | None = None,
+                 warmup: int = 3) -> list[RatioSpread]:
     """:class:`RatioSpread` of each INT8 model; the models take turns per repeat."""
 
     ratios: dict[Path, list[float]] = {p: [] for p in int8}
@@ -72,7 +72,7 @@ def ratio_spread(fp32: Path, int8: Sequence[Path], feed: dict[str, np.ndarray], 
     for _ in range(repeats):
         for path in int8:
             stats = time_onnx_models({"fp32": fp32, "int8": path}, feed, runs=runs,
-                                     threads=threads)
+                                     warmup=warmup, threads=threads)
             ratios[path].append(stats["int8"].median_ms / stats["fp32"].median_ms)
             fp32_ms.append(stats["fp32"].median_ms)
     return [RatioSpread(p.name, tuple(v), float(np.median(fp32_ms))) for p, v in ratios.items()]

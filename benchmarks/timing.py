@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 
@@ -148,7 +148,7 @@ def onnx_cpu_session(path: str | os.PathLike[str], threads: int | None = None) -
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 
-def time_onnx_models(paths: Mapping[str, str | os.PathLike[str]], feed: dict[str, np.ndarray], *,
+def time_onnx_models(paths: dict[str, str | os.PathLike[str]], feed: dict[str, np.ndarray], *,
                      runs: int, warmup: int = 3, threads: int | None = None,
                      settle: int = 2, block: int = 4) -> dict[str, LatencyStats]:
     """Model-alone latency of ONNX models on ONNX Runtime CPU, round-robin in

@@ -108,12 +108,6 @@ class Objective:
                          ap=self._ap(name), dap=diff.diff, dap_se=diff.se, latency_ms=ms,
                          fp32_latency_ms=fp32_ms)
 
-    def time_models(self, paths: dict[str, Path]) -> dict[str, float]:
-        """``{name: median ms}`` of ``paths`` timed round-robin together (one run)."""
-        stats = time_onnx_models(paths, self.feed, runs=max(self.latency_runs, 1),
-                                 warmup=self.warmup_runs, threads=self.threads)
-        return {name: s.median_ms for name, s in stats.items()}
-
     def latency(self, path: str | os.PathLike[str]) -> tuple[float, float]:
         """(FP32 ms, model ms) of :func:`interleaved_latency`."""
         return interleaved_latency(self.fp32_path, path, self.feed, self.latency_runs,

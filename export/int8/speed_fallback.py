@@ -12,8 +12,10 @@ and decoder in FP32 ran at 0.60-0.61x FP32 against 0.65-0.67x fully quantized
 the balance may differ, so it is measured, not assumed.
 
 Each round: the candidate groups (transformer, encoder, decoder, backbone stem;
-those with INT8 blocks left) are built with the current configuration and timed
-together with it, round-robin, ``SCREEN_REPEATS`` times; the fastest is then
+those with INT8 blocks left) are built with the current configuration and each
+timed against it ``SCREEN_REPEATS`` times (``benchmarks.int8_latency.ratio_spread``,
+the benchmark's INT8 / FP32 estimator, with the current configuration as the
+reference); the fastest is then
 re-timed against the current configuration alone ``CONFIRM_REPEATS`` times
 (fresh runs: the screening's winner is biased towards a lucky draw). It is taken
 when the mean log time ratio is below zero by more than ``NOISE_Z`` standard
@@ -36,6 +38,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from benchmarks.int8_latency import ratio_spread
 from export.int8.objective import NOISE_Z, Candidate, Objective, within
 
 Build = Callable[[list[str], dict[str, str]], Path]
@@ -91,13 +94,12 @@ def speed_groups(blocks: Sequence[str], fallback: Sequence[str]) -> list[tuple[s
 
 def relative_times(objective: Objective, current: Path, models: dict[str, Path],
                    repeats: int) -> dict[str, tuple[float, ...]]:
-    """``{name: (model ms / current ms per repeat)}``, all timed round-robin together."""
-    ratios: dict[str, list[float]] = {name: [] for name in models}
-    for _ in range(repeats):
-        stats = objective.time_models({"current": current, **models})
-        for name in models:
-            ratios[name].append(stats[name] / stats["current"])
-    return {name: tuple(r) for name, r in ratios.items()}
+    """``{name: (model ms / current ms per repeat)}``: the benchmark's estimator
+    (``benchmarks.int8_latency.ratio_spread``) with ``current`` as the reference."""
+    spreads = ratio_spread(current, list(models.values()), objective.feed, repeats=repeats,
+                           runs=objective.latency_runs, threads=objective.threads,
+                           warmup=objective.warmup_runs)
+    return {name: spread.ratios for name, spread in zip(models, spreads)}
 
 
 def speed_fallback(blocks: Sequence[str], build: Build, objective: Objective, budget: float,
