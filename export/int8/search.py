@@ -174,7 +174,8 @@ def _fallback(order: list[str], build: Build, objective: Objective, settings: Se
         gain = objective.paired(best.name, current.name)
         step = {"kind": "accuracy", "blocks": best.fallback[len(current.fallback):],
                 "ap_gain": gain.diff, "gain_se": gain.se,
-                "ms_lost": (best.ratio - current.ratio) * ref_ms, "ap_per_ms": score, "candidates": [c.name for c in trials]}
+                "ms_lost": (best.ratio - current.ratio) * ref_ms, "ap_per_ms": score,
+                "candidates": [c.name for c in trials]}
         if not beyond_noise(gain):
             step["taken"] = False
             result.steps.append(step)
