@@ -5,9 +5,12 @@ targets) and a plot of the AP / latency frontier of the configurations it tried.
 Reads the ``<model>.quant.json`` reports next to the artifacts
 (``export.int8.report.QuantizeReport``); appends a section to ``report.md`` and
 writes ``int8_frontier.png``. Given images, the benchmark re-times every INT8
-artifact against the FP32 one with the quantizer's own timing
-(``benchmarks.timing.time_onnx_models``), so the ratio the quantizer decided on
-and the one the benchmark reports are one measurement method, taken twice.
+artifact against the FP32 one with the quantizer's own blocks
+(``benchmarks.int8_floor.floor_spread``: ``time_interleaved`` in blocks, as
+``time_onnx_models``), so the ratio the quantizer decided on and the one the
+benchmark reports are one measurement method, taken twice; the same timing
+gives the backbone floor, the lowest ratio this CPU's INT8 kernels allow, and
+the line says when a target lies below it.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from benchmarks.int8_latency import ratio_spread
+from benchmarks.int8_floor import FloorSpread, floor_spread
 from export.int8.calib_data import iter_feeds
 from export.int8.report import speed_lines
 from runtime.atomic import atomic_write, atomic_write_text
@@ -86,9 +89,10 @@ def write_frontier_plot(reports: dict[str, dict[str, Any]], path: Path) -> bool:
         for c in tried:
             if c.get("chosen"):
                 ax.scatter([c["ratio"]], [c["dap"]], s=160, facecolors="none", edgecolors="k")
-    budgets = {r.get("decision_budget") or r.get("ap_budget") for r in reports.values()}
+    budgets = {float(b) for r in reports.values()
+               if (b := r.get("decision_budget") or r.get("ap_budget")) is not None}
     for b in budgets:
-        ax.axhline(-float(b), color="grey", linestyle="--", linewidth=0.8)
+        ax.axhline(-b, color="grey", linestyle="--", linewidth=0.8)
     ax.axvline(1.0, color="grey", linewidth=0.8)
     ax.set_xlabel("latency / FP32 latency (ONNX Runtime CPU, batch 1, interleaved medians)")
     ax.set_ylabel("dAP vs FP32 (held-out images, +- paired bootstrap SE)")
@@ -103,18 +107,27 @@ def write_frontier_plot(reports: dict[str, dict[str, Any]], path: Path) -> bool:
 
 
 def retime(artifacts: Path, names: Sequence[str], images: Sequence[Path],
-           repeats: int = 3) -> dict[str, Any]:
-    """``{name: benchmarks.int8_latency.RatioSpread}``: each ``<name>.onnx`` timed
-    against ``model_fp32.onnx`` by ``time_onnx_models`` (batch 1, first of ``images``)."""
+           repeats: int = 3) -> dict[str, FloorSpread]:
+    """``{name: benchmarks.int8_floor.FloorSpread}``: each ``<name>.onnx`` timed
+    against ``model_fp32.onnx`` with its backbone floor (batch 1, first of ``images``)."""
     from export.onnx_meta import load_onnx, read_meta
 
     fp32 = artifacts / "model_fp32.onnx"
     if not fp32.is_file() or not images:
         return {}
     feed = next(iter_feeds(list(images[:1]), read_meta(load_onnx(fp32), fp32), 1))
-    spreads = ratio_spread(fp32, [artifacts / f"{n}.onnx" for n in names], feed,
+    spreads = floor_spread(fp32, [artifacts / f"{n}.onnx" for n in names], feed,
                            repeats=repeats)
     return dict(zip(names, spreads, strict=True))
+
+
+def floor_line(spread: FloorSpread, target: float) -> str:
+    """The benchmark's re-timing line of one artifact, against its format's target."""
+    line = f"- benchmark re-timing (quantize's blocks, `benchmarks.int8_floor`) of {spread.line()}"
+    if min(spread.floors) > target:
+        line += (f"; the {target:.1f} target is below this CPU's backbone floor in every "
+                 f"repeat: out of reach for ONNX Runtime's INT8 kernels here")
+    return line
 
 
 def write_int8_section(artifacts: Path, report_dir: Path,
@@ -128,9 +141,9 @@ def write_int8_section(artifacts: Path, report_dir: Path,
     lines = ["", "## INT8: what quantize decided", ""]
     for name, rep in reports.items():
         lines += summary_lines(name, rep)
-    for spread in retime(artifacts, list(reports), images).values():
-        lines.append(f"- benchmark re-timing (quantize's timing, `benchmarks.timing."
-                     f"time_onnx_models`) of {spread.line()}")
+    for name, spread in retime(artifacts, list(reports), images).items():
+        lines.append(floor_line(spread, RATIO_TARGETS.get(reports[name].get("target", ""),
+                                                          math.inf)))
     if write_frontier_plot(reports, report_dir / "int8_frontier.png"):
         lines += ["", "Configurations tried: `int8_frontier.png` (and each `.quant.json`)."]
     md = report_dir / "report.md"

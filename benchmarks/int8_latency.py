@@ -1,7 +1,7 @@
 """INT8 / FP32 latency of ONNX artifacts with its spread, and where the time goes.
 
 ``python -m benchmarks.int8_latency --fp32 model_fp32.onnx --int8 a.onnx b.onnx
---images DATA/val [--repeats 5] [--profile]``
+--images DATA/val [--repeats 5] [--profile] [--floor]``
 
 - Ratio: ``repeats`` independent :func:`benchmarks.timing.time_onnx_models` runs
   (the quantizer's own timing: blocks of runs per model, alternated), each giving
@@ -12,6 +12,8 @@
   time over the runs (robust to preemption by other processes), summed per op
   type: which ops stay FP32, what the Q/DQ borders cost, convolutions against
   the transformer's MatMul/Gemm.
+- Floor (``--floor``): the backbone floor of each INT8 model
+  (``benchmarks.int8_floor``), the lowest ratio this CPU's INT8 kernels allow.
 """
 
 from __future__ import annotations
@@ -126,12 +128,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--runs", type=int, default=20, help="timed runs per model per repeat")
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     parser.add_argument("--profile", action="store_true", help="per-op-type profile too")
+    parser.add_argument("--floor", action="store_true",
+                        help="backbone floor too: INT8 backbone + FP32 rest (benchmarks.int8_floor)")
     args = parser.parse_args(argv)
     feed = one_feed(args.fp32, args.images)
     print(f"load average before: {os.getloadavg()[0]:.2f}")
     for spread in ratio_spread(args.fp32, args.int8, feed, repeats=args.repeats,
                                runs=args.runs, threads=args.threads):
         print(spread.line())
+    if args.floor:
+        from benchmarks.int8_floor import floor_spread
+
+        for floor in floor_spread(args.fp32, args.int8, feed, repeats=args.repeats,
+                                  runs=args.runs, threads=args.threads):
+            print(floor.line())
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.profile:
         for path in (args.fp32, *args.int8):

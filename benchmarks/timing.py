@@ -148,6 +148,11 @@ def onnx_cpu_session(path: str | os.PathLike[str], threads: int | None = None) -
     return ort.InferenceSession(os.fspath(path), options, providers=["CPUExecutionProvider"])
 
 
+def session_call(session: Any, feed: dict[str, np.ndarray]) -> Callable[[], Any]:
+    """``session.run(None, feed)`` as a call taking no arguments (for the timing loops)."""
+    return lambda: session.run(None, feed)
+
+
 def time_onnx_models(paths: dict[str, str | os.PathLike[str]], feed: dict[str, np.ndarray], *,
                      runs: int, warmup: int = 3, threads: int | None = None,
                      settle: int = 2, block: int = 4) -> dict[str, LatencyStats]:
@@ -157,6 +162,6 @@ def time_onnx_models(paths: dict[str, str | os.PathLike[str]], feed: dict[str, n
     ``{'images': float32 [B,3,H,W], 'mask': bool [B,H,W]}``."""
     sessions = {name: onnx_cpu_session(p, threads) for name, p in paths.items()}
     batch = int(next(iter(feed.values())).shape[0])
-    return time_interleaved({k: (lambda s=s: s.run(None, feed)) for k, s in sessions.items()},
+    return time_interleaved({k: session_call(s, feed) for k, s in sessions.items()},
                             runs=runs, warmup=warmup, batch_size=batch, settle=settle,
                             block=block)

@@ -85,6 +85,8 @@ class QuantizeReport:
         return "\n".join(lines)
 
     def _decision_lines(self) -> list[str]:
+        if self.fp32_ap is None or self.int8_ap is None:
+            return []
         budget = self.decision_budget if self.decision_budget is not None else self.ap_budget
         scale = "" if self.ground_truth == "annotations" else (
             f" pseudo-GT points (mapped from {self.ap_budget:.2f} real AP points by the "
