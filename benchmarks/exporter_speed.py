@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.timing import time_interleaved
+from benchmarks.timing import session_call, time_interleaved
 
 EXPORTERS = ("torchscript", "dynamo")
 
@@ -59,7 +59,7 @@ def run_exporter_speed(preset: str = "detr-tiny", size: int = 256, runs: int = 2
             session = ort.InferenceSession(graph.SerializeToString(), options,
                                            providers=["CPUExecutionProvider"])
             feed = {"images": images, **({"mask": mask} if with_mask else {})}
-            calls[key] = (lambda s=session, f=feed: s.run(None, f))
+            calls[key] = session_call(session, feed)
     stats = time_interleaved(calls, runs=runs, warmup=3)
     return {"preset": preset, "size": size, "threads": threads, "runs": runs,
             "torch": torch.__version__, "export_s": export_s, "nodes": nodes,

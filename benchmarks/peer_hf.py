@@ -44,7 +44,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.timing import time_interleaved
+from benchmarks.timing import session_call, time_interleaved
 from runtime.atomic import atomic_write_text
 
 
@@ -296,7 +296,7 @@ def ort_calls(config: PeerConfig, ours_onnx: bytes, hf_onnx: bytes,
         options.intra_op_num_threads = threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(graph, options, providers=["CPUExecutionProvider"])
-        calls[name] = (lambda s=session: s.run(None, feed))  # type: ignore[misc]
+        calls[name] = session_call(session, feed)
     return calls
 
 
