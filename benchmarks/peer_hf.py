@@ -114,10 +114,10 @@ def hf_config(config: PeerConfig) -> Any:
     if config.backbone == "resnet18":
         extra["backbone_config"] = transformers.ResNetConfig(
             layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512],
-            out_features=["stage4"])
+            out_features=["stage4"])  # type: ignore[call-arg]  # PretrainedConfig kwargs
     elif config.backbone != "resnet50":
         raise ValueError(f"backbone must be resnet18 or resnet50, got {config.backbone!r}")
-    return transformers.DetrConfig(
+    return transformers.DetrConfig(  # type: ignore[call-arg]  # PretrainedConfig kwargs
         use_timm_backbone=False, use_pretrained_backbone=False, num_labels=config.num_classes,
         d_model=config.hidden_dim, encoder_layers=config.enc_layers,
         decoder_layers=config.dec_layers, encoder_attention_heads=config.nheads,
@@ -271,7 +271,8 @@ def export_both(config: PeerConfig, ours: Any, hf: Any) -> tuple[bytes, bytes | 
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             warnings.simplefilter("ignore", DeprecationWarning)
             torch.onnx.export(_HFExportWrapper.wrap(hf.eval()),
-                              (torch.randn(1, 3, config.height, config.width),), buffer,
+                              (torch.randn(1, 3, config.height, config.width),),
+                              buffer,  # type: ignore[arg-type]  # a file-like object is fine
                               input_names=["images"], output_names=["logits", "boxes"],
                               opset_version=17, dynamo=False)
         hf_graph = onnxslim.slim(onnx.load_from_string(buffer.getvalue()))

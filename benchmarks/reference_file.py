@@ -31,7 +31,7 @@ import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -128,14 +128,14 @@ def save_reference(path: str | os.PathLike[str], data: ReferenceData) -> Path:
 
     header = {"format": FORMAT, "version": VERSION, **data.header}
     text = json.dumps(header, sort_keys=True).encode("utf-8")
-    arrays = {"header": np.frombuffer(text, np.uint8),
+    arrays: dict[str, np.ndarray] = {"header": np.frombuffer(text, np.uint8),
               "logits": np.ascontiguousarray(data.logits, np.float32),
               "boxes": np.ascontiguousarray(data.boxes, np.float32), **data.detections}
     out = Path(path)
     if out.parent != Path(""):
         out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(out, "wb") as fh:
-        np.savez_compressed(fh, **arrays)
+        np.savez_compressed(fh, **cast(dict[str, Any], arrays))  # stubs: kwargs vs allow_pickle
     return out
 
 

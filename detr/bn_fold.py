@@ -18,7 +18,7 @@ training, gradients, tracing and ONNX export see the plain modules.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -35,16 +35,22 @@ def fold_conv_bn(conv: nn.Conv2d, norm: nn.Module) -> Folded:
 
     ``norm``: FrozenBatchNorm2d or nn.BatchNorm2d with running stats.
     """
-    eps = float(norm.eps)
-    scale = norm.weight * (norm.running_var + eps).rsqrt()  # [O]
-    shift = norm.bias - norm.running_mean * scale
+    weight, bias, mean, var = _norm_tensors(norm)
+    scale = weight * (var + float(cast(Any, norm).eps)).rsqrt()  # [O]
+    shift = bias - mean * scale
     if conv.bias is not None:
         shift = shift + conv.bias * scale
     return conv.weight * scale.reshape(-1, 1, 1, 1), shift
 
 
+def _norm_tensors(norm: nn.Module) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """(weight, bias, running_mean, running_var), each [O], of a BatchNorm."""
+    n = cast(Any, norm)
+    return n.weight, n.bias, n.running_mean, n.running_var
+
+
 def _sources(conv: nn.Conv2d, norm: nn.Module) -> list[Tensor]:
-    tensors = [conv.weight, norm.weight, norm.bias, norm.running_mean, norm.running_var]
+    tensors = [conv.weight, *_norm_tensors(norm)]
     return tensors + ([conv.bias] if conv.bias is not None else [])
 
 
@@ -97,10 +103,11 @@ class FoldedTrunk:
         weight, bias = cached[1]
         return F.conv2d(x, weight, bias, conv.stride, conv.padding, conv.dilation, conv.groups)
 
-    def _block(self, x: Tensor, block: nn.Module) -> Tensor:
+    def _block(self, x: Tensor, module: nn.Module) -> Tensor:
         """torchvision's BasicBlock / Bottleneck forward with folded norms."""
+        block = cast(Any, module)  # torchvision types its submodules as nn.Module
         out = F.relu(self._conv(x, block.conv1, block.bn1), inplace=True)
-        if isinstance(block, Bottleneck):
+        if isinstance(module, Bottleneck):
             out = F.relu(self._conv(out, block.conv2, block.bn2), inplace=True)
             out = self._conv(out, block.conv3, block.bn3)
         else:
@@ -110,8 +117,9 @@ class FoldedTrunk:
             identity = self._conv(x, block.downsample[0], block.downsample[1])
         return F.relu(out.add_(identity), inplace=True)
 
-    def __call__(self, body: nn.Module, x: Tensor) -> Tensor:
+    def __call__(self, trunk: nn.Module, x: Tensor) -> Tensor:
         """images [B, 3, H, W] -> layer4 features [B, C, H/32, W/32] (H/16 with DC5)."""
+        body = cast(Any, trunk)
         x = F.relu(self._conv(x, body.conv1, body.bn1), inplace=True)
         x = body.maxpool(x)
         for name in ("layer1", "layer2", "layer3", "layer4"):

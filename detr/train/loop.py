@@ -348,7 +348,7 @@ def _evaluate(model: nn.Module, val_root: Path, config: TrainConfig,
 def image_sizes(dataset: Any) -> list[tuple[int, int]] | None:
     """(h, w) of every image of a ``CocoDetection`` from its annotations; None when
     the annotations do not give every size (COCO's width/height are optional here)."""
-    coco = getattr(dataset, "coco", None)
+    coco: Any = getattr(dataset, "coco", None)
     try:
         return [(int(im["height"]), int(im["width"])) for im in coco.imgs.values()]
     except (AttributeError, KeyError, TypeError, ValueError):

@@ -149,7 +149,7 @@ class HeldOutEvaluator:
             if missing:
                 raise DataError(ann, f"{len(missing)} held-out image(s) are not in the "
                                 f"annotations (e.g. {missing[0]}); pass the matching --eval-ann")
-            image_ids = [int(img["id"]) for img in found]
+            image_ids = [int(img["id"]) for img in found if img is not None]  # all are (above)
         self.image_ids = [int(i) for i in image_ids]
         keep = set(self.image_ids)
         return {"images": [by_id[i] for i in self.image_ids],
@@ -166,7 +166,8 @@ class HeldOutEvaluator:
         all_scores = np.sort(np.concatenate([d.scores for d in dets] + [np.zeros(0)]))[::-1]
         keep = min(top_k * len(dets), len(all_scores))
         threshold = float(all_scores[keep - 1]) if keep else np.inf
-        images, annotations = [], []
+        images: list[dict[str, Any]] = []
+        annotations: list[dict[str, Any]] = []
         sizes = [tuple(hw) for batch in self.batches for hw in batch.orig_sizes]  # (h, w)
         for image_id, det, (h, w) in zip(self.image_ids, dets, sizes):
             images.append({"id": image_id, "file_name": str(self.images[image_id - 1].name),
