@@ -10,7 +10,8 @@ import torch
 from cli_checks import make_dataset
 
 import detr
-from detr.train.pretrain_backbone import ObjectCrops, PretrainConfig, pretrain_backbone
+from detr.train.pretrain_backbone import ObjectCrops, pretrain_backbone
+from detr.train.pretrain_config import PretrainConfig
 from runtime.errors import InputError
 from runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
 
@@ -18,6 +19,19 @@ from runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
 @pytest.fixture(scope="module")
 def shapes(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("shapes"))
+
+
+def test_cli_defaults_are_the_config_defaults():
+    import argparse
+
+    from detr.commands.pretrain_backbone import add_arguments, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(["--data", "d", "--out", "o.pth"])
+    assert config_from_args(args) == PretrainConfig(data="d", out="o.pth")
+    args = parser.parse_args(["--data", "d", "--out", "o.pth", "--val-split", "", "--epochs", "2"])
+    assert config_from_args(args) == PretrainConfig(data="d", out="o.pth", val_split=None, epochs=2)
 
 
 def test_one_crop_per_object_centred_on_it(shapes):

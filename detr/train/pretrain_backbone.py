@@ -29,37 +29,10 @@ import numpy as np
 import torch
 from PIL import Image
 
+from detr.train.pretrain_config import PretrainConfig
 from runtime.errors import DataError, InputError
 from runtime.metadata import IMAGENET_MEAN, IMAGENET_STD
 from runtime.preprocess import normalize, resize_to_fit
-
-
-@dataclass(frozen=True)
-class PretrainConfig:
-    """Options of :func:`pretrain_backbone` (built once by the CLI)."""
-
-    data: str  # dataset root: {split}/ images + annotations/instances_{split}.json
-    out: str  # output: torchvision ResNet state dict (.pth)
-    backbone: str = "resnet18"  # torchvision ResNet name
-    train_split: str = "train"
-    val_split: str | None = "val"  # accuracy reported per epoch; None = skip
-    image_size: int = 128  # longer image side before cropping (= DETR training size)
-    crop_size: int = 64  # side of the square crop around each object
-    epochs: int = 6
-    batch_size: int = 64
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    seed: int = 0
-    progress: bool = True
-
-    def validate(self) -> None:
-        if self.epochs < 1:
-            raise InputError("--epochs", f"must be >= 1, got {self.epochs}")
-        if self.batch_size < 1:
-            raise InputError("--batch-size", f"must be >= 1, got {self.batch_size}")
-        if not 16 <= self.crop_size <= self.image_size:
-            raise InputError("--crop-size", f"must be in 16..image_size ({self.image_size}), "
-                             f"got {self.crop_size}")
 
 
 @dataclass(frozen=True)
