@@ -24,6 +24,15 @@ ranges. With the three sessions of a benchmark alive at once (interleaved blocks
 (14.6-20.9). So off: a large gain whenever anything else runs, a cost within
 noise when nothing does. Machines with more CPUs keep ORT's default (not
 measured here).
+
+ORT 1.32's bounded spin (``session.intra_op.spin_duration_us``: workers spin that
+long after their last task, then block) was measured as the middle way and not
+taken. Demo model, FP32 and both INT8 formats in one process per setting, 4
+alternating repeats of 40 runs in blocks (2026-11-30). Idle: FP32 medians 14.9 ms
+off, 13.8 / 14.0 / 13.3 ms at 50 / 200 / 1000 us, ranges overlapping (13.2-19.4);
+cpu-format INT8 10.2 against 9.0-10.0. One busy process beside it: FP32 19.3 ms
+off against 24.6-25.5 ms bounded, INT8 11.5 against 13.9-14.3: 20-28% slower.
+Unbounded spinning with three sessions alive was the worst in both (23.9 / 29.1 ms).
 """
 
 from __future__ import annotations
