@@ -25,6 +25,7 @@ from benchmarks.int8_floor import FloorSpread, floor_spread
 from export.int8.calib_data import iter_feeds
 from export.int8.report import speed_lines
 from runtime.atomic import atomic_write, atomic_write_text
+from runtime.cpu_features import int8_dot_product_safe
 
 # INT8 / FP32 latency on ONNX Runtime CPU the default quantize must reach, per Q/DQ format.
 RATIO_TARGETS = {"cpu": 0.6, "tensorrt": 0.7}
@@ -127,6 +128,8 @@ def floor_line(spread: FloorSpread, target: float) -> str:
     if min(spread.floors) > target:
         line += (f"; the {target:.1f} target is below this CPU's backbone floor in every "
                  f"repeat: out of reach for ONNX Runtime's INT8 kernels here")
+    if not int8_dot_product_safe():
+        line += " (this CPU has no int8 dot-product instruction: no VNNI / ARM dot product)"
     return line
 
 

@@ -30,7 +30,7 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     quantize_int8(fp32, str(images), QuantizeConfig(
         out_path=str(root / "int8.onnx"), calib_images=8, eval_images=0, threads=1,
         progress=False, cache_dir=str(root / "cache")))
-    return {"fp32": fp32, "int8": root / "int8.onnx"}
+    return {"fp32": fp32, "int8": root / "int8.onnx", "images": images}
 
 
 def _run(model: object, feed: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
@@ -89,10 +89,26 @@ def test_floor_spread_times_every_repeat(models: dict[str, Path]) -> None:
     assert "21/21 convs INT8" in int8.line() and "(2 repeats)" in int8.line()
 
 
-def test_line_says_when_the_target_is_below_the_floor() -> None:
+def test_line_says_when_the_target_is_below_the_floor(monkeypatch: pytest.MonkeyPatch) -> None:
     def spread(floors: tuple[float, ...]) -> FloorSpread:
         return FloorSpread("m.onnx", (0.66, 0.64), floors, (0.56, 0.57), 15.0, 2.0, 21, 21)
 
     assert "out of reach" in floor_line(spread((0.63, 0.64)), 0.6)
     assert "out of reach" not in floor_line(spread((0.59, 0.64)), 0.6)  # one repeat reached it
     assert "0.65x (0.64-0.66) FP32; backbone floor 0.64x (0.63-0.64)" in floor_line(spread((0.63, 0.64)), 0.7)
+    for has_dot_product in (True, False):
+        monkeypatch.setattr("benchmarks.int8_frontier.int8_dot_product_safe",
+                            lambda has=has_dot_product: has)
+        line = floor_line(spread((0.63, 0.64)), 0.6)
+        assert ("no int8 dot-product instruction" in line) is not has_dot_product
+
+
+def test_int8_latency_prints_the_floor(models: dict[str, Path],
+                                       capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.int8_latency import main
+
+    assert main(["--fp32", str(models["fp32"]), "--int8", str(models["int8"]),
+                 "--images", str(models["images"]), "--repeats", "1", "--runs", "2",
+                 "--threads", "1", "--floor"]) == 0
+    out = capsys.readouterr().out
+    assert "int8.onnx: " in out and "backbone floor" in out and "21/21 convs INT8" in out
