@@ -60,15 +60,18 @@ class FloorSpread:
 
 def backbone_cut(model: Any) -> str:
     """The tensor the transformer takes from the backbone: ``input_proj``'s Conv
-    output, or the output of the Q -> DQ pair that directly follows it."""
+    output, or the output of the Q -> DQ pair that directly follows it. Where no
+    node is named after ``input_proj`` (generic exporter names), DETR's last Conv
+    in graph order is it: the heads are Gemm/MatMul."""
     from export.int8.nodes import block_of
     from export.onnx_graph import consumers
 
-    convs = [n for n in model.graph.node
-             if n.op_type == "Conv" and block_of(model, n) == "input_proj"]
-    if len(convs) != 1:
-        raise InputError("onnx", f"expected one input_proj Conv, found {len(convs)}")
-    cut = convs[0].output[0]
+    convs = [n for n in model.graph.node if n.op_type == "Conv"]
+    named = [n for n in convs if block_of(model, n) == "input_proj"]
+    if len(named) > 1 or not convs:
+        raise InputError("onnx", f"expected one input_proj Conv, found {len(named)} "
+                         f"named so among {len(convs)} Conv nodes")
+    cut = (named or convs)[-1].output[0]
     users = consumers(model.graph)
     q = users.get(cut, [])
     if len(q) == 1 and q[0][0].op_type == "QuantizeLinear":

@@ -66,13 +66,22 @@ def test_backbone_is_cut_at_input_proj_and_computes_the_same_tensor(
     np.testing.assert_array_equal(got, want)
 
 
-def test_a_graph_without_input_proj_is_refused(models: dict[str, Path]) -> None:
-    full = onnx.load(str(models["fp32"]))
+@pytest.mark.parametrize("name", ["fp32", "int8"])
+def test_generic_names_cut_at_the_last_conv(models: dict[str, Path], name: str) -> None:
+    full = onnx.load(str(models[name]))
+    want = backbone_cut(full).replace("input_proj", "proj")
+    # As an exporter with generic names: no node or tensor says "input_proj".
+    for i, node in enumerate(full.graph.node):
+        node.name = f"node_{node.op_type}_{i}"
+        node.input[:] = [t.replace("input_proj", "proj") for t in node.input]
+        node.output[:] = [t.replace("input_proj", "proj") for t in node.output]
+    for init in full.graph.initializer:
+        init.name = init.name.replace("input_proj", "proj")
+    assert backbone_cut(full) == want
     for node in full.graph.node:
-        node.name = node.name.replace("input_proj", "proj")
-        node.output[:] = [o.replace("input_proj", "proj") for o in node.output]
-        node.input[:] = [i.replace("input_proj", "proj") for i in node.input]
-    with pytest.raises(InputError, match="one input_proj Conv, found 0"):
+        if node.op_type == "Conv":
+            node.op_type = "ConvInteger"
+    with pytest.raises(InputError, match="among 0 Conv nodes"):
         backbone_cut(full)
 
 
