@@ -27,6 +27,7 @@ an affine map of the real one, :func:`pseudo_budget`, fitted in
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +38,9 @@ from benchmarks.timing import time_onnx_models
 from detr.coco_resample import weighted_ap
 from export.int8.paired_bootstrap import PairedDifference, paired_bootstrap
 from export.int8.sensitivity import HeldOutEvaluator
+
+# Builds one configuration: (blocks kept FP32, calibration method per block) -> model.
+Build = Callable[[list[str], dict[str, str]], Path]
 
 # Pseudo-GT AP drop = OFFSET + SLOPE x real AP drop: least squares over the 8 INT8
 # configurations of benchmarks/int8_pseudo_gt.py on the demo model's 200 val images (both

@@ -26,7 +26,6 @@ fallback last, each step measured (``export.int8.objective``).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,13 +33,12 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from export.int8.objective import NOISE_Z, Candidate, Objective, within
+from export.int8.objective import NOISE_Z, Build, Candidate, Objective, within
 from export.int8.paired_bootstrap import PairedDifference
 from export.int8.sensitivity import BlockSensitivity, output_error, rank_blocks
 from export.int8.speed_fallback import speed_fallback
 
 RANKING_IMAGES = 64  # held-out images whose output error ranks blocks and methods
-Build = Callable[[list[str], dict[str, str]], Path]  # (FP32 blocks, block methods) -> model
 
 
 @dataclass(frozen=True)

@@ -30,7 +30,7 @@ kernel choice.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,9 +39,8 @@ import numpy as np
 from tqdm import tqdm
 
 from benchmarks.int8_latency import ratio_spread
-from export.int8.objective import NOISE_Z, Candidate, Objective, within
+from export.int8.objective import NOISE_Z, Build, Candidate, Objective, within
 
-Build = Callable[[list[str], dict[str, str]], Path]
 SCREEN_REPEATS = 3  # round-robin timings of the current configuration and every candidate
 CONFIRM_REPEATS = 5  # fresh timings of the screening's winner against the current one
 # Fallback groups tried for speed: name -> block-name prefixes.
