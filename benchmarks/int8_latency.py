@@ -12,8 +12,9 @@
   time over the runs (robust to preemption by other processes), summed per op
   type: which ops stay FP32, what the Q/DQ borders cost, convolutions against
   the transformer's MatMul/Gemm.
-- Floor (``--floor``): the backbone floor of each INT8 model
-  (``benchmarks.int8_floor``), the lowest ratio this CPU's INT8 kernels allow.
+- Floor (``--floor``): instead of the ratio alone, the ratio with the backbone
+  floor of each INT8 model (``benchmarks.int8_floor``: the full models and their
+  backbones timed together), the lowest ratio this CPU's INT8 kernels allow.
 """
 
 from __future__ import annotations
@@ -129,19 +130,21 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--threads", type=int, default=None, help="ORT intra-op threads")
     parser.add_argument("--profile", action="store_true", help="per-op-type profile too")
     parser.add_argument("--floor", action="store_true",
-                        help="backbone floor too: INT8 backbone + FP32 rest (benchmarks.int8_floor)")
+                        help="ratio with the backbone floor: INT8 backbone + FP32 rest "
+                        "(benchmarks.int8_floor)")
     args = parser.parse_args(argv)
     feed = one_feed(args.fp32, args.images)
     print(f"load average before: {os.getloadavg()[0]:.2f}")
-    for spread in ratio_spread(args.fp32, args.int8, feed, repeats=args.repeats,
-                               runs=args.runs, threads=args.threads):
-        print(spread.line())
-    if args.floor:
+    if args.floor:  # its timing includes the full models: the ratio comes with it
         from benchmarks.int8_floor import floor_spread
 
         for floor in floor_spread(args.fp32, args.int8, feed, repeats=args.repeats,
                                   runs=args.runs, threads=args.threads):
             print(floor.line())
+    else:
+        for spread in ratio_spread(args.fp32, args.int8, feed, repeats=args.repeats,
+                                   runs=args.runs, threads=args.threads):
+            print(spread.line())
     print(f"load average after: {os.getloadavg()[0]:.2f}")
     if args.profile:
         for path in (args.fp32, *args.int8):
