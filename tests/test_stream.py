@@ -233,7 +233,10 @@ def test_missing_video_extra_names_it(model, tmp_path) -> None:
 @pytest.mark.parametrize(("sig", "code", "name"), [(signal.SIGINT, 130, "SIGINT"),
                                                    (signal.SIGTERM, 143, "SIGTERM")])
 def test_interrupt_leaves_valid_files(model, tmp_path, sig, code, name) -> None:
-    clip = _video(tmp_path / "long.mp4", 2000, 48, 64)
+    # Long enough that the run cannot finish before the signal on a loaded machine: 2000
+    # frames took ~10 s idle, and one CI run (2 workers on 2 cores) saw a run end first.
+    frames = 8000
+    clip = _video(tmp_path / "long.mp4", frames, 48, 64)
     out = tmp_path / "out"
     proc = _cli(["predict", "--model", str(model), "--source", str(clip), "--out", str(out),
                  "--batch-size", "1"])
@@ -243,13 +246,14 @@ def test_interrupt_leaves_valid_files(model, tmp_path, sig, code, name) -> None:
         if partial and partial[0].stat().st_size > 2000:
             break
         time.sleep(0.05)
+    assert proc.poll() is None, "the run ended before it could be interrupted"
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == code, err
     summary = json.loads((out / "summary.json").read_text())
     assert summary["interrupted"] == name
     n = summary["frames_processed"]
-    assert 0 < n < 2000
+    assert 0 < n < frames
     records = _jsonl(out / "detections.jsonl")  # every line is whole JSON
     assert [r["frame"] for r in records] == list(range(n))
     assert _decoded_count(out / "annotated.mp4") == n  # playable, index written
